@@ -1,0 +1,141 @@
+# kproxy: every entry point. `make help` lists them.
+SHELL := /bin/bash
+# pipefail: a build piped through tee must still fail when the build fails.
+.SHELLFLAGS := -o pipefail -ec
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Kernels with headers installed; KVER=<kver> picks one.
+KVERS := $(if $(KVER),$(KVER),$(sort $(patsubst /lib/modules/%/build,%,$(wildcard /lib/modules/*/build))))
+VENV := .venv
+PY := $(VENV)/bin/python
+# Extra options for tests/vm/run.py, e.g. VM_OPTS='--memory 2G --accel tcg'.
+VM_OPTS ?=
+# A subset of the kernel tests, e.g. TESTS=tests/kernel/test_module.py
+TESTS ?=
+RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
+
+DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
+	linux-headers-6.12-amd64 qemu-system-x86 sparse clang llvm libbpf-dev \
+	bpftool iproute2 dkms build-essential kmod busybox-static \
+	linux-source-6.12 socat python3-venv curl
+
+.PHONY: all help deps sparse gen bpf docs install uninstall run test test-host test-kernel clean
+
+all: $(foreach k,$(KVERS),build/$(k)/kproxy.ko) bpf
+
+help:
+	@echo 'make [all]      build build/<kver>/kproxy.ko for every kernel (KVER=<kver>: one)'
+	@echo 'make deps       install Debian packages and the .venv (no-op when present)'
+	@echo 'make run        load the module and start kpctl (in a VM if this kernel cannot)'
+	@echo 'make test       host tests, then the kernel tests in a VM per kernel'
+	@echo 'make test-kernel  only the kernel tests (TESTS=<paths>: a subset, e.g. one file)'
+	@echo 'make sparse     sparse (C=2) on every kernel, failing on any warning'
+	@echo 'make gen        regenerate kmod/ tables from schema/kproxy.yaml'
+	@echo 'make install    DKMS install for every kernel + kpctl in /opt/kproxy'
+	@echo 'make uninstall  undo make install'
+
+# --- dependencies -----------------------------------------------------------
+# Only touches apt when dpkg-query reports a package missing, so a warm
+# `make deps` costs a fraction of a second.
+deps: $(VENV)/.stamp
+	@if dpkg-query -W -f='$${db:Status-Abbrev}\n' $(DEB_PKGS) 2>&1 | grep -qv '^ii'; then \
+		echo "deps: installing Debian packages"; \
+		apt-get update; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEB_PKGS); \
+	fi
+
+# The venv is rebuilt only when pyproject.toml changes (or it is missing).
+$(VENV)/.stamp: pyproject.toml
+	@dpkg-query -W -f='$${db:Status-Abbrev}' python3-venv 2>/dev/null | grep -q '^ii' || { \
+		apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# --- build ------------------------------------------------------------------
+# Each kernel gets its own copy of kmod/ so the two builds never share objects.
+# W=1e is W=1 plus -Werror on both 6.1 and 6.12; modpost warnings (not covered
+# by -Werror) are caught by grepping the log.
+build/%/kproxy.ko: FORCE
+	@mkdir -p build/$*
+	@cp -a kmod/. build/$*/
+	$(MAKE) -C /lib/modules/$*/build M=$(CURDIR)/build/$* W=1e modules 2>&1 | tee build/$*/build.log
+	@! grep -E '[Ww]arning|WARNING' build/$*/build.log
+
+# C=2 runs sparse on every source file, built or not (C=1 would skip up-to-date ones).
+sparse:
+	@for k in $(KVERS); do \
+		mkdir -p build/$$k; cp -a kmod/. build/$$k/; \
+		echo "sparse: $$k"; \
+		$(MAKE) -C /lib/modules/$$k/build M=$(CURDIR)/build/$$k C=2 W=1e modules 2>&1 | tee build/$$k/sparse.log; \
+		if grep -E '[Ww]arning|[Ee]rror:' build/$$k/sparse.log; then exit 1; fi; \
+	done
+
+gen:
+	python3 schema/gen.py
+
+# The BPF programs shipped in the tree (kmod/bpf/*.bpf.c -> build/bpf/*.o).
+bpf:
+	$(MAKE) -C kmod/bpf OUT=$(CURDIR)/build/bpf
+
+# Man page and bash completion, both generated from kpctl's command table.
+docs: deps
+	@mkdir -p build
+	$(PY) -m kpctl.shell.manpage > build/kpctl.1
+	$(PY) -m kpctl.shell.bashcomp > build/kpctl.bash
+
+# The kernel's own YNL client and schemas, from Debian's linux-source-6.12,
+# for the kernel test that drives the module with our spec. Extracted here
+# once: decompressing the tarball inside an emulated VM takes minutes.
+YNL_DIR := build/ynl/linux-source-6.12
+$(YNL_DIR)/.stamp: /usr/src/linux-source-6.12.tar.xz
+	rm -rf build/ynl && mkdir -p build/ynl
+	tar -xJf $< -C build/ynl --wildcards 'linux-source-6.12/tools/net/ynl/*' \
+		'linux-source-6.12/Documentation/netlink/*'
+	touch $@
+
+FORCE:
+
+# --- install ----------------------------------------------------------------
+DKMS_SRC := /usr/src/kproxy-$(VERSION)
+KPCTL_PREFIX := /opt/kproxy
+
+install: docs bpf
+	rm -rf $(DKMS_SRC)
+	mkdir -p $(DKMS_SRC)
+	cp -a kmod/. $(DKMS_SRC)/
+	sed 's/@VERSION@/$(VERSION)/' kmod/dkms.conf > $(DKMS_SRC)/dkms.conf
+	dkms status -m kproxy -v $(VERSION) | grep -q . || dkms add -m kproxy -v $(VERSION)
+	for k in $(KVERS); do \
+		dkms build -m kproxy -v $(VERSION) -k $$k --force && \
+		dkms install -m kproxy -v $(VERSION) -k $$k --force; \
+	done
+	# Debian's system Python is externally managed (PEP 668): kpctl gets its own venv.
+	python3 -m venv $(KPCTL_PREFIX)
+	$(KPCTL_PREFIX)/bin/pip install -q .
+	ln -sf $(KPCTL_PREFIX)/bin/kpctl /usr/local/bin/kpctl
+	install -D -m 644 build/kpctl.1 /usr/local/share/man/man1/kpctl.1
+	install -D -m 644 build/kpctl.bash /usr/local/share/bash-completion/completions/kpctl
+	mkdir -p $(KPCTL_PREFIX)/bpf && cp build/bpf/*.o $(KPCTL_PREFIX)/bpf/
+
+uninstall:
+	-dkms remove -m kproxy -v $(VERSION) --all
+	rm -rf $(DKMS_SRC) $(KPCTL_PREFIX) /usr/local/bin/kpctl \
+		/usr/local/share/man/man1/kpctl.1 /usr/local/share/bash-completion/completions/kpctl
+
+# --- run and test -----------------------------------------------------------
+run: deps all
+	$(PY) tests/vm/run.py run $(if $(KVER),--kver $(KVER)) $(VM_OPTS)
+
+test: deps all $(YNL_DIR)/.stamp
+	$(PY) tests/vm/run.py test --host $(addprefix --kver ,$(KVERS)) $(RUN_TESTS) $(VM_OPTS)
+
+test-host: deps
+	$(PY) -m pytest tests/host
+
+test-kernel: deps all $(YNL_DIR)/.stamp
+	$(PY) tests/vm/run.py test $(addprefix --kver ,$(KVERS)) $(RUN_TESTS) $(VM_OPTS)
+
+clean:
+	rm -rf build

@@ -1,0 +1,107 @@
+"""The VM harness's judgement, tested on the host without booting anything."""
+import importlib.util
+import sys
+from pathlib import Path
+
+VM_DIR = Path(__file__).resolve().parents[1] / "vm"
+sys.path.insert(0, str(VM_DIR))
+spec = importlib.util.spec_from_file_location("harness", VM_DIR / "run.py")
+harness = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(harness)
+
+from kmsg import bad_lines  # noqa: E402
+
+SPLAT = """\
+[   12.000001] kproxy: loaded
+[   12.500000] ------------[ cut here ]------------
+[   12.500001] WARNING: CPU: 1 PID: 311 at /work/main/build/x/main.c:10 kproxy_init+0x1a/0x30 [kproxy]
+[   12.500002] Call Trace:
+[   13.000000] refcount_t: underflow; use-after-free.
+[   13.100000] list_del corruption, ffff8880 ->next is LIST_POISON1
+[   13.200000] kmemleak: 2 new suspected memory leaks
+[   13.300000] BUG: kernel NULL pointer dereference, address: 0000000000000000
+[   13.400000] Oops: 0000 [#1] PREEMPT SMP NOPTI
+[   13.500000] BUG: KASAN: slab-use-after-free in kproxy_del
+"""
+
+CLEAN = """\
+[    1.000000] kproxy: loaded
+[    1.100000] usb: registered new interface driver DEBUG-free
+[    1.200000] kproxy: loading out-of-tree module taints kernel.
+"""
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest"
+ errors="1" failures="2" skipped="1" tests="10" time="1.0"></testsuite></testsuites>"""
+
+
+def test_scanner_keeps_every_bad_line_whole():
+    bad = bad_lines(SPLAT)
+    assert bad == SPLAT.splitlines()[2:]
+
+
+def test_scanner_ignores_clean_log():
+    assert bad_lines(CLEAN) == []
+
+
+def test_junit_counts_errors_as_failures(tmp_path):
+    f = tmp_path / "junit.xml"
+    f.write_text(JUNIT)
+    assert harness.junit_counts(f) == (6, 3)
+
+
+def write_results(d: Path, status="insmod=0 pytest=0 rmmod=0", dmesg=CLEAN, junit=None):
+    d.mkdir(exist_ok=True)
+    if status is not None:
+        (d / "status").write_text(status.replace(" ", "\n") + "\n")
+    if dmesg is not None:
+        (d / "dmesg.txt").write_text(dmesg)
+    (d / "junit.xml").write_text(junit or JUNIT.replace('errors="1" failures="2" skipped="1"',
+                                                        'errors="0" failures="0" skipped="0"'))
+
+
+def test_judge_clean_run(tmp_path):
+    write_results(tmp_path)
+    r = harness.judge("6.1", tmp_path)
+    assert (r.passed, r.failed, r.problems) == (10, 0, [])
+    assert r.summary() == "kernel 6.1: 10 passed, 0 failed"
+
+
+def test_judge_dmesg_splat_fails_and_prints_lines(tmp_path):
+    write_results(tmp_path, dmesg=SPLAT)
+    r = harness.judge("6.1", tmp_path)
+    assert r.failed == 1
+    assert SPLAT.splitlines()[2] in r.problems
+
+
+def test_judge_no_status_is_a_failed_boot(tmp_path):
+    (tmp_path / "console.log").write_text(SPLAT)
+    r = harness.judge("6.1", tmp_path)
+    assert r.failed == 2 and "did not boot" in r.problems[0]
+    assert SPLAT.splitlines()[-1] in r.problems
+
+
+def test_judge_timeout_mid_tests_scans_console(tmp_path):
+    write_results(tmp_path, status="insmod=0", dmesg=None)
+    (tmp_path / "junit.xml").unlink()
+    (tmp_path / "console.log").write_text(SPLAT)
+    r = harness.judge("6.1", tmp_path)
+    assert r.problems[:2] == ["pytest did not finish", "no dmesg.txt: the guest stopped before the end"]
+    assert r.failed == 3 and SPLAT.splitlines()[2] in r.problems
+
+
+def test_judge_failed_steps(tmp_path):
+    write_results(tmp_path, status="insmod=1 pytest=5 rmmod=1", dmesg=None)
+    r = harness.judge("6.1", tmp_path)
+    # insmod, pytest with nothing failed, rmmod, missing dmesg
+    assert r.failed == 4
+
+
+def test_vm_command_tcg(monkeypatch):
+    vm = harness.VM("2G", 4, "tcg")
+    c = vm.cmd("6.12.1", "true", ["/x/results"])
+    assert c[1:3] == ["-r", "/boot/vmlinuz-6.12.1"]
+    assert "--disable-kvm" in c
+    assert c[c.index("-m") + 1] == "2G" and c[c.index("-p") + 1] == "4"
+    assert c[c.index("--rwdir") + 1] == "/x/results"
+    assert c[-2:] == ["--exec", "true"]
+    assert "--disable-kvm" not in harness.VM("1G", 2, "kvm").cmd("6.12.1")

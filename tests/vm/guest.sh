@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs inside the VM as root, from the read-only checkout:
+#   tests/vm/guest.sh <module.ko> <writable results dir> [pytest paths...]
+# Loads the module, runs the kernel tests, unloads it and leaves the kernel
+# log in <results>/dmesg.txt for the host to scan. Each step's exit status
+# goes to <results>/status, so the host can tell a failed boot (no file)
+# from a failed step.
+ko=$1 out=$2
+shift 2
+[ $# -gt 0 ] || set -- tests/kernel
+
+# Boot messages are not ours to judge: keep them apart, then start clean.
+dmesg > "$out/dmesg-boot.txt"
+dmesg -C
+
+insmod "$ko"
+echo "insmod=$?" > "$out/status"
+
+KPROXY_KO=$ko PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest \
+	-p no:cacheprovider -v --timeout=600 --durations=15 --junitxml="$out/junit.xml" "$@"
+echo "pytest=$?" >> "$out/status"
+
+rmmod kproxy
+echo "rmmod=$?" >> "$out/status"
+
+dmesg > "$out/dmesg.txt"

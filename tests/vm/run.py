@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Boot kernels with virtme-ng and run kproxy's kernel tests inside them.
+
+  run.py test [--host] [--kver K ...]   host tests (optional), then one VM boot
+                                        per kernel running tests/kernel
+  run.py run [--kver K]                 load the module and start kpctl: on this
+                                        kernel if it can load modules, else in a VM
+
+The guest sees this checkout read-only (vng shares the host's root) and
+writes only to build/<kver>/results/. The host judges each kernel by the
+pytest junit file, the guest's step statuses and the kernel log.
+"""
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kmsg import bad_lines  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+# vng runs its helpers (virtme-run, ...) from PATH.
+VM_ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+KVM_PROBE_TIMEOUT = 20  # a working KVM boots `true` in a few seconds
+
+
+@dataclass
+class Result:
+    name: str
+    passed: int = 0
+    failed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def fail(self, why: str) -> None:
+        """Count a failure that is not a pytest test (boot, dmesg, rmmod)."""
+        self.failed += 1
+        self.problems.append(why)
+
+    def summary(self) -> str:
+        return f"{self.name}: {self.passed} passed, {self.failed} failed"
+
+
+def installed_kernels() -> list[str]:
+    """Kernels we can both build for (headers) and boot (/boot image)."""
+    return sorted(p.parent.name for p in Path("/lib/modules").glob("*/build")
+                  if Path(f"/boot/vmlinuz-{p.parent.name}").exists())
+
+
+def junit_counts(path: Path) -> tuple[int, int]:
+    """(passed, failed) from a pytest junit file; errors count as failures."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    total = failed = skipped = 0
+    for s in suites:
+        total += int(s.get("tests", 0))
+        failed += int(s.get("failures", 0)) + int(s.get("errors", 0))
+        skipped += int(s.get("skipped", 0))
+    return total - failed - skipped, failed
+
+
+def parse_status(text: str) -> dict[str, int]:
+    """The guest's `step=rc` lines."""
+    return {k: int(v) for k, v in (l.split("=", 1) for l in text.split() if "=" in l)}
+
+
+def judge(kver: str, results: Path) -> Result:
+    """Everything the guest left in results/, turned into pass/fail counts."""
+    r = Result(f"kernel {kver}")
+    status_file = results / "status"
+    status = parse_status(status_file.read_text()) if status_file.exists() else {}
+    if not status:
+        r.fail("VM did not boot or crashed before loading the module (see console.log)")
+    elif status["insmod"] != 0:
+        r.fail(f"insmod failed ({status['insmod']})")
+    junit = results / "junit.xml"
+    passed, failed = junit_counts(junit) if junit.exists() else (0, 0)
+    r.passed += passed
+    r.failed += failed
+    if status and status.get("pytest") != 0 and failed == 0:
+        r.fail("pytest did not finish" if "pytest" not in status else
+               f"pytest exited {status['pytest']} with no failed test (nothing collected?)")
+    if status.get("rmmod", 0) != 0:
+        r.fail(f"rmmod failed ({status['rmmod']})")
+    # Without dmesg.txt (crash, timeout) the console log is the kernel log we have.
+    dmesg = results / "dmesg.txt"
+    log = dmesg if dmesg.exists() else results / "console.log"
+    if status and not dmesg.exists():
+        r.fail("no dmesg.txt: the guest stopped before the end")
+    bad = bad_lines(log.read_text(errors="replace")) if log.exists() else []
+    if bad:
+        r.fail(f"kernel log ({log.name}) reports problems:")
+        r.problems += bad
+    return r
+
+
+class VM:
+    """vng invocations with one accelerator choice per harness run."""
+
+    def __init__(self, memory: str, cpus: int, accel: str):
+        self.memory, self.cpus, self.accel = memory, cpus, accel
+
+    def cmd(self, kver: str, exec_cmd: str | None = None, rwdirs=(), verbose=False) -> list[str]:
+        c = [str(VENV_BIN / "vng"), "-r", f"/boot/vmlinuz-{kver}",
+             "-m", self.memory, "-p", str(self.cpus), "--cwd", str(ROOT),
+             # 9p directly: virtiofsd is not among our packages, and vng
+             # otherwise spends seconds per shared directory waiting for it
+             "--force-9p"]
+        if self.accel == "tcg":
+            c.append("--disable-kvm")
+        if verbose:
+            c.append("-v")  # kernel console on stdout, for console.log
+        for d in rwdirs:
+            c += ["--rwdir", str(d)]
+        if exec_cmd is not None:
+            c += ["--exec", exec_cmd]
+        return c
+
+    def resolve_accel(self, kver: str) -> None:
+        """Probe KVM once: some hosts have /dev/kvm but qemu aborts on it
+        (e.g. "failed to set MSR" under nested virtualisation)."""
+        if self.accel != "auto":
+            return
+        self.accel = "kvm"
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            rc, _ = run_logged(self.cmd(kver, "true"), KVM_PROBE_TIMEOUT, None, echo=False)
+            if rc == 0:
+                print("vm: KVM works", flush=True)
+                return
+        self.accel = "tcg"
+        print("vm: KVM unusable here, using TCG (software emulation: slow boots)", flush=True)
+
+
+def run_logged(cmd: list[str], timeout: float, log: Path | None, echo=True) -> tuple[int, float]:
+    """Run cmd in its own process group, killing the whole group (vng and
+    qemu) on timeout. Kernel console lines go to the log only; the rest is
+    echoed too. Returns (exit status, seconds); 124 on timeout."""
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT, env=VM_ENV)
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        os.killpg(p.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    with open(log or os.devnull, "w") as f:
+        for raw in p.stdout:
+            line = raw.decode(errors="replace")
+            f.write(line)
+            if echo and not line.startswith("["):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+    p.wait()
+    timer.cancel()
+    return (124 if timed_out.is_set() else p.returncode), time.monotonic() - start
+
+
+def test_kernel(vm: VM, kver: str, timeout: float, tests: list[str]) -> Result:
+    ko = ROOT / "build" / kver / "kproxy.ko"
+    results = ROOT / "build" / kver / "results"
+    if not ko.exists():
+        r = Result(f"kernel {kver}")
+        r.fail(f"{ko} missing: run `make KVER={kver}` first")
+        return r
+    # Stale results from an earlier run must not be judged as this run's.
+    for old in results.glob("*"):
+        old.unlink()
+    results.mkdir(parents=True, exist_ok=True)
+    guest = shlex.join(["tests/vm/guest.sh", str(ko), str(results), *tests])
+    print(f"vm: booting {kver} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)", flush=True)
+    rc, secs = run_logged(vm.cmd(kver, guest, [results], verbose=True), timeout, results / "console.log")
+    print(f"vm: {kver} done in {secs:.0f} s (exit {rc})", flush=True)
+    r = judge(kver, results)
+    if rc == 124:
+        r.fail(f"VM timed out after {timeout:.0f} s")
+    return r
+
+
+def run_host_tests() -> Result:
+    out = ROOT / "build" / "host"
+    out.mkdir(parents=True, exist_ok=True)
+    junit = out / "junit.xml"
+    junit.unlink(missing_ok=True)
+    rc = subprocess.call([str(VENV_BIN / "python"), "-m", "pytest", "-v",
+                          f"--junitxml={junit}", "tests/host"], cwd=ROOT)
+    r = Result("host")
+    if junit.exists():
+        r.passed, r.failed = junit_counts(junit)
+    if rc != 0 and r.failed == 0:
+        r.fail(f"pytest exited {rc}")
+    return r
+
+
+def cmd_test(args, vm: VM) -> int:
+    results = [run_host_tests()] if args.host else []
+    for kver in args.kver or installed_kernels():
+        vm.resolve_accel(kver)
+        results.append(test_kernel(vm, kver, args.timeout, args.tests))
+    print()
+    for r in results:
+        print(r.summary())
+        for p in r.problems:
+            print(f"    {p}")
+    passed = sum(r.passed for r in results)
+    failed = sum(r.failed for r in results)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed or not results else 0
+
+
+def host_can_load_modules(ko: Path) -> bool:
+    """Loading works here if we are root, the kernel has modules and headers,
+    and an insmod of our module succeeds (or it is already loaded)."""
+    if os.geteuid() != 0 or not Path("/proc/modules").exists() or not ko.exists():
+        return False
+    if "kproxy " in Path("/proc/modules").read_text():
+        return True
+    return subprocess.call(["insmod", str(ko)]) == 0
+
+
+def cmd_run(args, vm: VM) -> int:
+    interactive = sys.stdin.isatty()
+    host_kver = os.uname().release
+    if host_can_load_modules(ROOT / "build" / host_kver / "kproxy.ko"):
+        print(f"run: kproxy loaded on this kernel ({host_kver})", flush=True)
+        argv = [str(VENV_BIN / "kpctl")] if interactive else [str(VENV_BIN / "python"), "tests/vm/demo.py"]
+        return subprocess.call(argv, cwd=ROOT)
+    kver = args.kver[0] if args.kver else installed_kernels()[-1]
+    ko = ROOT / "build" / kver / "kproxy.ko"
+    print(f"run: this kernel ({host_kver}) cannot load kproxy; booting {kver} in a VM", flush=True)
+    vm.resolve_accel(kver)
+    if interactive:
+        # kpctl as the guest's shell: only the shell gets the console as a terminal.
+        return subprocess.call(vm.cmd(kver) + ["--shell", str(ROOT / "tests/vm/shell.sh")],
+                               cwd=ROOT, env=VM_ENV)
+    guest = f"insmod {shlex.quote(str(ko))} && .venv/bin/python tests/vm/demo.py"
+    rc, secs = run_logged(vm.cmd(kver, guest), args.timeout, None)
+    print(f"run: demo in the VM finished in {secs:.0f} s (exit {rc})")
+    return rc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["test", "run"])
+    ap.add_argument("--kver", action="append", help="kernel release (repeatable); default: all installed")
+    ap.add_argument("--tests", nargs="*", default=[], help="kernel test paths/ids (default: tests/kernel)")
+    ap.add_argument("--host", action="store_true", help="run tests/host first (test only)")
+    ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "1G"))
+    ap.add_argument("--cpus", type=int, default=int(os.environ.get("KPROXY_VM_CPUS", "2")))
+    ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=os.environ.get("KPROXY_VM_ACCEL", "auto"))
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("KPROXY_VM_TIMEOUT", "2400")),
+                    help="seconds per VM boot, tests included")
+    args = ap.parse_args()
+    vm = VM(args.memory, args.cpus, args.accel)
+    return cmd_test(args, vm) if args.command == "test" else cmd_run(args, vm)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
