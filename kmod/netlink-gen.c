@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause)
+/* generated from schema/kproxy.yaml by schema/gen.py — do not edit */
+
+#include <net/netlink.h>
+#include <net/genetlink.h>
+
+#include "netlink-gen.h"
+
+/* KPROXY_CMD_PROXY_NEW - do */
+static const struct nla_policy kproxy_proxy_new_nl_policy[KPROXY_A_PROXY_FD_B + 1] = {
+	[KPROXY_A_PROXY_FD_A] = { .type = NLA_U32, },
+	[KPROXY_A_PROXY_FD_B] = { .type = NLA_U32, },
+};
+
+/* KPROXY_CMD_PROXY_DEL - do */
+static const struct nla_policy kproxy_proxy_del_nl_policy[KPROXY_A_PROXY_ID + 1] = {
+	[KPROXY_A_PROXY_ID] = NLA_POLICY_MIN(NLA_U32, 1),
+};
+
+/* KPROXY_CMD_PROXY_GET - do */
+static const struct nla_policy kproxy_proxy_get_nl_policy[KPROXY_A_PROXY_ID + 1] = {
+	[KPROXY_A_PROXY_ID] = NLA_POLICY_MIN(NLA_U32, 1),
+};
+
+/* KPROXY_CMD_BPF_ATTACH - do */
+static const struct nla_policy kproxy_bpf_attach_nl_policy[KPROXY_A_PROXY_DIRECTION + 1] = {
+	[KPROXY_A_PROXY_ID] = NLA_POLICY_MIN(NLA_U32, 1),
+	[KPROXY_A_PROXY_PROG_FD] = { .type = NLA_U32, },
+	[KPROXY_A_PROXY_KIND] = NLA_POLICY_MAX(NLA_U32, 1),
+	[KPROXY_A_PROXY_DIRECTION] = NLA_POLICY_MAX(NLA_U32, 2),
+};
+
+/* KPROXY_CMD_BPF_DETACH - do */
+static const struct nla_policy kproxy_bpf_detach_nl_policy[KPROXY_A_PROXY_DIRECTION + 1] = {
+	[KPROXY_A_PROXY_ID] = NLA_POLICY_MIN(NLA_U32, 1),
+	[KPROXY_A_PROXY_KIND] = NLA_POLICY_MAX(NLA_U32, 1),
+	[KPROXY_A_PROXY_DIRECTION] = NLA_POLICY_MAX(NLA_U32, 2),
+};
+
+/* Ops table for kproxy */
+static const struct genl_ops kproxy_nl_ops[] = {
+	{
+		.cmd		= KPROXY_CMD_PROXY_NEW,
+		.validate	= 0,
+		.doit		= kproxy_nl_proxy_new_doit,
+		.policy		= kproxy_proxy_new_nl_policy,
+		.maxattr	= KPROXY_A_PROXY_FD_B,
+		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd		= KPROXY_CMD_PROXY_DEL,
+		.validate	= 0,
+		.doit		= kproxy_nl_proxy_del_doit,
+		.policy		= kproxy_proxy_del_nl_policy,
+		.maxattr	= KPROXY_A_PROXY_ID,
+		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd		= KPROXY_CMD_PROXY_GET,
+		.validate	= 0,
+		.doit		= kproxy_nl_proxy_get_doit,
+		.dumpit		= kproxy_nl_proxy_get_dumpit,
+		.policy		= kproxy_proxy_get_nl_policy,
+		.maxattr	= KPROXY_A_PROXY_ID,
+	},
+	{
+		.cmd		= KPROXY_CMD_BPF_ATTACH,
+		.validate	= 0,
+		.doit		= kproxy_nl_bpf_attach_doit,
+		.policy		= kproxy_bpf_attach_nl_policy,
+		.maxattr	= KPROXY_A_PROXY_DIRECTION,
+		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd		= KPROXY_CMD_BPF_DETACH,
+		.validate	= 0,
+		.doit		= kproxy_nl_bpf_detach_doit,
+		.policy		= kproxy_bpf_detach_nl_policy,
+		.maxattr	= KPROXY_A_PROXY_DIRECTION,
+		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+};
+
+static const struct genl_multicast_group kproxy_nl_mcgrps[] = {
+	[KPROXY_NLGRP_MONITOR] = { .name = KPROXY_MCGRP_MONITOR, },
+};
+
+struct genl_family kproxy_nl_family __ro_after_init = {
+	.name		= KPROXY_FAMILY_NAME,
+	.version	= KPROXY_FAMILY_VERSION,
+	.netnsok	= true,
+	.parallel_ops	= true,
+	.module		= THIS_MODULE,
+	.ops		= kproxy_nl_ops,
+	.n_ops		= ARRAY_SIZE(kproxy_nl_ops),
+	.resv_start_op	= KPROXY_CMD_PROXY_NEW,
+	.mcgrps		= kproxy_nl_mcgrps,
+	.n_mcgrps	= ARRAY_SIZE(kproxy_nl_mcgrps),
+};
