@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kproxy: join two connected TCP sockets inside the kernel.
+ *
+ * Objects and their rules, stated once here:
+ *
+ * kproxy_lock (mutex) protects kproxy_idr, every per-netns proxy list and
+ * totals, the per-netns dump generation, kproxy_unloading, and the
+ * KPROXY_DEAD claim. A proxy found through the idr or a netns list under
+ * kproxy_lock stays allocated until kproxy_lock is released: it is freed
+ * only by kproxy_destroy(), after it has been unlinked under the lock.
+ *
+ * Ending a proxy has two steps. kproxy_claim() (under kproxy_lock) marks
+ * it DEAD, records the reason and unlinks it, so exactly one caller owns
+ * the teardown. The owner then calls kproxy_destroy() from process
+ * context, never from one of the proxy's own work items: the data path
+ * claims from its work and queues kp->end_work to destroy.
+ *
+ * Socket callbacks run in softirq under the socket's bh lock. They read
+ * sk_user_data under sk_callback_lock (read side) and only queue work.
+ * Unhooking restores the saved callbacks under the write side, after
+ * which no callback can reach the proxy; then its work items are
+ * cancelled synchronously.
+ *
+ * The two directions never hold both socket locks: a direction's work
+ * reads the source under the source's socket lock into its own queue,
+ * releases it, then sends from the queue under the destination's lock.
+ * Each direction's queue and counters are written only by its work item
+ * (a work item never runs concurrently with itself); readers use
+ * READ_ONCE on the counters.
+ *
+ * References: the proxy holds one file reference on each socket (taken
+ * by sockfd_lookup() and kept), so the caller may close its descriptors.
+ * It holds no reference on its network namespace: the pernet exit ends
+ * the namespace's proxies before the namespace goes away.
+ */
+#ifndef _KPROXY_H
+#define _KPROXY_H
+
+#include <linux/idr.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/net.h>
+#include <linux/netlink.h>
+#include <linux/skbuff.h>
+#include <linux/workqueue.h>
+#include <net/net_namespace.h>
+#include <net/strparser.h>
+
+#include "uapi/kproxy.h"
+
+/* Direction indices: dir[KPROXY_A_TO_B] reads sock[0] and sends on sock[1]. */
+enum { KPROXY_A_TO_B, KPROXY_B_TO_A };
+
+/* kproxy->flags bits */
+enum {
+	KPROXY_RUNNING,	/* both sockets hooked, works may forward */
+	KPROXY_DEAD,	/* claimed for teardown, see kproxy_claim() */
+};
+
+/* Bytes a direction may hold between reading and sending: the only
+ * memory a proxy adds beyond its two sockets' buffers.
+ */
+#define KPROXY_QUEUE_MAX	(256 * 1024)
+
+struct kproxy;
+
+/* BPF programs of one direction; the rules are in bpf.c. */
+struct kproxy_bpf {
+	spinlock_t lock;		/* want[] vs the work reading it */
+	struct bpf_prog *want[2];	/* by kind: set by netlink */
+	struct bpf_prog *run[2];	/* by kind: in use by the work */
+	struct strparser strp;		/* general mode, while a parser runs */
+	bool strp_on;
+	bool in_msg;			/* the parser is inside a message */
+	bool switching;			/* parser stopped to adopt want[] */
+	int error;			/* from the parser, ends the proxy */
+};
+
+struct kproxy_dir {
+	struct kproxy *kp;
+	struct sock *src;
+	struct sock *dst;
+	struct sk_buff_head queue;	/* clones read from src, not yet sent */
+	struct work_struct work;
+	u32 queued;			/* payload bytes in queue */
+	bool eof;			/* src's FIN has been read */
+	bool shut;			/* FIN forwarded to dst */
+	u64 bytes;			/* sent on dst */
+	u64 skbs;			/* read from src */
+	u64 msgs;
+	u64 drops;
+	struct kproxy_bpf bpf;
+};
+
+struct kproxy_saved_cb {
+	void (*data_ready)(struct sock *sk);
+	void (*write_space)(struct sock *sk);
+	void (*state_change)(struct sock *sk);
+};
+
+struct kproxy {
+	u32 id;
+	struct net *net;		/* owner netns, no reference (see above) */
+	struct list_head net_node;	/* in kproxy_net->proxies */
+	struct socket *sock[2];
+	struct kproxy_saved_cb saved[2];
+	struct kproxy_dir dir[2];
+	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
+	unsigned long flags;
+	enum kproxy_reason reason;	/* set by kproxy_claim() */
+	u64 created_ns;
+	struct work_struct end_work;
+};
+
+/* Totals of one netns since the module was loaded (kproxy_lock). */
+struct kproxy_totals {
+	u64 created;
+	u64 ended[KPROXY_REASON_UNLOAD + 1];
+	u64 bytes;
+	u64 skbs;
+	u64 msgs;
+	u64 drops;
+};
+
+struct kproxy_net {
+	struct list_head proxies;
+	struct kproxy_totals totals;	/* of ended proxies; live ones add theirs */
+	u32 gen;			/* bumped on every change, for dumps */
+};
+
+extern struct mutex kproxy_lock;
+extern struct idr kproxy_idr;
+extern struct workqueue_struct *kproxy_wq;
+extern bool kproxy_unloading;
+
+struct kproxy_net *kproxy_pernet(struct net *net);
+
+/* proxy.c */
+struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
+			     struct netlink_ext_ack *extack);
+struct kproxy *kproxy_find(struct net *net, u32 id);
+bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason);
+void kproxy_destroy(struct kproxy *kp);
+void kproxy_end_async(struct kproxy *kp, enum kproxy_reason reason);
+void kproxy_end_all(struct net *net, enum kproxy_reason reason);
+enum kproxy_state kproxy_state(const struct kproxy *kp);
+
+/* stream.c */
+void kproxy_dir_init(struct kproxy *kp, int d);
+void kproxy_dir_work(struct work_struct *work);
+void kproxy_dir_drain(struct kproxy_dir *dir);
+void kproxy_data_ready(struct sock *sk);
+void kproxy_write_space(struct sock *sk);
+void kproxy_state_change(struct sock *sk);
+
+void kproxy_queue_skb(struct kproxy_dir *dir, struct sk_buff *skb,
+		      u32 offset, u32 len);
+
+/* bpf.c */
+void kproxy_bpf_init(struct kproxy_dir *dir);
+void kproxy_bpf_release(struct kproxy_dir *dir);
+bool kproxy_bpf_changed(struct kproxy_dir *dir);
+void kproxy_bpf_adopt(struct kproxy_dir *dir);
+int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
+		    unsigned int offset, size_t len);
+struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
+				 struct bpf_prog *prog);
+u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind);
+
+/* netlink.c */
+int kproxy_nl_init(void);
+void kproxy_nl_exit(void);
+void kproxy_nl_notify(struct kproxy *kp, u8 cmd);
+
+/* proc.c */
+int kproxy_proc_init(struct net *net);
+void kproxy_proc_exit(struct net *net);
+
+#endif /* _KPROXY_H */

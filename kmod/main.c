@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kproxy module: init and exit, per-netns state.
+ */
+#include <linux/module.h>
+#include <net/net_namespace.h>
+#include <net/netns/generic.h>
+
+#include "kproxy.h"
+
+DEFINE_MUTEX(kproxy_lock);
+DEFINE_IDR(kproxy_idr);
+struct workqueue_struct *kproxy_wq;
+bool kproxy_unloading;	/* no new proxy once set (kproxy_lock) */
+
+static unsigned int kproxy_net_id __read_mostly;
+
+struct kproxy_net *kproxy_pernet(struct net *net)
+{
+	return net_generic(net, kproxy_net_id);
+}
+
+static int __net_init kproxy_net_init(struct net *net)
+{
+	struct kproxy_net *kn = kproxy_pernet(net);
+
+	INIT_LIST_HEAD(&kn->proxies);
+	return kproxy_proc_init(net);
+}
+
+static void __net_exit kproxy_net_exit(struct net *net)
+{
+	kproxy_end_all(net, KPROXY_REASON_NETNS_EXIT);
+	kproxy_proc_exit(net);
+}
+
+static struct pernet_operations kproxy_net_ops = {
+	.init = kproxy_net_init,
+	.exit = kproxy_net_exit,
+	.id = &kproxy_net_id,
+	.size = sizeof(struct kproxy_net),
+};
+
+static int __init kproxy_init(void)
+{
+	int err;
+
+	/* Unbound: the two directions of many proxies spread over CPUs. */
+	kproxy_wq = alloc_workqueue("kproxy", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!kproxy_wq)
+		return -ENOMEM;
+
+	err = register_pernet_subsys(&kproxy_net_ops);
+	if (err)
+		goto err_wq;
+
+	err = kproxy_nl_init();
+	if (err)
+		goto err_pernet;
+
+	return 0;
+
+err_pernet:
+	unregister_pernet_subsys(&kproxy_net_ops);
+err_wq:
+	destroy_workqueue(kproxy_wq);
+	return err;
+}
+
+static void __exit kproxy_exit(void)
+{
+	/* End every proxy while the family can still tell the monitors. */
+	mutex_lock(&kproxy_lock);
+	kproxy_unloading = true;
+	mutex_unlock(&kproxy_lock);
+	kproxy_end_all(NULL, KPROXY_REASON_UNLOAD);
+
+	kproxy_nl_exit();
+	unregister_pernet_subsys(&kproxy_net_ops);
+	destroy_workqueue(kproxy_wq);
+	idr_destroy(&kproxy_idr);
+}
+
+module_init(kproxy_init);
+module_exit(kproxy_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Join two TCP sockets inside the kernel");
+MODULE_AUTHOR("kproxy developers");
+MODULE_VERSION("0.1.0");

@@ -1,0 +1,404 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Generic netlink handlers. Policies, the op table and the family are
+ * generated from schema/kproxy.yaml into netlink-gen.c.
+ */
+#include <linux/bpf.h>
+#include <net/genetlink.h>
+#include <net/ipv6.h>
+#include <net/sock.h>
+
+#include "kproxy.h"
+#include "netlink-gen.h"
+
+static int kproxy_put_addr(struct sk_buff *skb, int attr, int family,
+			   __be32 v4, const struct in6_addr *v6)
+{
+	if (family == AF_INET)
+		return nla_put_in_addr(skb, attr, v4);
+	return nla_put_in6_addr(skb, attr, v6);
+}
+
+static int kproxy_put_sock(struct sk_buff *skb, int attr, struct sock *sk)
+{
+	const struct inet_sock *inet = inet_sk(sk);
+	const struct in6_addr *saddr6 = NULL, *daddr6 = NULL;
+	struct nlattr *nest;
+
+#if IS_ENABLED(CONFIG_IPV6)
+	saddr6 = &sk->sk_v6_rcv_saddr;
+	daddr6 = &sk->sk_v6_daddr;
+#endif
+	nest = nla_nest_start(skb, attr);
+	if (!nest)
+		return -EMSGSIZE;
+	if (nla_put_u16(skb, KPROXY_A_SOCK_FAMILY, sk->sk_family) ||
+	    kproxy_put_addr(skb, KPROXY_A_SOCK_LOCAL_ADDR, sk->sk_family,
+			    inet->inet_rcv_saddr, saddr6) ||
+	    nla_put_u16(skb, KPROXY_A_SOCK_LOCAL_PORT, ntohs(inet->inet_sport)) ||
+	    kproxy_put_addr(skb, KPROXY_A_SOCK_REMOTE_ADDR, sk->sk_family,
+			    inet->inet_daddr, daddr6) ||
+	    nla_put_u16(skb, KPROXY_A_SOCK_REMOTE_PORT, ntohs(inet->inet_dport)) ||
+	    nla_put_u8(skb, KPROXY_A_SOCK_TCP_STATE, READ_ONCE(sk->sk_state))) {
+		nla_nest_cancel(skb, nest);
+		return -EMSGSIZE;
+	}
+	nla_nest_end(skb, nest);
+	return 0;
+}
+
+static int kproxy_put_prog(struct sk_buff *skb, int attr,
+			   const struct kproxy_dir *dir, int kind)
+{
+	u32 id = kproxy_bpf_id(dir, kind);
+
+	return id ? nla_put_u32(skb, attr, id) : 0;
+}
+
+static int kproxy_put_dir(struct sk_buff *skb, int attr,
+			  const struct kproxy_dir *dir)
+{
+	struct nlattr *nest;
+
+	nest = nla_nest_start(skb, attr);
+	if (!nest)
+		return -EMSGSIZE;
+	if (nla_put_u64_64bit(skb, KPROXY_A_DIR_BYTES, READ_ONCE(dir->bytes),
+			      KPROXY_A_DIR_PAD) ||
+	    nla_put_u64_64bit(skb, KPROXY_A_DIR_SKBS, READ_ONCE(dir->skbs),
+			      KPROXY_A_DIR_PAD) ||
+	    nla_put_u64_64bit(skb, KPROXY_A_DIR_MSGS, READ_ONCE(dir->msgs),
+			      KPROXY_A_DIR_PAD) ||
+	    nla_put_u64_64bit(skb, KPROXY_A_DIR_DROPS, READ_ONCE(dir->drops),
+			      KPROXY_A_DIR_PAD) ||
+	    nla_put_u32(skb, KPROXY_A_DIR_QUEUED, READ_ONCE(dir->queued)) ||
+	    kproxy_put_prog(skb, KPROXY_A_DIR_PARSER_ID, dir,
+			    KPROXY_BPF_KIND_PARSER) ||
+	    kproxy_put_prog(skb, KPROXY_A_DIR_VERDICT_ID, dir,
+			    KPROXY_BPF_KIND_VERDICT) ||
+	    (READ_ONCE(dir->shut) && nla_put_flag(skb, KPROXY_A_DIR_SHUT))) {
+		nla_nest_cancel(skb, nest);
+		return -EMSGSIZE;
+	}
+	nla_nest_end(skb, nest);
+	return 0;
+}
+
+/* Fill one proxy message. Caller holds kproxy_lock or owns the teardown. */
+static int kproxy_fill(struct sk_buff *skb, struct kproxy *kp, u32 portid,
+		       u32 seq, int flags, u8 cmd, struct netlink_callback *cb)
+{
+	void *hdr;
+
+	hdr = genlmsg_put(skb, portid, seq, &kproxy_nl_family, flags, cmd);
+	if (!hdr)
+		return -EMSGSIZE;
+	if (cb)
+		genl_dump_check_consistent(cb, hdr);
+
+	if (nla_put_u32(skb, KPROXY_A_PROXY_ID, kp->id) ||
+	    nla_put_u32(skb, KPROXY_A_PROXY_STATE, kproxy_state(kp)) ||
+	    nla_put_u64_64bit(skb, KPROXY_A_PROXY_CREATE_TIME, kp->created_ns,
+			      KPROXY_A_PROXY_PAD) ||
+	    kproxy_put_sock(skb, KPROXY_A_PROXY_SOCK_A, kp->sock[0]->sk) ||
+	    kproxy_put_sock(skb, KPROXY_A_PROXY_SOCK_B, kp->sock[1]->sk) ||
+	    kproxy_put_dir(skb, KPROXY_A_PROXY_A_TO_B, &kp->dir[KPROXY_A_TO_B]) ||
+	    kproxy_put_dir(skb, KPROXY_A_PROXY_B_TO_A, &kp->dir[KPROXY_B_TO_A]) ||
+	    (cmd == KPROXY_CMD_PROXY_DEL_NTF &&
+	     nla_put_u32(skb, KPROXY_A_PROXY_REASON, kp->reason))) {
+		genlmsg_cancel(skb, hdr);
+		return -EMSGSIZE;
+	}
+	genlmsg_end(skb, hdr);
+	return 0;
+}
+
+void kproxy_nl_notify(struct kproxy *kp, u8 cmd)
+{
+	struct sk_buff *skb;
+
+	if (!genl_has_listeners(&kproxy_nl_family, kp->net, KPROXY_NLGRP_MONITOR))
+		return;
+	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!skb)
+		return;
+	if (kproxy_fill(skb, kp, 0, 0, 0, cmd, NULL)) {
+		nlmsg_free(skb);
+		return;
+	}
+	genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, 0,
+				KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+}
+
+int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct net *net = genl_info_net(info);
+	struct sk_buff *reply;
+	struct kproxy *kp;
+	int err;
+
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_A) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_B))
+		return -EINVAL;
+
+	reply = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!reply)
+		return -ENOMEM;
+
+	kp = kproxy_create(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_A]),
+			   nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_B]),
+			   info->extack);
+	if (IS_ERR(kp)) {
+		nlmsg_free(reply);
+		return PTR_ERR(kp);
+	}
+
+	/* The data path may end the proxy at once; it is freed only after
+	 * being unlinked under kproxy_lock, so fill under the lock.
+	 */
+	mutex_lock(&kproxy_lock);
+	err = kproxy_fill(reply, kp, info->snd_portid, info->snd_seq, 0,
+			  KPROXY_CMD_PROXY_NEW, NULL);
+	if (!err)
+		kproxy_nl_notify(kp, KPROXY_CMD_PROXY_NEW_NTF);
+	mutex_unlock(&kproxy_lock);
+	if (err) {
+		nlmsg_free(reply);
+		return err;
+	}
+	return genlmsg_reply(reply, info);
+}
+
+int kproxy_nl_proxy_del_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct net *net = genl_info_net(info);
+	struct kproxy *kp;
+	bool claimed = false;
+
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID))
+		return -EINVAL;
+
+	mutex_lock(&kproxy_lock);
+	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	if (kp)
+		claimed = kproxy_claim(kp, KPROXY_REASON_USER);
+	mutex_unlock(&kproxy_lock);
+
+	if (!claimed) {
+		NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[KPROXY_A_PROXY_ID],
+				    "no such proxy in this network namespace");
+		return -ENOENT;
+	}
+	kproxy_destroy(kp);
+	return 0;
+}
+
+int kproxy_nl_proxy_get_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct net *net = genl_info_net(info);
+	struct sk_buff *reply;
+	struct kproxy *kp;
+	int err;
+
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID))
+		return -EINVAL;
+
+	reply = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!reply)
+		return -ENOMEM;
+
+	mutex_lock(&kproxy_lock);
+	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	if (kp)
+		err = kproxy_fill(reply, kp, info->snd_portid, info->snd_seq, 0,
+				  KPROXY_CMD_PROXY_GET, NULL);
+	else
+		err = -ENOENT;
+	mutex_unlock(&kproxy_lock);
+
+	if (err) {
+		if (err == -ENOENT)
+			NL_SET_ERR_MSG_ATTR(info->extack,
+					    info->attrs[KPROXY_A_PROXY_ID],
+					    "no such proxy in this network namespace");
+		nlmsg_free(reply);
+		return err;
+	}
+	return genlmsg_reply(reply, info);
+}
+
+/* cb->args[0]: the id to resume the dump from. */
+int kproxy_nl_proxy_get_dumpit(struct sk_buff *skb, struct netlink_callback *cb)
+{
+	struct net *net = sock_net(skb->sk);
+	struct kproxy *kp;
+	int id = cb->args[0];
+	int err = 0;
+
+	mutex_lock(&kproxy_lock);
+	cb->seq = kproxy_pernet(net)->gen;
+	for (kp = idr_get_next(&kproxy_idr, &id); kp;
+	     id++, kp = idr_get_next(&kproxy_idr, &id)) {
+		if (!net_eq(kp->net, net) || test_bit(KPROXY_DEAD, &kp->flags))
+			continue;
+		err = kproxy_fill(skb, kp, NETLINK_CB(cb->skb).portid,
+				  cb->nlh->nlmsg_seq, NLM_F_MULTI,
+				  KPROXY_CMD_PROXY_GET, cb);
+		if (err)
+			break;
+	}
+	mutex_unlock(&kproxy_lock);
+
+	cb->args[0] = id;
+	/* A full skb ends this part; the next call resumes at id. */
+	if (err == -EMSGSIZE && skb->len)
+		return skb->len;
+	return err ?: skb->len;
+}
+
+/* The directions a request names: one, or both for KPROXY_DIRECTION_BOTH. */
+static void kproxy_dirs(struct genl_info *info, int *first, int *last)
+{
+	u32 d = nla_get_u32(info->attrs[KPROXY_A_PROXY_DIRECTION]);
+
+	*first = d == KPROXY_DIRECTION_B_TO_A ? KPROXY_B_TO_A : KPROXY_A_TO_B;
+	*last = d == KPROXY_DIRECTION_A_TO_B ? KPROXY_A_TO_B : KPROXY_B_TO_A;
+}
+
+static struct bpf_prog *kproxy_get_prog(struct genl_info *info)
+{
+	struct nlattr *attr = info->attrs[KPROXY_A_PROXY_PROG_FD];
+	struct bpf_prog *prog;
+
+	prog = bpf_prog_get_type(nla_get_u32(attr), BPF_PROG_TYPE_SOCKET_FILTER);
+	if (IS_ERR(prog)) {
+		if (PTR_ERR(prog) == -EINVAL)
+			NL_SET_ERR_MSG_ATTR(info->extack, attr,
+					    "program is not of type socket_filter");
+		else
+			NL_SET_ERR_MSG_ATTR(info->extack, attr,
+					    "prog-fd is not a BPF program");
+	}
+	return prog;
+}
+
+int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct net *net = genl_info_net(info);
+	struct bpf_prog *prog, *old[2] = {};
+	struct kproxy *kp;
+	int kind, first, last, d, err = 0;
+
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_PROG_FD) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_KIND) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_DIRECTION))
+		return -EINVAL;
+	kind = nla_get_u32(info->attrs[KPROXY_A_PROXY_KIND]);
+	kproxy_dirs(info, &first, &last);
+
+	prog = kproxy_get_prog(info);
+	if (IS_ERR(prog))
+		return PTR_ERR(prog);
+	/* One reference per direction it is attached to. */
+	if (first != last)
+		bpf_prog_inc(prog);
+
+	mutex_lock(&kproxy_lock);
+	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	if (!kp) {
+		NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[KPROXY_A_PROXY_ID],
+				    "no such proxy in this network namespace");
+		err = -ENOENT;
+		goto out_unlock;
+	}
+	if (kind == KPROXY_BPF_KIND_VERDICT) {
+		for (d = first; d <= last; d++) {
+			if (!kp->dir[d].bpf.want[KPROXY_BPF_KIND_PARSER]) {
+				NL_SET_ERR_MSG(info->extack,
+					       "a verdict needs a parser on its direction: attach the parser first");
+				err = -EINVAL;
+				goto out_unlock;
+			}
+		}
+	}
+	for (d = first; d <= last; d++)
+		old[d] = kproxy_bpf_want(&kp->dir[d], kind, prog);
+	for (d = first; d <= last; d++)
+		queue_work(kproxy_wq, &kp->dir[d].work);
+	prog = NULL;
+out_unlock:
+	mutex_unlock(&kproxy_lock);
+
+	for (d = 0; d < 2; d++)
+		if (old[d])
+			bpf_prog_put(old[d]);
+	if (prog) {
+		bpf_prog_put(prog);
+		if (first != last)
+			bpf_prog_put(prog);
+	}
+	return err;
+}
+
+int kproxy_nl_bpf_detach_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct net *net = genl_info_net(info);
+	struct bpf_prog *old[2] = {};
+	struct kproxy *kp;
+	int kind, first, last, d, err = 0;
+
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_KIND) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_DIRECTION))
+		return -EINVAL;
+	kind = nla_get_u32(info->attrs[KPROXY_A_PROXY_KIND]);
+	kproxy_dirs(info, &first, &last);
+
+	mutex_lock(&kproxy_lock);
+	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	if (!kp) {
+		NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[KPROXY_A_PROXY_ID],
+				    "no such proxy in this network namespace");
+		err = -ENOENT;
+		goto out_unlock;
+	}
+	for (d = first; d <= last; d++) {
+		struct kproxy_bpf *bpf = &kp->dir[d].bpf;
+
+		if (!bpf->want[kind]) {
+			NL_SET_ERR_MSG(info->extack,
+				       "no program of this kind is attached on that direction");
+			err = -ENOENT;
+			goto out_unlock;
+		}
+		if (kind == KPROXY_BPF_KIND_PARSER &&
+		    bpf->want[KPROXY_BPF_KIND_VERDICT]) {
+			NL_SET_ERR_MSG(info->extack,
+				       "a verdict is attached on that direction: detach it first");
+			err = -EBUSY;
+			goto out_unlock;
+		}
+	}
+	for (d = first; d <= last; d++) {
+		old[d] = kproxy_bpf_want(&kp->dir[d], kind, NULL);
+		queue_work(kproxy_wq, &kp->dir[d].work);
+	}
+out_unlock:
+	mutex_unlock(&kproxy_lock);
+
+	for (d = 0; d < 2; d++)
+		if (old[d])
+			bpf_prog_put(old[d]);
+	return err;
+}
+
+int kproxy_nl_init(void)
+{
+	return genl_register_family(&kproxy_nl_family);
+}
+
+void kproxy_nl_exit(void)
+{
+	genl_unregister_family(&kproxy_nl_family);
+}

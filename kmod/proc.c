@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * /proc/net/kproxy: a header naming every column, then one line per
+ * proxy of the reader's netns. /proc/net/kproxy_stat: that netns's totals.
+ * The format is documented in README.md; columns are only ever appended.
+ */
+#include <linux/proc_fs.h>
+#include <linux/seq_file.h>
+#include <net/ipv6.h>
+#include <net/sock.h>
+
+#include "kproxy.h"
+
+static const char *const kproxy_state_name[] = {
+	[KPROXY_STATE_ACTIVE] = "active",
+	[KPROXY_STATE_HALF_CLOSED] = "half-closed",
+	[KPROXY_STATE_CLOSING] = "closing",
+};
+
+static const char *const kproxy_reason_name[] = {
+	[KPROXY_REASON_USER] = "user",
+	[KPROXY_REASON_CLOSED] = "closed",
+	[KPROXY_REASON_RESET] = "reset",
+	[KPROXY_REASON_ERROR] = "error",
+	[KPROXY_REASON_NETNS_EXIT] = "netns_exit",
+	[KPROXY_REASON_UNLOAD] = "unload",
+};
+
+static void *kproxy_seq_start(struct seq_file *seq, loff_t *pos)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_net(seq));
+
+	mutex_lock(&kproxy_lock);
+	return seq_list_start_head(&kn->proxies, *pos);
+}
+
+static void *kproxy_seq_next(struct seq_file *seq, void *v, loff_t *pos)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_net(seq));
+
+	return seq_list_next(v, &kn->proxies, pos);
+}
+
+static void kproxy_seq_stop(struct seq_file *seq, void *v)
+{
+	mutex_unlock(&kproxy_lock);
+}
+
+static void kproxy_seq_addr(struct seq_file *seq, int family, __be32 v4,
+			    const struct in6_addr *v6, __be16 port)
+{
+	if (family == AF_INET)
+		seq_printf(seq, " %pI4:%u", &v4, ntohs(port));
+	else
+		seq_printf(seq, " [%pI6c]:%u", v6, ntohs(port));
+}
+
+static void kproxy_seq_sock(struct seq_file *seq, struct sock *sk)
+{
+	const struct inet_sock *inet = inet_sk(sk);
+	const struct in6_addr *saddr6 = NULL, *daddr6 = NULL;
+
+#if IS_ENABLED(CONFIG_IPV6)
+	saddr6 = &sk->sk_v6_rcv_saddr;
+	daddr6 = &sk->sk_v6_daddr;
+#endif
+	kproxy_seq_addr(seq, sk->sk_family, inet->inet_rcv_saddr, saddr6,
+			inet->inet_sport);
+	kproxy_seq_addr(seq, sk->sk_family, inet->inet_daddr, daddr6,
+			inet->inet_dport);
+}
+
+static void kproxy_seq_dir(struct seq_file *seq, const struct kproxy_dir *dir)
+{
+	seq_printf(seq, " %llu %llu %llu %llu %u",
+		   READ_ONCE(dir->bytes), READ_ONCE(dir->skbs),
+		   READ_ONCE(dir->msgs), READ_ONCE(dir->drops),
+		   READ_ONCE(dir->queued));
+}
+
+static int kproxy_seq_show(struct seq_file *seq, void *v)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_net(seq));
+	struct kproxy *kp;
+	int d;
+
+	if (v == &kn->proxies) {
+		seq_puts(seq, "id state a_local a_remote b_local b_remote "
+			 "ab_bytes ab_skbs ab_msgs ab_drops ab_queued "
+			 "ba_bytes ba_skbs ba_msgs ba_drops ba_queued created "
+			 "ab_parser ab_verdict ba_parser ba_verdict\n");
+		return 0;
+	}
+
+	kp = list_entry(v, struct kproxy, net_node);
+	seq_printf(seq, "%u %s", kp->id, kproxy_state_name[kproxy_state(kp)]);
+	kproxy_seq_sock(seq, kp->sock[0]->sk);
+	kproxy_seq_sock(seq, kp->sock[1]->sk);
+	kproxy_seq_dir(seq, &kp->dir[KPROXY_A_TO_B]);
+	kproxy_seq_dir(seq, &kp->dir[KPROXY_B_TO_A]);
+	seq_printf(seq, " %llu", kp->created_ns);
+	for (d = 0; d < 2; d++)
+		seq_printf(seq, " %u %u",
+			   kproxy_bpf_id(&kp->dir[d], KPROXY_BPF_KIND_PARSER),
+			   kproxy_bpf_id(&kp->dir[d], KPROXY_BPF_KIND_VERDICT));
+	seq_putc(seq, '\n');
+	return 0;
+}
+
+static const struct seq_operations kproxy_seq_ops = {
+	.start = kproxy_seq_start,
+	.next = kproxy_seq_next,
+	.stop = kproxy_seq_stop,
+	.show = kproxy_seq_show,
+};
+
+static int kproxy_stat_show(struct seq_file *seq, void *v)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_single_net(seq));
+	struct kproxy_totals t;
+	struct kproxy *kp;
+	u64 active = 0;
+	int i, r;
+
+	mutex_lock(&kproxy_lock);
+	t = kn->totals;
+	list_for_each_entry(kp, &kn->proxies, net_node) {
+		active++;
+		for (i = 0; i < 2; i++) {
+			t.bytes += READ_ONCE(kp->dir[i].bytes);
+			t.skbs += READ_ONCE(kp->dir[i].skbs);
+			t.msgs += READ_ONCE(kp->dir[i].msgs);
+			t.drops += READ_ONCE(kp->dir[i].drops);
+		}
+	}
+	mutex_unlock(&kproxy_lock);
+
+	seq_printf(seq, "active %llu\ncreated %llu\n", active, t.created);
+	for (r = 0; r < ARRAY_SIZE(kproxy_reason_name); r++)
+		seq_printf(seq, "ended_%s %llu\n", kproxy_reason_name[r],
+			   t.ended[r]);
+	seq_printf(seq, "bytes %llu\nskbs %llu\nmsgs %llu\ndrops %llu\n",
+		   t.bytes, t.skbs, t.msgs, t.drops);
+	return 0;
+}
+
+int kproxy_proc_init(struct net *net)
+{
+	if (!proc_create_net("kproxy", 0444, net->proc_net, &kproxy_seq_ops,
+			     sizeof(struct seq_net_private)))
+		return -ENOMEM;
+	if (!proc_create_net_single("kproxy_stat", 0444, net->proc_net,
+				    kproxy_stat_show, NULL)) {
+		remove_proc_entry("kproxy", net->proc_net);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void kproxy_proc_exit(struct net *net)
+{
+	remove_proc_entry("kproxy_stat", net->proc_net);
+	remove_proc_entry("kproxy", net->proc_net);
+}

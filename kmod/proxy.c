@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Proxy lifetime: join two sockets, look proxies up, end them.
+ * Locking and reference rules are in kproxy.h.
+ */
+#include <linux/file.h>
+#include <linux/slab.h>
+#include <linux/timekeeping.h>
+#include <net/inet_connection_sock.h>
+#include <net/sock.h>
+#include <net/tcp.h>
+
+#include "kproxy.h"
+#include "netlink-gen.h"
+
+/* Extack messages must be string literals on 6.1: one per socket. */
+#define KPROXY_FD_ERR(extack, idx, what)				\
+	do {								\
+		if (idx)						\
+			NL_SET_ERR_MSG(extack, "fd-b " what);		\
+		else							\
+			NL_SET_ERR_MSG(extack, "fd-a " what);		\
+	} while (0)
+
+/* Look the descriptor up and check it is a TCP socket; keeps its file ref. */
+static struct socket *kproxy_get_socket(int fd, int idx,
+					struct netlink_ext_ack *extack)
+{
+	struct socket *sock;
+	struct sock *sk;
+	int err;
+
+	sock = sockfd_lookup(fd, &err);
+	if (!sock) {
+		if (err == -ENOTSOCK)
+			KPROXY_FD_ERR(extack, idx, "is not a socket");
+		else
+			KPROXY_FD_ERR(extack, idx, "is not an open file descriptor");
+		return ERR_PTR(err);
+	}
+
+	sk = sock->sk;
+	if (!sk || sk->sk_type != SOCK_STREAM ||
+	    sk->sk_protocol != IPPROTO_TCP ||
+	    (sk->sk_family != AF_INET && sk->sk_family != AF_INET6)) {
+		KPROXY_FD_ERR(extack, idx, "is not a TCP socket");
+		sockfd_put(sock);
+		return ERR_PTR(-EPROTONOSUPPORT);
+	}
+	return sock;
+}
+
+/*
+ * Take the socket over: check under its lock that it is connected and
+ * that no one else (a proxy, sockmap, KCM, a ULP such as kTLS) owns it,
+ * then install our callbacks.
+ */
+static int kproxy_hook(struct kproxy *kp, int idx,
+		       struct netlink_ext_ack *extack)
+{
+	struct sock *sk = kp->sock[idx]->sk;
+	int err = 0;
+
+	lock_sock(sk);
+	write_lock_bh(&sk->sk_callback_lock);
+
+	if (sk->sk_state == TCP_LISTEN) {
+		KPROXY_FD_ERR(extack, idx, "is a listening socket");
+		err = -ENOTCONN;
+	} else if (sk->sk_state != TCP_ESTABLISHED &&
+		   sk->sk_state != TCP_CLOSE_WAIT) {
+		KPROXY_FD_ERR(extack, idx, "is not connected");
+		err = -ENOTCONN;
+	} else if (sk->sk_data_ready == kproxy_data_ready) {
+		KPROXY_FD_ERR(extack, idx, "is already in a proxy");
+		err = -EBUSY;
+	} else if (sk->sk_user_data || inet_csk(sk)->icsk_ulp_ops) {
+		KPROXY_FD_ERR(extack, idx, "is owned by another kernel user (sockmap, KCM or a ULP such as kTLS)");
+		err = -EBUSY;
+	} else {
+		kp->saved[idx].data_ready = sk->sk_data_ready;
+		kp->saved[idx].write_space = sk->sk_write_space;
+		kp->saved[idx].state_change = sk->sk_state_change;
+		sk->sk_user_data = kp;
+		WRITE_ONCE(sk->sk_data_ready, kproxy_data_ready);
+		WRITE_ONCE(sk->sk_write_space, kproxy_write_space);
+		WRITE_ONCE(sk->sk_state_change, kproxy_state_change);
+	}
+
+	write_unlock_bh(&sk->sk_callback_lock);
+	release_sock(sk);
+	return err;
+}
+
+/* After this returns no callback of the socket can reach the proxy. */
+static void kproxy_unhook(struct kproxy *kp, int idx)
+{
+	struct sock *sk = kp->sock[idx]->sk;
+
+	write_lock_bh(&sk->sk_callback_lock);
+	WRITE_ONCE(sk->sk_data_ready, kp->saved[idx].data_ready);
+	WRITE_ONCE(sk->sk_write_space, kp->saved[idx].write_space);
+	WRITE_ONCE(sk->sk_state_change, kp->saved[idx].state_change);
+	sk->sk_user_data = NULL;
+	write_unlock_bh(&sk->sk_callback_lock);
+}
+
+static void kproxy_end_work(struct work_struct *work)
+{
+	kproxy_destroy(container_of(work, struct kproxy, end_work));
+}
+
+struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
+			     struct netlink_ext_ack *extack)
+{
+	struct kproxy_net *kn = kproxy_pernet(net);
+	struct kproxy *kp;
+	int err, id, i;
+
+	kp = kzalloc(sizeof(*kp), GFP_KERNEL);
+	if (!kp)
+		return ERR_PTR(-ENOMEM);
+	kp->net = net;
+	INIT_LIST_HEAD(&kp->net_node);
+	INIT_WORK(&kp->end_work, kproxy_end_work);
+	kp->created_ns = ktime_get_real_ns();
+
+	kp->sock[0] = kproxy_get_socket(fd_a, 0, extack);
+	if (IS_ERR(kp->sock[0])) {
+		err = PTR_ERR(kp->sock[0]);
+		goto err_free;
+	}
+	kp->sock[1] = kproxy_get_socket(fd_b, 1, extack);
+	if (IS_ERR(kp->sock[1])) {
+		err = PTR_ERR(kp->sock[1]);
+		goto err_put_a;
+	}
+	if (kp->sock[0] == kp->sock[1]) {
+		NL_SET_ERR_MSG(extack, "fd-a and fd-b are the same socket");
+		err = -EINVAL;
+		goto err_put_b;
+	}
+
+	for (i = 0; i < 2; i++)
+		kproxy_dir_init(kp, i);
+
+	err = kproxy_hook(kp, 0, extack);
+	if (err)
+		goto err_put_b;
+	err = kproxy_hook(kp, 1, extack);
+	if (err)
+		goto err_unhook_a;
+
+	mutex_lock(&kproxy_lock);
+	if (kproxy_unloading) {
+		NL_SET_ERR_MSG(extack, "kproxy is being unloaded");
+		err = -ESHUTDOWN;
+		goto err_unlock;
+	}
+	id = idr_alloc_cyclic(&kproxy_idr, kp, 1, INT_MAX, GFP_KERNEL);
+	if (id < 0) {
+		err = id;
+		goto err_unlock;
+	}
+	kp->id = id;
+	list_add_tail(&kp->net_node, &kn->proxies);
+	kn->totals.created++;
+	kn->gen++;
+	set_bit(KPROXY_RUNNING, &kp->flags);
+	mutex_unlock(&kproxy_lock);
+
+	/* Bytes may be queued already, and a FIN with them. */
+	queue_work(kproxy_wq, &kp->dir[0].work);
+	queue_work(kproxy_wq, &kp->dir[1].work);
+	return kp;
+
+err_unlock:
+	mutex_unlock(&kproxy_lock);
+	kproxy_unhook(kp, 1);
+err_unhook_a:
+	kproxy_unhook(kp, 0);
+	/* Callbacks may have queued works; they return at once (not RUNNING). */
+	cancel_work_sync(&kp->dir[0].work);
+	cancel_work_sync(&kp->dir[1].work);
+err_put_b:
+	sockfd_put(kp->sock[1]);
+err_put_a:
+	sockfd_put(kp->sock[0]);
+err_free:
+	kfree(kp);
+	return ERR_PTR(err);
+}
+
+/* Caller holds kproxy_lock. */
+struct kproxy *kproxy_find(struct net *net, u32 id)
+{
+	struct kproxy *kp;
+
+	if (id > INT_MAX)
+		return NULL;
+	kp = idr_find(&kproxy_idr, id);
+	if (!kp || !net_eq(kp->net, net) || test_bit(KPROXY_DEAD, &kp->flags))
+		return NULL;
+	return kp;
+}
+
+enum kproxy_state kproxy_state(const struct kproxy *kp)
+{
+	if (test_bit(KPROXY_DEAD, &kp->flags))
+		return KPROXY_STATE_CLOSING;
+	if (atomic_read(&kp->shut_dirs))
+		return KPROXY_STATE_HALF_CLOSED;
+	return KPROXY_STATE_ACTIVE;
+}
+
+/*
+ * Caller holds kproxy_lock. Returns true if the caller now owns the
+ * teardown; the proxy stays in the idr (so ids are not reused while it
+ * ends) but is no longer found by lookups.
+ */
+bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason)
+{
+	lockdep_assert_held(&kproxy_lock);
+
+	if (test_and_set_bit(KPROXY_DEAD, &kp->flags))
+		return false;
+	kp->reason = reason;
+	kproxy_pernet(kp->net)->gen++;
+	return true;
+}
+
+/* From the data path: end the proxy from a work item of its own. */
+void kproxy_end_async(struct kproxy *kp, enum kproxy_reason reason)
+{
+	bool claimed;
+
+	mutex_lock(&kproxy_lock);
+	claimed = kproxy_claim(kp, reason);
+	mutex_unlock(&kproxy_lock);
+	if (claimed)
+		queue_work(kproxy_wq, &kp->end_work);
+}
+
+static void kproxy_add_totals(struct kproxy_totals *t, struct kproxy *kp)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		t->bytes += kp->dir[i].bytes;
+		t->skbs += kp->dir[i].skbs;
+		t->msgs += kp->dir[i].msgs;
+		t->drops += kp->dir[i].drops;
+	}
+}
+
+/* The owner of a claimed proxy ends it; process context. */
+void kproxy_destroy(struct kproxy *kp)
+{
+	bool abort = kp->reason == KPROXY_REASON_RESET ||
+		     kp->reason == KPROXY_REASON_ERROR;
+	struct kproxy_net *kn;
+	int i;
+
+	kproxy_unhook(kp, 0);
+	kproxy_unhook(kp, 1);
+	cancel_work_sync(&kp->dir[0].work);
+	cancel_work_sync(&kp->dir[1].work);
+
+	for (i = 0; i < 2; i++) {
+		if (abort)
+			__skb_queue_purge(&kp->dir[i].queue);
+		else
+			kproxy_dir_drain(&kp->dir[i]);
+		kproxy_bpf_release(&kp->dir[i]);
+	}
+	if (abort)
+		for (i = 0; i < 2; i++)
+			tcp_abort(kp->sock[i]->sk, ECONNRESET);
+
+	kproxy_nl_notify(kp, KPROXY_CMD_PROXY_DEL_NTF);
+
+	mutex_lock(&kproxy_lock);
+	kn = kproxy_pernet(kp->net);
+	list_del(&kp->net_node);
+	idr_remove(&kproxy_idr, kp->id);
+	kn->totals.ended[kp->reason]++;
+	kproxy_add_totals(&kn->totals, kp);
+	kn->gen++;
+	mutex_unlock(&kproxy_lock);
+
+	sockfd_put(kp->sock[0]);
+	sockfd_put(kp->sock[1]);
+	kfree(kp);
+}
+
+/*
+ * End every proxy of @net, or of every netns when @net is NULL (unload),
+ * and wait until all have ended, including those the data path claimed.
+ */
+void kproxy_end_all(struct net *net, enum kproxy_reason reason)
+{
+	struct kproxy *kp;
+	LIST_HEAD(mine);
+	int id;
+
+	mutex_lock(&kproxy_lock);
+	idr_for_each_entry(&kproxy_idr, kp, id) {
+		if (net && !net_eq(kp->net, net))
+			continue;
+		if (kproxy_claim(kp, reason))
+			list_move_tail(&kp->net_node, &mine);
+	}
+	mutex_unlock(&kproxy_lock);
+
+	/* kproxy_destroy() unlinks net_node from our list, then frees. */
+	while (!list_empty(&mine)) {
+		kp = list_first_entry(&mine, struct kproxy, net_node);
+		kproxy_destroy(kp);
+	}
+	flush_workqueue(kproxy_wq);
+}
