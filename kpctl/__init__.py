@@ -1,0 +1,39 @@
+"""kpctl: manage kproxy, the in-kernel joiner of two TCP sockets.
+
+The library (this package minus cli.py and shell/) needs only pyroute2 and
+PyYAML; it never imports the shell's dependencies.
+
+Names are imported on first use so that `kpctl --help` does not pay for
+pyroute2.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Kproxy, Monitor
+    from .errors import KproxyError
+    from .model import DirStats, Endpoint, Event, Proxy, SockInfo, Totals
+
+_LAZY = {
+    "Kproxy": ".client",
+    "Monitor": ".client",
+    "KproxyError": ".errors",
+    "DirStats": ".model",
+    "Endpoint": ".model",
+    "Event": ".model",
+    "Proxy": ".model",
+    "SockInfo": ".model",
+    "Totals": ".model",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

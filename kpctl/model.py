@@ -1,0 +1,171 @@
+"""What kpctl hands to its users: frozen, JSON-ready values.
+
+These classes know nothing about netlink or /proc; client.py and procfs.py
+build them.  `to_dict()` is what `kpctl -j` prints, so its keys are a public
+format: add keys, never rename them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+STATES: tuple[str, ...] = ("active", "half-closed", "closing")
+REASONS: tuple[str, ...] = ("user", "closed", "reset", "error", "netns-exit", "unload")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An address and port, printed as iproute2 does: 10.0.0.1:80, [::1]:80."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @classmethod
+    def parse(cls, text: str) -> "Endpoint":
+        """Parse `1.2.3.4:80` or `[::1]:80` (the /proc and CLI form)."""
+        text = text.strip()
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+            if not sep:
+                raise ValueError(f"bad endpoint {text!r}: expected [addr]:port")
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ValueError(f"bad endpoint {text!r}: expected addr:port")
+        try:
+            addr = ipaddress.ip_address(host)
+            portnum = int(port)
+        except ValueError as e:
+            raise ValueError(f"bad endpoint {text!r}: {e}") from None
+        if not 0 <= portnum <= 65535:
+            raise ValueError(f"bad endpoint {text!r}: port out of range")
+        return cls(str(addr), portnum)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, port: int) -> "Endpoint":
+        """From a network-order address (4 or 16 bytes) as netlink carries it."""
+        return cls(str(ipaddress.ip_address(bytes(raw))), port)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port}
+
+
+@dataclass(frozen=True)
+class SockInfo:
+    """One side of a proxy.  tcp_state is None where unknown (from /proc)."""
+
+    family: int
+    local: Endpoint
+    remote: Endpoint
+    tcp_state: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}.get(
+                self.family, self.family
+            ),
+            "local": str(self.local),
+            "remote": str(self.remote),
+            "tcp_state": self.tcp_state,
+        }
+
+
+@dataclass(frozen=True)
+class DirStats:
+    """Counters of one direction (read from one socket, sent on the other),
+    and the ids of the BPF programs attached to it (None: none attached)."""
+
+    bytes: int = 0
+    skbs: int = 0
+    msgs: int = 0
+    drops: int = 0
+    queued: int = 0
+    shut: bool = False
+    parser_id: int | None = None
+    verdict_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    id: int
+    state: str
+    created_ns: int
+    a: SockInfo
+    b: SockInfo
+    a_to_b: DirStats
+    b_to_a: DirStats
+
+    @property
+    def age(self) -> float:
+        """Seconds since creation (wall clock, as created_ns is CLOCK_REALTIME)."""
+        return max(0.0, time.time() - self.created_ns / 1e9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "created_ns": self.created_ns,
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "a_to_b": self.a_to_b.to_dict(),
+            "b_to_a": self.b_to_a.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """A monitor notification: a proxy was created ('new') or ended ('del')."""
+
+    kind: str
+    proxy: Proxy
+    reason: str | None
+    timestamp: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "timestamp": self.timestamp,
+            "proxy": self.proxy.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Totals:
+    """/proc/net/kproxy_stat: per-netns totals since the module was loaded."""
+
+    active: int = 0
+    created: int = 0
+    ended_user: int = 0
+    ended_closed: int = 0
+    ended_reset: int = 0
+    ended_error: int = 0
+    ended_netns_exit: int = 0
+    ended_unload: int = 0
+    bytes: int = 0
+    skbs: int = 0
+    msgs: int = 0
+    drops: int = 0
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

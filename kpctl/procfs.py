@@ -1,0 +1,113 @@
+"""Parsers of /proc/net/kproxy and /proc/net/kproxy_stat (docs/CONTRACT.md).
+
+Columns are found by the names in the header line, never by position, so a
+module that appends columns does not break an older kpctl.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .model import DirStats, Endpoint, Proxy, SockInfo, Totals
+
+PROXIES_PATH = "/proc/net/kproxy"
+TOTALS_PATH = "/proc/net/kproxy_stat"
+
+# Columns a line must have; anything else in the header is ignored, except
+# the optional program ids ab_parser ab_verdict ba_parser ba_verdict (0: none).
+_REQUIRED = (
+    "id", "state", "a_local", "a_remote", "b_local", "b_remote",
+    "ab_bytes", "ab_skbs", "ab_msgs", "ab_drops", "ab_queued",
+    "ba_bytes", "ba_skbs", "ba_msgs", "ba_drops", "ba_queued", "created",
+)  # fmt: skip
+
+
+class ProcFormatError(ValueError):
+    """The file does not look like the documented format."""
+
+
+def _sock(local: str, remote: str) -> SockInfo:
+    lo, re_ = Endpoint.parse(local), Endpoint.parse(remote)
+    # /proc has no family column: the address form tells it ([v6] or v4).
+    family = socket.AF_INET6 if local.startswith("[") else socket.AF_INET
+    return SockInfo(family=family, local=lo, remote=re_, tcp_state=None)
+
+
+def _prog_id(row: dict[str, str], col: str) -> int | None:
+    # Program ids (ab_parser ...) were appended later: optional, 0 = none.
+    v = row.get(col)
+    if v is None:
+        return None
+    return int(v) or None
+
+
+def _dir(row: dict[str, str], prefix: str) -> DirStats:
+    # /proc carries no shut flag; it is visible only over netlink.
+    return DirStats(
+        bytes=int(row[prefix + "_bytes"]),
+        skbs=int(row[prefix + "_skbs"]),
+        msgs=int(row[prefix + "_msgs"]),
+        drops=int(row[prefix + "_drops"]),
+        queued=int(row[prefix + "_queued"]),
+        shut=False,
+        parser_id=_prog_id(row, prefix + "_parser"),
+        verdict_id=_prog_id(row, prefix + "_verdict"),
+    )
+
+
+def parse_proxies(text: str) -> list[Proxy]:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    header = lines[0].split()
+    missing = [c for c in _REQUIRED if c not in header]
+    if missing:
+        raise ProcFormatError(f"header lacks column(s): {', '.join(missing)}")
+    out: list[Proxy] = []
+    for n, line in enumerate(lines[1:], start=2):
+        cols = line.split()
+        if len(cols) < len(header):
+            raise ProcFormatError(f"line {n}: {len(cols)} columns, header has {len(header)}")
+        row = dict(zip(header, cols))
+        try:
+            out.append(
+                Proxy(
+                    id=int(row["id"]),
+                    state=row["state"],
+                    created_ns=int(row["created"]),
+                    a=_sock(row["a_local"], row["a_remote"]),
+                    b=_sock(row["b_local"], row["b_remote"]),
+                    a_to_b=_dir(row, "ab"),
+                    b_to_a=_dir(row, "ba"),
+                )
+            )
+        except ValueError as e:
+            raise ProcFormatError(f"line {n}: {e}") from None
+    return out
+
+
+def parse_totals(text: str) -> Totals:
+    known = set(Totals.field_names())
+    values: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise ProcFormatError(f"line {n}: expected 'name value'")
+        if parts[0] in known:  # unknown names: a newer module; ignore them
+            try:
+                values[parts[0]] = int(parts[1])
+            except ValueError:
+                raise ProcFormatError(f"line {n}: {parts[1]!r} is not a number") from None
+    return Totals(**values)
+
+
+def read_proxies(path: str = PROXIES_PATH) -> list[Proxy]:
+    with open(path) as f:
+        return parse_proxies(f.read())
+
+
+def read_totals(path: str = TOTALS_PATH) -> Totals:
+    with open(path) as f:
+        return parse_totals(f.read())
