@@ -1,0 +1,273 @@
+"""Human output: rich tables and panels, human units.
+
+Imported only by handlers that print for humans (never in JSON mode's hot
+path of `--help`), since rich costs tens of milliseconds to import.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {"active": "green", "half-closed": "yellow", "closing": "red"}
+
+
+def make_console(file, *, color: bool, width=None, env=None) -> Console:
+    """A console on FILE: colour only when asked (the caller decides: a
+    terminal, no NO_COLOR, no --no-color).  Off a terminal, lines are not
+    folded to 80 columns."""
+    is_tty = False
+    try:
+        is_tty = file.isatty()
+    except Exception:
+        pass
+    if width is None and not is_tty:
+        width = 200
+    return Console(
+        file=file,
+        width=width,
+        color_system="auto" if color else None,
+        no_color=not color,
+        force_terminal=True if (color and not is_tty) else None,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        legacy_windows=False,
+        soft_wrap=False,
+    )
+
+
+# -- units -----------------------------------------------------------------
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def human_bytes(n) -> str:
+    n = int(n)
+    if abs(n) < 1024:
+        return f"{n} B"
+    v = float(n)
+    for u in _UNITS:
+        v /= 1024.0
+        if abs(v) < 1024 or u == _UNITS[-1]:
+            return f"{v:.1f} {u}" if abs(v) < 100 else f"{v:.0f} {u}"
+    return f"{n} B"  # pragma: no cover
+
+
+def human_rate(bps) -> str:
+    return human_bytes(int(round(bps))) + "/s"
+
+
+def human_count(n) -> str:
+    n = float(n)
+    if abs(n) < 1000:
+        return f"{n:.0f}" if n == int(n) else f"{n:.1f}"
+    for u in ("k", "M", "G", "T"):
+        n /= 1000.0
+        if abs(n) < 1000 or u == "T":
+            return f"{n:.1f}{u}"
+    return str(n)  # pragma: no cover
+
+
+def human_duration(secs) -> str:
+    s = int(max(0, secs))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def age_of(p, now=None) -> float:
+    if now is not None and getattr(p, "created_ns", None):
+        return max(0.0, now - p.created_ns / 1e9)
+    a = getattr(p, "age", None)
+    if a is not None:
+        return a
+    return max(0.0, time.time() - p.created_ns / 1e9)
+
+
+def fmt_time(ts: float, date: bool = True) -> str:
+    lt = time.localtime(ts)
+    ms = int((ts - int(ts)) * 1000)
+    fmt = "%Y-%m-%dT%H:%M:%S" if date else "%H:%M:%S"
+    return time.strftime(fmt, lt) + f".{ms:03d}"
+
+
+def _state(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+# -- list / show -----------------------------------------------------------
+
+
+def proxy_table(proxies, now=None) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  collapse_padding=True)
+    t.add_column("ID", justify="right", style="bold")
+    t.add_column("STATE")
+    for name in ("A LOCAL", "A REMOTE", "B LOCAL", "B REMOTE"):
+        t.add_column(name, overflow="fold")  # never "…" in an address
+    t.add_column("A→B", justify="right", no_wrap=True)
+    t.add_column("B→A", justify="right", no_wrap=True)
+    t.add_column("AGE", justify="right", no_wrap=True)
+    for p in proxies:
+        t.add_row(str(p.id), _state(p.state), str(p.a.local), str(p.a.remote),
+                  str(p.b.local), str(p.b.remote), human_bytes(p.a_to_b.bytes),
+                  human_bytes(p.b_to_a.bytes), human_duration(age_of(p, now)))
+    return t
+
+
+_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+               6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+               11: "CLOSING", 12: "NEW_SYN_RECV"}
+
+
+def tcp_state_name(v) -> str:
+    if v is None:
+        return "-"
+    return _TCP_STATES.get(v, str(v))
+
+
+def prog_id_text(prog_id) -> str:
+    """A BPF program id as bpftool names it ('id 42'), '-' when none."""
+    return f"id {prog_id}" if prog_id else "-"
+
+
+def proxy_panel(p, now=None) -> Panel:
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("state", _state(p.state))
+    created = p.created_ns / 1e9
+    head.add_row("created", f"{fmt_time(created)} ({human_duration(age_of(p, now))} ago)")
+
+    socks = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  collapse_padding=True)
+    socks.add_column("SOCKET", style="bold")
+    socks.add_column("LOCAL")
+    socks.add_column("REMOTE")
+    socks.add_column("TCP STATE")
+    for name, s in (("A", p.a), ("B", p.b)):
+        socks.add_row(name, str(s.local), str(s.remote), tcp_state_name(s.tcp_state))
+
+    dirs = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  collapse_padding=True)
+    dirs.add_column("DIRECTION", style="bold")
+    for c in ("BYTES", "SKBS", "MSGS", "DROPS", "QUEUED"):
+        dirs.add_column(c, justify="right")
+    dirs.add_column("SHUT")
+    dirs.add_column("PARSER", justify="right")
+    dirs.add_column("VERDICT", justify="right")
+    for name, d in (("A→B", p.a_to_b), ("B→A", p.b_to_a)):
+        dirs.add_row(name, f"{human_bytes(d.bytes)} ({d.bytes})", str(d.skbs), str(d.msgs),
+                     str(d.drops), human_bytes(d.queued), "yes" if d.shut else "no",
+                     prog_id_text(getattr(d, "parser_id", None)),
+                     prog_id_text(getattr(d, "verdict_id", None)))
+    return Panel(Group(head, Text(""), socks, Text(""), dirs), title=f"proxy {p.id}",
+                 title_align="left", box=box.ROUNDED, expand=False)
+
+
+# -- stats -----------------------------------------------------------------
+
+
+def totals_text(d: dict) -> str:
+    w = max(len(k) for k in d) if d else 0
+    out = []
+    for k, v in d.items():
+        line = f"{k.ljust(w)}  {v:>14}"
+        if k == "bytes":
+            line += f"  ({human_bytes(v)})"
+        out.append(line)
+    return "\n".join(out)
+
+
+def stats_interval_text(ts: float, dt: float, deltas: dict, rates: dict) -> str:
+    w = max(len(k) for k in deltas) if deltas else 0
+    out = [f"# {fmt_time(ts)}  interval {dt:.2f}s"]
+    for k, v in deltas.items():
+        if k in rates:
+            r = rates[k]
+            rs = human_rate(r) if k == "bytes" else f"{r:.1f}/s"
+            out.append(f"{k.ljust(w)}  {('+' + str(v)):>14}  {rs:>12}")
+        else:
+            out.append(f"{k.ljust(w)}  {v:>14}")
+    return "\n".join(out)
+
+
+# -- monitor ---------------------------------------------------------------
+
+
+def event_text(ev) -> Text:
+    p = ev.proxy
+    t = Text()
+    t.append(fmt_time(ev.timestamp), style="dim")
+    t.append(" ")
+    if ev.kind == "new":
+        t.append("[NEW]", style="bold green")
+    elif ev.kind == "del":
+        t.append("[DEL]", style="bold red")
+    else:
+        t.append(f"[{ev.kind.upper()}]", style="bold")
+    t.append(f" proxy {p.id} ")
+    t.append(f"a {p.a.remote}>{p.a.local} b {p.b.local}>{p.b.remote}")
+    if ev.kind == "del":
+        t.append(f" reason {ev.reason or '-'}", style="yellow")
+        t.append(f" a>b {human_bytes(p.a_to_b.bytes)} b>a {human_bytes(p.b_to_a.bytes)}")
+    else:
+        t.append(f" state {p.state}")
+    return t
+
+
+# -- top -------------------------------------------------------------------
+
+
+def top_rows(proxies, prev: dict | None, dt: float | None, now: float):
+    """Rows sorted by throughput: the rate over the last interval, or (first
+    time) the average since the proxy was created."""
+    rows = []
+    for p in proxies:
+        old = prev.get(p.id) if prev else None
+        if old is not None and dt and dt > 0:
+            rab = (p.a_to_b.bytes - old.a_to_b.bytes) / dt
+            rba = (p.b_to_a.bytes - old.b_to_a.bytes) / dt
+        else:
+            age = age_of(p, now) or 1.0
+            rab, rba = p.a_to_b.bytes / max(age, 1.0), p.b_to_a.bytes / max(age, 1.0)
+        rows.append({"proxy": p, "rate_ab": max(0.0, rab), "rate_ba": max(0.0, rba)})
+    rows.sort(key=lambda r: (-(r["rate_ab"] + r["rate_ba"]), r["proxy"].id))
+    return rows
+
+
+def top_table(rows, now: float) -> Table:
+    total = sum(r["rate_ab"] + r["rate_ba"] for r in rows)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
+              title=f"kpctl top - {fmt_time(now, date=False)} - {len(rows)} "
+                    f"prox{'y' if len(rows) == 1 else 'ies'}, "
+                    f"{human_rate(total)}", title_justify="left")
+    t.add_column("ID", justify="right", style="bold")
+    t.add_column("STATE")
+    t.add_column("A REMOTE", overflow="fold")
+    t.add_column("B REMOTE", overflow="fold")
+    t.add_column("A→B/s", justify="right")
+    t.add_column("B→A/s", justify="right")
+    t.add_column("A→B", justify="right")
+    t.add_column("B→A", justify="right")
+    t.add_column("AGE", justify="right")
+    for r in rows:
+        p = r["proxy"]
+        t.add_row(str(p.id), _state(p.state), str(p.a.remote), str(p.b.remote),
+                  human_rate(r["rate_ab"]), human_rate(r["rate_ba"]),
+                  human_bytes(p.a_to_b.bytes), human_bytes(p.b_to_a.bytes),
+                  human_duration(age_of(p, now)))
+    return t

@@ -1,0 +1,847 @@
+"""`kpctl serve` without a kernel: address parsing, option checks, and the
+accept loop against real loopback sockets with a fake `create` that relays
+in userspace (so bytes really flow and fds really change hands)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from cli_fakes import FakeKproxy, Harness
+from kpctl.errors import KproxyError
+from kpctl.model import DirStats, Endpoint, Event, Proxy, SockInfo
+from kpctl.serve import (Address, Server, ServeError, ServeOptions, check_distinct, resolve,
+                         split_hostport)
+from kpctl.shell.serve_view import ServeView, status_text, summary_text
+
+T = 10.0  # every wait in these tests is bounded
+
+
+# -- addresses -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,listen,want", [
+    ("127.0.0.1:80", False, ("127.0.0.1", "80")),
+    ("[::1]:80", False, ("::1", "80")),
+    ("[fe80::1%lo]:22", False, ("fe80::1%lo", "22")),
+    ("example.org:443", False, ("example.org", "443")),
+    ("db:postgresql", False, ("db", "postgresql")),
+    (":8080", True, ("", "8080")),
+    ("*:8080", True, ("", "8080")),
+    ("8080", True, ("", "8080")),
+    ("0.0.0.0:0", True, ("0.0.0.0", "0")),
+    ("[::]:80", True, ("::", "80")),
+])
+def test_split_hostport(text, listen, want):
+    assert split_hostport(text, listen=listen) == want
+
+
+@pytest.mark.parametrize("text,listen,msg", [
+    ("::1:80", False, "an IPv6 address goes in brackets, e.g. [::1]:80"),
+    ("localhost", False, "missing ':PORT'"),
+    ("localhost:", False, "missing port"),
+    ("1.2.3.4:70000", False, "port 70000 out of range"),
+    ("1.2.3.4:0", False, "port 0 out of range (1-65535)"),
+    ("[::1]80", False, "expected [IPV6]:PORT"),
+    ("[zz]:80", False, "'zz' is not an IPv6 address"),
+    ("[]:80", False, "expected [IPV6]:PORT"),
+    (":80", False, "missing host"),
+    ("8080", False, "missing ':PORT'"),
+    ("h:8 0", False, "'8 0' is not a port"),
+    ("", True, "LISTEN is empty"),
+])
+def test_split_hostport_errors(text, listen, msg):
+    with pytest.raises(ServeError) as ei:
+        split_hostport(text, listen=listen)
+    assert msg in ei.value.message
+
+
+_REAL_GETADDRINFO = socket.getaddrinfo
+
+
+class CountingResolver:
+    """Names of `table` (counted); numeric addresses go to the real one."""
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = []
+
+    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
+        self.calls.append((host, port))
+        if flags & socket.AI_NUMERICHOST or host in ("127.0.0.1", "::1"):
+            return _REAL_GETADDRINFO(host, port, family, type, proto, flags)
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        fam, ip = self.table[host]
+        sa = (ip, int(port)) if fam == socket.AF_INET else (ip, int(port), 0, 0)
+        return [(fam, socket.SOCK_STREAM, 6, "", sa)]
+
+
+def test_resolve_numeric_and_names():
+    a = resolve("[::1]:80")
+    assert a == Address("::1", 80, socket.AF_INET6) and str(a) == "[::1]:80"
+    assert a.sockaddr() == ("::1", 80, 0, 0)
+    assert str(resolve("127.0.0.1:9")) == "127.0.0.1:9"
+    assert resolve(":8080", listen=True) == Address("0.0.0.0", 8080, socket.AF_INET)
+    r = CountingResolver({"backend.test": (socket.AF_INET6, "2001:db8::7")})
+    b = resolve("backend.test:443", resolver=r)
+    assert (b.host, b.port, b.family) == ("2001:db8::7", 443, socket.AF_INET6)
+    assert b.describe() == "backend.test:443 ([2001:db8::7]:443)"
+    assert r.calls == [("backend.test", "443")]
+    with pytest.raises(ServeError, match="cannot resolve TARGET 'nope.test:1'"):
+        resolve("nope.test:1", resolver=r)
+
+
+def test_same_address_refused():
+    with pytest.raises(ServeError, match="same address"):
+        check_distinct(resolve(":8080", listen=True), resolve("127.0.0.1:8080"))
+    check_distinct(resolve(":8080", listen=True), resolve("127.0.0.1:8081"))
+    check_distinct(resolve(":0", listen=True), resolve("127.0.0.1:8080"))
+
+
+# -- options through the CLI ------------------------------------------------------
+
+@pytest.mark.parametrize("args,msg", [
+    (["serve", ":8080"], "serve: missing TARGET"),
+    (["serve", ":8080", "127.0.0.1:80", "--max-conns", "0"], "'0' is not a count"),
+    (["serve", ":8080", "127.0.0.1:80", "--connect-timeout", "-1"], "not a positive number"),
+    (["serve", ":8080", "127.0.0.1:80", "--connect-timeout", "x"], "not a number of seconds"),
+    (["serve", ":8080", "127.0.0.1:80", "--backlog", "many"], "is not a count"),
+    (["serve", ":8080", "127.0.0.1:80", "--drain", "--kill"], "--drain and --kill are exclusive"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "p.o"], "--parser: not supported yet"),
+    (["serve", ":8080", "127.0.0.1:80", "--verdict", "v.o"], "--verdict: not supported yet"),
+    (["serve", "::1:8080", "127.0.0.1:80"], "an IPv6 address goes in brackets"),
+    (["serve", ":8080", "127.0.0.1"], "missing ':PORT'"),
+    (["serve", ":8080", "127.0.0.1:8080"], "the service would connect to itself"),
+    (["serve", ":8080", "no-such-host.invalid:80"], "cannot resolve TARGET"),
+])
+def test_serve_usage_errors(args, msg):
+    h = Harness(FakeKproxy())
+    assert h.run(*args) == 1
+    assert msg in h.err, h.err
+    assert "Traceback" not in h.err
+    assert h.client.calls == []  # nothing reached the kernel
+
+
+def test_serve_usage_error_json():
+    h = Harness(FakeKproxy())
+    assert h.run("-j", "serve", ":8080", "127.0.0.1:80", "--parser", "x") == 1
+    assert "not supported yet" in json.loads(h.out)["error"]["message"]
+
+
+def test_serve_without_module_exits_2():
+    def factory(netns):
+        raise KproxyError(errno.ENOENT, "kproxy module not loaded (family 'kproxy' not found)")
+    from kpctl.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["serve", "127.0.0.1:0", "127.0.0.1:9"], client_factory=factory, stdout=out,
+              stderr=err, env={})
+    assert rc == 2
+    assert err.getvalue() == "Error: kproxy module not loaded (family 'kproxy' not found) (ENOENT)\n"
+
+
+def test_serve_listen_in_use_exits_2():
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        h = Harness(FakeKproxy())
+        assert h.run("serve", "127.0.0.1:%d" % busy.getsockname()[1], "127.0.0.1:9") == 2
+        assert "Address already in use (EADDRINUSE)" in h.err
+    finally:
+        busy.close()
+
+
+# -- a fake kernel: create() relays in userspace ----------------------------------
+
+def _sockinfo(s):
+    fam = s.family
+    return SockInfo(fam, Endpoint(*s.getsockname()[:2]), Endpoint(*s.getpeername()[:2]), 1)
+
+
+class RelayKproxy:
+    """create(a, b) dups both fds (the proxy's own references) and pumps
+    bytes both ways in threads; the proxy disappears from list() when both
+    directions are done, like a kernel proxy that ended."""
+
+    def __init__(self, fail=None, monitor=None):
+        self.fail = fail
+        self.lock = threading.Lock()
+        self.proxies = {}
+        self.bytes = {}
+        self.next_id = 1
+        self.created = []
+        self.destroyed = []
+        self.calls = []
+        self._monitor = monitor
+
+    def create(self, a, b):
+        self.calls.append("create")
+        assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
+        if self.fail:
+            raise self.fail
+        a2 = socket.socket(fileno=os.dup(a.fileno()))
+        b2 = socket.socket(fileno=os.dup(b.fileno()))
+        a2.setblocking(True)
+        b2.setblocking(True)
+        with self.lock:
+            pid = self.next_id
+            self.next_id += 1
+            p = Proxy(pid, "active", time.time_ns(), _sockinfo(a2), _sockinfo(b2),
+                      DirStats(), DirStats())
+            self.proxies[pid] = (p, a2, b2)
+            self.bytes[pid] = [0, 0]
+            self.created.append(p)
+        done = []
+
+        def pump(src, dst, idx):
+            try:
+                while True:
+                    d = src.recv(65536)
+                    if not d:
+                        break
+                    dst.sendall(d)
+                    with self.lock:
+                        self.bytes[pid][idx] += len(d)
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            with self.lock:
+                done.append(idx)
+                if len(done) == 2 and pid in self.proxies:
+                    self._end(pid, "closed")
+
+        for args in ((a2, b2, 0), (b2, a2, 1)):
+            threading.Thread(target=pump, args=args, daemon=True).start()
+        return p
+
+    def _end(self, pid, reason):
+        p, a2, b2 = self.proxies.pop(pid)
+        for s in (a2, b2):
+            try:
+                s.close()
+            except OSError:
+                pass
+        if self._monitor is not None:
+            ab, ba = self.bytes[pid]
+            self._monitor.push(Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
+                                                  DirStats(bytes=ab), DirStats(bytes=ba)),
+                                     reason, time.time()))
+
+    def list(self):
+        self.calls.append("list")
+        with self.lock:
+            out = []
+            for pid, (p, _, _) in self.proxies.items():
+                ab, ba = self.bytes[pid]
+                out.append(Proxy(pid, p.state, p.created_ns, p.a, p.b, DirStats(bytes=ab),
+                                 DirStats(bytes=ba)))
+            return out
+
+    def destroy(self, pid):
+        self.calls.append(("destroy", pid))
+        with self.lock:
+            if pid not in self.proxies:
+                raise KproxyError(errno.ENOENT, "no proxy with this id")
+            p, a2, b2 = self.proxies[pid]
+            for s in (a2, b2):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.destroyed.append(pid)
+            self._end(pid, "user")
+
+    def monitor(self):
+        if self._monitor is None:
+            raise KproxyError(errno.ENOENT, "multicast group 'monitor' not registered")
+        return self._monitor
+
+    def close(self):
+        pass
+
+
+class FakeMonitor:
+    """fileno() + get(timeout) like kpctl.client.Monitor."""
+
+    def __init__(self):
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.events = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def push(self, ev):
+        with self.lock:
+            self.events.append(ev)
+        self.w.send(b"x")
+
+    def fileno(self):
+        return self.r.fileno()
+
+    def get(self, timeout=None):
+        try:
+            self.r.recv(4096)
+        except BlockingIOError:
+            pass
+        with self.lock:
+            return self.events.pop(0) if self.events else None
+
+    def close(self):
+        self.closed = True
+        self.r.close()
+        self.w.close()
+
+
+class EchoServer:
+    def __init__(self, family=socket.AF_INET, host="127.0.0.1", backlog=64):
+        self.ls = socket.socket(family)
+        self.ls.bind((host, 0))
+        self.ls.listen(backlog)
+        self.port = self.ls.getsockname()[1]
+        self.addr = Address(host, self.port, family)
+        self.stopped = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c):
+        with c:
+            while True:
+                try:
+                    d = c.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    return
+                c.sendall(d)
+
+    def close(self):
+        self.stopped = True
+        self.ls.close()
+
+
+class Running:
+    """A Server in a thread; events recorded; stop() and join bounded."""
+
+    def __init__(self, client, target, listen="127.0.0.1:0", **kw):
+        self.events = []
+        self.ev_lock = threading.Lock()
+        opts = ServeOptions(**kw.pop("options", {}))
+        self.server = Server(client, resolve(listen, listen=True), target, opts,
+                             on_event=self._on, **kw)
+        self.addr = self.server.open()
+        self.result = None
+        self.error = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _on(self, kind, data):
+        with self.ev_lock:
+            self.events.append((kind, data))
+
+    def _run(self):
+        try:
+            self.result = self.server.run(install_signals=False)
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+
+    def kinds(self, kind):
+        with self.ev_lock:
+            return [d for k, d in self.events if k == kind]
+
+    def connect(self):
+        return socket.create_connection(self.addr.sockaddr()[:2], timeout=T)
+
+    def connect_refused(self):
+        """Connect and see the server end it (EOF or RST, possibly already
+        during connect(): on loopback the RST may beat connect's return)."""
+        try:
+            c = self.connect()
+        except ConnectionResetError:
+            return True
+        with c:
+            return ended_by_server(c)
+
+    def stop(self):
+        self.server.stop()
+        self.t.join(T)
+        assert not self.t.is_alive(), "serve did not stop"
+        assert self.error is None, self.error
+        return self.result
+
+
+def wait_for(pred, timeout=T, what=""):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        time.sleep(0.01)
+
+
+def ended_by_server(c):
+    """True when the server ended the connection (EOF or RST), within T."""
+    c.settimeout(T)
+    try:
+        return c.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def fd_count():
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- the accept loop ----------------------------------------------------------------
+
+def test_bytes_flow_and_fds_are_handed_over():
+    echo = EchoServer()
+    kp = RelayKproxy(monitor=FakeMonitor())  # final counters come with proxy-del
+    r = Running(kp, echo.addr)
+    try:
+        with r.connect() as c:
+            c.sendall(b"x" * 1024)
+            got = b""
+            while len(got) < 1024:
+                got += c.recv(4096)
+            assert got == b"x" * 1024
+        wait_for(lambda: r.server.snapshot()["ended"] == 1, what="proxy ended")
+        c = r.stop()
+        assert (c.accepted, c.created, c.failed, c.refused, c.active) == (1, 1, 0, 0, 0)
+        assert c.bytes_a_to_b == 1024 and c.bytes_b_to_a == 1024
+        p = kp.created[0]
+        # A is the client's connection, B the one to the target
+        assert p.a.local.port == r.addr.port and p.b.remote.port == echo.port
+        [ev] = r.kinds("proxy")
+        assert ev["id"] == 1 and ev["upstream"] == str(p.b.local)
+    finally:
+        echo.close()
+
+
+def test_ipv6_listen_and_target():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        echo = EchoServer(socket.AF_INET6, "::1")
+    except OSError:
+        pytest.skip("no ::1")
+    r = Running(RelayKproxy(), resolve("[::1]:%d" % echo.port), listen="[::1]:0")
+    try:
+        assert str(r.addr).startswith("[::1]:")
+        with socket.create_connection(("::1", r.addr.port), timeout=T) as c:
+            c.sendall(b"six")
+            assert c.recv(3) == b"six"
+        assert r.stop().created == 1
+    finally:
+        echo.close()
+
+
+def test_target_refused_resets_client_at_once_and_goes_on():
+    r = Running(RelayKproxy(), resolve("127.0.0.1:%d" % free_port()))
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert r.connect_refused()
+            assert time.monotonic() - t0 < 1.0
+        wait_for(lambda: r.server.snapshot()["failed"] == 3)
+        c = r.stop()
+        assert c.accepted == 3 and c.created == 0 and c.failures == {"ECONNREFUSED": 3}
+        f = r.kinds("failed")[0]
+        assert f["stage"] == "connect" and "Connection refused" in f["reason"]
+    finally:
+        pass
+
+
+def test_connect_timeout():
+    # A listener whose accept queue is full drops SYNs: connect() hangs.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(full.getsockname())
+        fillers.append(f)
+    time.sleep(0.1)
+    r = Running(RelayKproxy(), Address("127.0.0.1", full.getsockname()[1], socket.AF_INET),
+                options={"connect_timeout": 0.3})
+    try:
+        t0 = time.monotonic()
+        assert r.connect_refused()
+        assert 0.25 < time.monotonic() - t0 < 3.0
+        c = r.stop()
+        assert c.failed == 1 and c.failures == {"ETIMEDOUT": 1}
+        assert "timed out after 0.3s" in r.kinds("failed")[0]["reason"]
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()
+
+
+def test_kernel_refusal_is_a_failure():
+    echo = EchoServer()
+    kp = RelayKproxy(fail=KproxyError(errno.EPERM, "need CAP_NET_ADMIN"))
+    r = Running(kp, echo.addr)
+    try:
+        assert r.connect_refused()
+        wait_for(lambda: r.server.snapshot()["failed"] == 1)
+        c = r.stop()
+        assert c.failures == {"EPERM": 1} and c.created == 0
+        assert r.kinds("failed")[0]["reason"] == "kernel refused the proxy: need CAP_NET_ADMIN (EPERM)"
+    finally:
+        echo.close()
+
+
+def test_max_conns_refuses_beyond_and_frees_slots():
+    echo = EchoServer()
+    r = Running(RelayKproxy(), echo.addr, options={"max_conns": 2})
+    try:
+        held = [r.connect() for _ in range(2)]
+        for c in held:  # both served
+            c.sendall(b"hi")
+            assert c.recv(2) == b"hi"
+        for _ in range(3):
+            assert r.connect_refused()
+        wait_for(lambda: r.server.snapshot()["refused"] == 3)
+        held.pop().close()  # a slot frees once the proxy is seen gone (dump each second)
+        wait_for(lambda: r.server.snapshot()["active"] == 1, what="slot freed")
+        with r.connect() as c:
+            c.sendall(b"again")
+            assert c.recv(5) == b"again"
+        for c in held:
+            c.close()
+        c = r.stop()
+        assert (c.accepted, c.created, c.refused) == (6, 3, 3)
+        assert r.kinds("refused")[0] == {"client": r.kinds("refused")[0]["client"],
+                                          "reason": "max-conns", "limit": 2}
+    finally:
+        echo.close()
+
+
+def test_monitor_frees_slots_at_once_with_final_counters():
+    echo = EchoServer()
+    mon = FakeMonitor()
+    kp = RelayKproxy(monitor=mon)
+    r = Running(kp, echo.addr, options={"max_conns": 1})
+    try:
+        for i in range(5):  # one at a time, back to back: never refused
+            with r.connect() as c:
+                c.sendall(b"z" * 100)
+                got = b""
+                while len(got) < 100:
+                    got += c.recv(100)
+                c.shutdown(socket.SHUT_WR)
+                assert c.recv(1) == b""
+            wait_for(lambda: r.server.snapshot()["ended"] == i + 1)
+        c = r.stop()
+        assert c.refused == 0 and c.created == 5
+        assert c.bytes_a_to_b == 500 and c.bytes_b_to_a == 500
+        assert all(e["reason"] == "closed" for e in r.kinds("ended"))
+        assert "list" not in kp.calls  # nothing live at a tick: no dump needed
+        assert mon.closed
+    finally:
+        echo.close()
+
+
+def test_emfile_backs_off_and_recovers():
+    echo = EchoServer()
+    calls = []
+
+    def accept(ls):
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return ls.accept()
+
+    r = Running(RelayKproxy(), echo.addr, accept=accept)
+    try:
+        with r.connect() as c:  # waits in the backlog during the back-off
+            c.sendall(b"ok")
+            assert c.recv(2) == b"ok"
+        c = r.stop()
+        assert c.accept_errors == 3 and c.created == 1
+        errs = r.kinds("accept-error")
+        assert [e["errno"] for e in errs] == ["EMFILE"] * 3
+        assert [e["backoff"] for e in errs] == [0.05, 0.1, 0.2]
+        # it paused: no busy loop on the failing accept()
+        assert calls[3] - calls[0] >= 0.3
+        assert len(calls) <= 6
+    finally:
+        echo.close()
+
+
+def test_no_fd_leak_over_many_connections():
+    echo = EchoServer()
+    dead = resolve("127.0.0.1:%d" % free_port())
+    kp = RelayKproxy()
+    r = Running(kp, echo.addr)
+    r2 = Running(RelayKproxy(), dead)
+    try:
+        with r.connect() as c:
+            c.sendall(b"w")
+            c.recv(1)
+        wait_for(lambda: r.server.snapshot()["active"] == 0)
+        before = fd_count()
+        for _ in range(50):
+            with r.connect() as c:
+                c.sendall(b"a" * 1024)
+                got = b""
+                while len(got) < 1024:
+                    got += c.recv(4096)
+            assert r2.connect_refused()
+        wait_for(lambda: r.server.snapshot()["active"] == 0 and not kp.proxies,
+                 what="all proxies ended")
+        wait_for(lambda: r2.server.snapshot()["failed"] == 50)
+        assert fd_count() <= before
+        assert r.stop().created == 51
+        assert r2.stop().failed == 50
+    finally:
+        echo.close()
+
+
+@pytest.mark.parametrize("mode", ["leave", "kill", "drain"])
+def test_stop_modes(mode):
+    echo = EchoServer()
+    kp = RelayKproxy()
+    r = Running(kp, echo.addr, options={"on_stop": mode})
+    try:
+        held = [r.connect() for _ in range(2)]
+        for c in held:
+            c.sendall(b"1")
+            assert c.recv(1) == b"1"
+        r.server.stop()
+        if mode == "drain":
+            time.sleep(0.5)
+            assert r.t.is_alive()  # waiting for the two proxies
+            with pytest.raises(OSError):  # but no longer accepting
+                socket.create_connection(r.addr.sockaddr()[:2], timeout=1)
+            for c in held:
+                c.close()
+        r.t.join(T)
+        assert not r.t.is_alive() and r.error is None
+        c = r.result
+        [stopping] = r.kinds("stopping")
+        assert stopping == {"mode": mode, "active": 2}
+        assert not [w for w in r.kinds("warning") if w["message"].startswith("proxy")]
+        if mode == "leave":
+            assert c.active == 2 and len(kp.proxies) == 2 and not kp.destroyed
+        elif mode == "kill":
+            assert sorted(kp.destroyed) == [1, 2] and c.active == 0 and not kp.proxies
+            for h in held:
+                assert ended_by_server(h)
+        else:
+            assert c.active == 0 and c.ended == 2
+        assert r.kinds("stopped")
+        for h in held:
+            h.close()
+    finally:
+        echo.close()
+
+
+def test_second_signal_stops_draining():
+    echo = EchoServer()
+    r = Running(RelayKproxy(), echo.addr, options={"on_stop": "drain"})
+    try:
+        held = r.connect()
+        held.sendall(b"1")
+        held.recv(1)
+        r.server.stop()
+        time.sleep(0.3)
+        assert r.t.is_alive()
+        r.server.stop()
+        r.t.join(T)
+        assert not r.t.is_alive()
+        assert "stop waiting" in r.kinds("signal")[-1]["action"]
+        assert r.result.active == 1
+        held.close()
+    finally:
+        echo.close()
+
+
+# -- the CLI, signals and what it prints --------------------------------------------
+
+def _serve_in_main_thread(argv, client, on_ready, resolver=None, monkeypatch=None):
+    """main() in this (the main) thread; on_ready runs in a helper thread once
+    a first connection went through, then sends us the signals it wants."""
+    from kpctl.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    helper_error = []
+
+    def helper():
+        try:
+            on_ready(out)
+        except BaseException as e:  # noqa: BLE001
+            helper_error.append(e)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # A SIGTERM that comes when serve is not running must not kill pytest.
+    old = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        t = threading.Thread(target=helper, daemon=True)
+        t.start()
+        rc = main(argv, client_factory=lambda netns: client, stdout=out, stderr=err, env={})
+        t.join(T)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert not helper_error, helper_error
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _connect_retry(port, host="127.0.0.1"):
+    deadline = time.monotonic() + T
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=T)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def test_cli_json_log_lines_sighup_and_summary(monkeypatch):
+    echo = EchoServer()
+    port = free_port()
+    kp = RelayKproxy()
+    resolver = CountingResolver({"echo.test": (socket.AF_INET, "127.0.0.1")})
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+
+    def ready(out):
+        for _ in range(3):
+            with _connect_retry(port) as c:
+                c.sendall(b"ping")
+                assert c.recv(4) == b"ping"
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: "SIGHUP" in out.getvalue())
+
+    try:
+        rc, out, err = _serve_in_main_thread(
+            ["serve", "-j", "127.0.0.1:%d" % port, "echo.test:%d" % echo.port], kp, ready)
+    finally:
+        echo.close()
+    assert rc == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    kinds = [x["event"] for x in lines]
+    assert kinds[0] == "listening" and kinds[-1] == "summary"
+    assert kinds.count("proxy") == 3
+    assert lines[0]["target"] == "echo.test:%d (127.0.0.1:%d)" % (echo.port, echo.port)
+    hup = [x for x in lines if x["event"] == "signal" and x["signal"] == "SIGHUP"][0]
+    assert "reloading is not supported" in hup["action"]
+    summary = lines[-1]
+    assert summary["accepted"] == 3 and summary["created"] == 3
+    assert summary["bytes_a_to_b"] >= 0 and "elapsed" in summary
+    # the name was resolved once, at start, not per connection
+    assert [c for c in resolver.calls if c[0] == "echo.test"] == [("echo.test", str(echo.port))]
+
+
+def test_cli_text_summary_off_a_terminal():
+    echo = EchoServer()
+    port = free_port()
+    dead = free_port()
+
+    def ready(out):
+        try:
+            with _connect_retry(port) as c:
+                assert ended_by_server(c)
+        except ConnectionResetError:
+            pass
+        wait_for(lambda: "not served" in out.getvalue())
+
+    try:
+        rc, out, err = _serve_in_main_thread(
+            ["serve", "127.0.0.1:%d" % port, "127.0.0.1:%d" % dead], RelayKproxy(), ready)
+    finally:
+        echo.close()
+    assert rc == 0, err
+    assert "listening on 127.0.0.1:%d, forwarding to 127.0.0.1:%d" % (port, dead) in out
+    assert "not served: connect to 127.0.0.1:%d: Connection refused" % dead in out
+    assert "SIGTERM: stop accepting" in out
+    assert "1 accepted, 0 proxied, 1 failed, 0 refused" in out
+    assert "failures: ECONNREFUSED 1" in out
+    assert "\r" not in out  # no status line off a terminal
+
+
+# -- rendering ------------------------------------------------------------------------
+
+COUNTERS = dict(accepted=10, created=8, active=3, pending=1, failed=2, refused=0,
+                accept_errors=0, ended=5, bytes_a_to_b=2048, bytes_b_to_a=3 << 20,
+                failures={"ECONNREFUSED": 2}, started=0.0, elapsed=75.0)
+
+
+def test_status_line():
+    s = status_text(COUNTERS, ":8080", "127.0.0.1:80")
+    assert s == (":8080 → 127.0.0.1:80  accepted 10  active 3  connecting 1  failed 2  "
+                 "refused 0  ↑ 2.0 KiB ↓ 3.0 MiB")
+
+
+def test_summary():
+    s = summary_text(COUNTERS, ":8080", "127.0.0.1:80")
+    assert s.splitlines() == [
+        "served :8080 → 127.0.0.1:80 for 1m15s: 10 accepted, 8 proxied, 2 failed, 0 refused",
+        "bytes client→target 2.0 KiB (2048), target→client 3.0 MiB (3145728)",
+        "failures: ECONNREFUSED 2",
+        "3 proxies go on in the kernel ('kpctl list' shows them, 'kpctl destroy ID' ends one)",
+    ]
+
+
+class _Ctx:
+    def __init__(self, json_mode=False):
+        self.stdout = io.StringIO()
+        self.json = json_mode
+
+
+def test_view_on_a_terminal_redraws_one_line():
+    ctx = _Ctx()
+    v = ServeView(ctx, tty=True, clock=lambda: 0.0)
+    v("listening", {"listen": ":8080", "target": "127.0.0.1:80", "options": {}})
+    v("tick", COUNTERS)
+    v("failed", {"client": "10.0.0.1:5", "reason": "connect to 127.0.0.1:80: Connection refused"})
+    v("tick", COUNTERS)
+    v("stopped", COUNTERS)
+    out = ctx.stdout.getvalue()
+    assert out.count("\r\x1b[2K:8080 → 127.0.0.1:80  accepted 10") == 2  # 2 ticks
+    assert out.count(":8080 → 127.0.0.1:80  accepted 10") == 3  # + the redraw after a log line
+    assert "\r\x1b[2K00:00:00 10.0.0.1:5: not served" in out or "10.0.0.1:5: not served" in out
+    assert out.rstrip().endswith("('kpctl list' shows them, 'kpctl destroy ID' ends one)")
+
+
+def test_view_quiet_and_json():
+    ctx = _Ctx()
+    v = ServeView(ctx, quiet=True, tty=True)
+    for kind, d in (("listening", {"listen": "a", "target": "b", "options": {}}),
+                    ("tick", COUNTERS), ("proxy", {"id": 1, "client": "c", "upstream": "u"}),
+                    ("stopped", COUNTERS)):
+        v(kind, d)
+    assert ctx.stdout.getvalue() == ""
+    v("accept-error", {"errno": "EMFILE", "message": "Too many open files", "backoff": 0.1})
+    assert "accept: Too many open files (EMFILE); pausing 100 ms" in ctx.stdout.getvalue()
+    ctx = _Ctx(json_mode=True)
+    v = ServeView(ctx, tty=True, clock=lambda: 1.5)
+    v("tick", COUNTERS)
+    v("proxy", {"id": 1, "client": "c", "upstream": "u"})
+    assert json.loads(ctx.stdout.getvalue()) == {"ts": 1.5, "event": "proxy", "id": 1,
+                                                 "client": "c", "upstream": "u"}
