@@ -6,10 +6,12 @@
  *
  * Programs are BPF_PROG_TYPE_SOCKET_FILTER, held by reference. Netlink
  * sets the wanted programs (bpf->want[], under kproxy_lock and
- * bpf->lock); the direction's work adopts them (bpf->run[], owned by the
- * work) only at a message boundary, so a message cut by a change is
- * finished under the rules it started with, and no byte is lost,
- * duplicated or reordered.
+ * bpf->lock) and raises bpf->changed; the direction's work adopts them
+ * (bpf->run[], owned by the work) at the next message boundary, so a
+ * message cut by a change is finished under the rules it started with,
+ * and no byte is lost, duplicated or reordered. A plain stream has a
+ * boundary before every byte: it adopts before reading the next one, so
+ * a parser attached while the sender is quiet parses all that follows.
  */
 #include <linux/bpf.h>
 #include <linux/filter.h>
@@ -136,16 +138,10 @@ static const struct strp_callbacks kproxy_strp_cb = {
 	.unlock = kproxy_strp_unlock,
 };
 
-/* Work context: do the wanted programs differ from the running ones? */
+/* Work context: were the wanted programs changed since last adopted? */
 bool kproxy_bpf_changed(struct kproxy_dir *dir)
 {
-	struct kproxy_bpf *bpf = &dir->bpf;
-	bool changed;
-
-	spin_lock_bh(&bpf->lock);
-	changed = bpf->want[0] != bpf->run[0] || bpf->want[1] != bpf->run[1];
-	spin_unlock_bh(&bpf->lock);
-	return changed;
+	return READ_ONCE(dir->bpf.changed);
 }
 
 /*
@@ -176,6 +172,7 @@ void kproxy_bpf_adopt(struct kproxy_dir *dir)
 	int k;
 
 	spin_lock_bh(&bpf->lock);
+	WRITE_ONCE(bpf->changed, false);
 	for (k = 0; k < 2; k++) {
 		old[k] = bpf->run[k];
 		bpf->run[k] = bpf->want[k];
@@ -236,6 +233,7 @@ struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 	spin_lock_bh(&bpf->lock);
 	old = bpf->want[kind];
 	bpf->want[kind] = prog;
+	WRITE_ONCE(bpf->changed, true);
 	spin_unlock_bh(&bpf->lock);
 	return old;
 }

@@ -74,6 +74,7 @@ struct kproxy_bpf {
 	bool strp_on;
 	bool in_msg;			/* the parser is inside a message */
 	bool switching;			/* parser stopped to adopt want[] */
+	bool changed;			/* want[] changed since adopted */
 	int error;			/* from the parser, ends the proxy */
 };
 

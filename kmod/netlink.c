@@ -130,6 +130,21 @@ void kproxy_nl_notify(struct kproxy *kp, u8 cmd)
 				KPROXY_NLGRP_MONITOR, GFP_KERNEL);
 }
 
+/* The proxy a request names by id, or NULL with the reason in extack.
+ * Caller holds kproxy_lock.
+ */
+static struct kproxy *kproxy_nl_find(struct genl_info *info)
+{
+	struct nlattr *attr = info->attrs[KPROXY_A_PROXY_ID];
+	struct kproxy *kp;
+
+	kp = kproxy_find(genl_info_net(info), nla_get_u32(attr));
+	if (!kp)
+		NL_SET_ERR_MSG_ATTR(info->extack, attr,
+				    "no such proxy in this network namespace");
+	return kp;
+}
+
 int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct net *net = genl_info_net(info);
@@ -171,31 +186,26 @@ int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 
 int kproxy_nl_proxy_del_doit(struct sk_buff *skb, struct genl_info *info)
 {
-	struct net *net = genl_info_net(info);
 	struct kproxy *kp;
-	bool claimed = false;
 
 	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID))
 		return -EINVAL;
 
+	/* A proxy found under the lock is not DEAD: the claim succeeds. */
 	mutex_lock(&kproxy_lock);
-	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	kp = kproxy_nl_find(info);
 	if (kp)
-		claimed = kproxy_claim(kp, KPROXY_REASON_USER);
+		kproxy_claim(kp, KPROXY_REASON_USER);
 	mutex_unlock(&kproxy_lock);
 
-	if (!claimed) {
-		NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[KPROXY_A_PROXY_ID],
-				    "no such proxy in this network namespace");
+	if (!kp)
 		return -ENOENT;
-	}
 	kproxy_destroy(kp);
 	return 0;
 }
 
 int kproxy_nl_proxy_get_doit(struct sk_buff *skb, struct genl_info *info)
 {
-	struct net *net = genl_info_net(info);
 	struct sk_buff *reply;
 	struct kproxy *kp;
 	int err;
@@ -208,7 +218,7 @@ int kproxy_nl_proxy_get_doit(struct sk_buff *skb, struct genl_info *info)
 		return -ENOMEM;
 
 	mutex_lock(&kproxy_lock);
-	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	kp = kproxy_nl_find(info);
 	if (kp)
 		err = kproxy_fill(reply, kp, info->snd_portid, info->snd_seq, 0,
 				  KPROXY_CMD_PROXY_GET, NULL);
@@ -217,10 +227,6 @@ int kproxy_nl_proxy_get_doit(struct sk_buff *skb, struct genl_info *info)
 	mutex_unlock(&kproxy_lock);
 
 	if (err) {
-		if (err == -ENOENT)
-			NL_SET_ERR_MSG_ATTR(info->extack,
-					    info->attrs[KPROXY_A_PROXY_ID],
-					    "no such proxy in this network namespace");
 		nlmsg_free(reply);
 		return err;
 	}
@@ -284,7 +290,6 @@ static struct bpf_prog *kproxy_get_prog(struct genl_info *info)
 
 int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 {
-	struct net *net = genl_info_net(info);
 	struct bpf_prog *prog, *old[2] = {};
 	struct kproxy *kp;
 	int kind, first, last, d, err = 0;
@@ -305,10 +310,8 @@ int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 		bpf_prog_inc(prog);
 
 	mutex_lock(&kproxy_lock);
-	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	kp = kproxy_nl_find(info);
 	if (!kp) {
-		NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[KPROXY_A_PROXY_ID],
-				    "no such proxy in this network namespace");
 		err = -ENOENT;
 		goto out_unlock;
 	}
@@ -343,7 +346,6 @@ out_unlock:
 
 int kproxy_nl_bpf_detach_doit(struct sk_buff *skb, struct genl_info *info)
 {
-	struct net *net = genl_info_net(info);
 	struct bpf_prog *old[2] = {};
 	struct kproxy *kp;
 	int kind, first, last, d, err = 0;
@@ -356,10 +358,8 @@ int kproxy_nl_bpf_detach_doit(struct sk_buff *skb, struct genl_info *info)
 	kproxy_dirs(info, &first, &last);
 
 	mutex_lock(&kproxy_lock);
-	kp = kproxy_find(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_ID]));
+	kp = kproxy_nl_find(info);
 	if (!kp) {
-		NL_SET_ERR_MSG_ATTR(info->extack, info->attrs[KPROXY_A_PROXY_ID],
-				    "no such proxy in this network namespace");
 		err = -ENOENT;
 		goto out_unlock;
 	}

@@ -80,6 +80,10 @@ static int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 			break;
 		}
 
+		if (kproxy_bpf_changed(dir)) {
+			kproxy_bpf_adopt(dir);
+			continue;
+		}
 		n = min_t(size_t, len - done, desc->count);
 		if (!n)
 			break;

@@ -8,7 +8,8 @@ counts.  One thread, one `selectors` loop:
     listener readable  -> accept (a batch), refuse beyond --max-conns,
                           start a non-blocking connect to the target
     upstream writable  -> SO_ERROR: failed -> reset the client, count it;
-                          connected -> create the proxy, close both fds
+                          connected -> create the proxy, attach the BPF
+                          parser and verdict (when given), close both fds
     monitor readable   -> proxy-del notifications: final counters, slot freed
     every second       -> kernel counters of our live proxies (one dump)
     signals            -> through set_wakeup_fd, handled in the loop
@@ -17,13 +18,21 @@ Failures never stop the loop: a refused or timed-out target resets that one
 client; accept errors such as EMFILE pause accepting with a growing back-off
 (the pending connections stay in the kernel's backlog).
 
+BPF programs (--parser, --verdict) are loaded once, before listening, and
+stay open for the service's lifetime: every proxy gets the same programs
+(the parser on both directions, then the verdict on both).  A program the
+kernel refuses on one proxy fails that connection (stage "attach"; the
+proxy is destroyed and the client reset); the service goes on.
+
 This module is library code: it reports through an `on_event(kind, data)`
 callback and never imports the shell (kpctl/shell/serve_view.py draws).
 
 Events (kind, data):
-    listening    listen, target, options
+    listening    listen, target, options, pid, programs (kind -> id, name, source;
+                 only with BPF programs)
     proxy        id, client, upstream (the local address towards the target)
-    failed       client, reason, errno (name or None), stage (socket|connect|timeout|create|shutdown)
+    failed       client, reason, errno (name or None),
+                 stage (socket|connect|timeout|create|attach|shutdown)
     refused      client, reason ("max-conns"), limit
     ended        id, reason, a_to_b, b_to_a (bytes; client->target, target->client)
     accept-error errno, message, backoff (seconds)
@@ -51,6 +60,7 @@ from typing import Any, Callable
 from .errors import KproxyError
 
 STOP_MODES = ("leave", "drain", "kill")
+PROGRAM_KINDS = ("parser", "verdict")  # attached in this order, each on both directions
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_BACKLOG = 1024
 TICK = 1.0
@@ -199,15 +209,30 @@ class ServeOptions:
     backlog: int = DEFAULT_BACKLOG
     reuseport: bool = False
     on_stop: str = "leave"                # leave | drain | kill
-    parser: str | None = None             # BPF: refused until the BPF issue lands
-    verdict: str | None = None
+    parser: str | None = None             # BPF program specs (kpctl.bpf.load): the
+    verdict: str | None = None            # parser on both directions, then the verdict
+    prefix: str | None = None             # drop-prefix verdict: what it drops
+    offset: int | None = None             # where the payload starts (default 4)
 
     def check(self) -> None:
         """Raise ServeError for a value the service cannot run with."""
-        if self.parser is not None or self.verdict is not None:
-            which = "--parser" if self.parser is not None else "--verdict"
-            raise ServeError(f"{which}: not supported yet: BPF programs arrive with the "
-                             f"BPF issue")
+        for kind in PROGRAM_KINDS:
+            if getattr(self, kind) == "":
+                raise ServeError(f"--{kind} must name a program")
+        if self.verdict is not None and self.parser is None:
+            raise ServeError("--verdict: a verdict needs a parser (give --parser too)")
+        if self.offset is not None and self.prefix is None:
+            raise ServeError("--offset goes with --prefix")
+        if self.prefix is not None:
+            from .bpf import PREFIX_MAX
+            if self.verdict is None:
+                raise ServeError("--prefix configures the verdict (drop-prefix): give --verdict")
+            if not self.prefix:
+                raise ServeError("--prefix must not be empty")
+            if len(self.prefix.encode()) > PREFIX_MAX:
+                raise ServeError(f"--prefix is at most {PREFIX_MAX} bytes")
+        if self.offset is not None and not 0 <= self.offset <= 1 << 20:
+            raise ServeError("--offset must be a byte offset (0..1048576)")
         if self.max_conns is not None and self.max_conns < 1:
             raise ServeError("--max-conns must be 1 or more")
         if not (self.connect_timeout > 0 and self.connect_timeout < float("inf")):
@@ -239,6 +264,53 @@ class Counters:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def load_programs(options: ServeOptions,
+                  loader: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Load the programs `options` names, once: {"parser": Program, ...}.
+
+    `loader(spec)` defaults to kpctl.bpf.load; a drop-prefix verdict gets
+    options.prefix at options.offset (default 4, after lenprefix's header).
+    Raises what the loader raises (a BpfError: a KproxyError) after closing
+    the programs already loaded.  The caller closes them (close_programs)
+    once the service has stopped: the kernel keeps its own reference on
+    every proxy they are attached to.
+    """
+    if loader is None:
+        from .bpf import load as loader
+    progs: dict[str, Any] = {}
+    try:
+        for kind in PROGRAM_KINDS:
+            spec = getattr(options, kind)
+            if spec is None:
+                continue
+            progs[kind] = prog = loader(spec)
+            if kind == "verdict" and options.prefix is not None:
+                from .bpf import PREFIX_DEFAULT_OFFSET
+                offset = PREFIX_DEFAULT_OFFSET if options.offset is None else options.offset
+                prog.set_prefix(options.prefix.encode(), offset)
+    except BaseException:
+        close_programs(progs)
+        raise
+    return progs
+
+
+def close_programs(progs: dict[str, Any] | None) -> None:
+    for prog in (progs or {}).values():
+        try:
+            prog.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def describe_programs(progs: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """kind -> {id, name, source} (the "listening" event)."""
+    out = {}
+    for kind, prog in (progs or {}).items():
+        out[kind] = {"id": getattr(prog, "id", None), "name": getattr(prog, "name", None),
+                     "source": str(getattr(prog, "source", ""))}
+    return out
 
 
 class _Pending:
@@ -290,17 +362,25 @@ def _close(s: socket.socket | None) -> None:
 class Server:
     """One listening socket, one target, one kproxy client.
 
-    `client`: a kpctl.Kproxy (or anything with create/list/destroy and,
-    optionally, monitor() returning an object with fileno() and get(timeout)).
-    `create`: overrides client.create (tests); `accept`: overrides
-    listener.accept (tests inject EMFILE); `socket_factory(family)` makes
-    the upstream sockets.
+    `client`: a kpctl.Kproxy (or anything with create/list/destroy, attach
+    with BPF programs and, optionally, monitor() returning an object with
+    fileno() and get(timeout)).
+    `programs`: {"parser": prog, "verdict": prog}, loaded programs (or fds)
+    attached to every proxy; the caller keeps them open while the service
+    runs and closes them.  None: the programs `options` names are loaded
+    by open() (`loader`, default kpctl.bpf.load) and closed when run() ends.
+    `create` and `attach`: override client.create and client.attach (tests);
+    `accept`: overrides listener.accept (tests inject EMFILE);
+    `socket_factory(family)` makes the upstream sockets.
     """
 
     def __init__(self, client: Any, listen: Address, target: Address,
                  options: ServeOptions | None = None, *,
                  on_event: Callable[[str, dict], None] | None = None,
+                 programs: dict[str, Any] | None = None,
+                 loader: Callable[[str], Any] | None = None,
                  create: Callable[[Any, Any], Any] | None = None,
+                 attach: Callable[..., Any] | None = None,
                  accept: Callable[[socket.socket], tuple] | None = None,
                  socket_factory: Callable[[int], socket.socket] | None = None,
                  netns: str | None = None,
@@ -312,6 +392,18 @@ class Server:
         self.target = target
         self.on_event = on_event or (lambda kind, data: None)
         self._create = create or client.create
+        if programs is not None:
+            unknown = set(programs) - set(PROGRAM_KINDS)
+            if unknown:
+                raise ServeError(f"programs: unknown kind {', '.join(sorted(unknown))} "
+                                 f"(parser, verdict)")
+            programs = {k: v for k, v in programs.items() if v is not None}
+            if "verdict" in programs and "parser" not in programs:
+                raise ServeError("a verdict needs a parser")
+        self._programs = programs
+        self._own_programs = False
+        self._loader = loader
+        self._attach = attach or getattr(client, "attach", None)
         self._accept = accept or (lambda ls: ls.accept())
         self._netns = netns
         self._socket_factory = socket_factory or self._default_socket
@@ -347,9 +439,16 @@ class Server:
     def open(self) -> Address:
         """Bind and listen; returns the bound address (port 0 -> the real one).
 
-        Raises OSError (EADDRINUSE, EACCES, ...) for the caller to report.
+        Raises OSError (EADDRINUSE, EACCES, ...) for the caller to report,
+        and, when the programs are ours to load, what loading raises
+        (a BpfError: no such file, the verifier's refusal...).
         """
-        ls = self._default_socket(self.listen_addr.family)
+        self.load_programs()
+        try:
+            ls = self._default_socket(self.listen_addr.family)
+        except BaseException:
+            self._close_own_programs()
+            raise
         try:
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.options.reuseport:
@@ -361,6 +460,7 @@ class Server:
             ls.setblocking(False)
         except BaseException:
             ls.close()
+            self._close_own_programs()
             raise
         self._listener = ls
         host, port = ls.getsockname()[:2]
@@ -370,6 +470,26 @@ class Server:
     @property
     def address(self) -> Address:
         return self.listen_addr
+
+    def load_programs(self) -> dict[str, Any]:
+        """The programs attached to every proxy; loaded here, once, when the
+        caller gave none and the options name some."""
+        wanted = self._programs or self.options.parser is not None
+        if wanted and self._attach is None:
+            raise ServeError("BPF programs need a client with attach()")
+        if self._programs is None:
+            if self.options.parser is None and self.options.verdict is None:
+                self._programs = {}
+            else:
+                self._programs = load_programs(self.options, self._loader)
+                self._own_programs = True
+        return self._programs
+
+    def _close_own_programs(self) -> None:
+        if self._own_programs:
+            close_programs(self._programs)
+            self._programs = None
+            self._own_programs = False
 
     # -- control from outside the loop --------------------------------------
 
@@ -409,9 +529,11 @@ class Server:
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 saved[s] = signal.signal(s, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self._emit("listening", {"listen": str(self.listen_addr),
-                                 "target": self.target.describe(),
-                                 "options": self.options.to_dict(), "pid": os.getpid()})
+        listening = {"listen": str(self.listen_addr), "target": self.target.describe(),
+                     "options": self.options.to_dict(), "pid": os.getpid()}
+        if self._programs:
+            listening["programs"] = describe_programs(self._programs)
+        self._emit("listening", listening)
         self._open_monitor()
         next_tick = self._clock() + TICK
         try:
@@ -452,6 +574,7 @@ class Server:
                 for s, h in saved.items():
                     signal.signal(s, h)
             self._finish()
+            self._close_own_programs()
             c.elapsed = self._clock() - t0
         self._emit("stopped", self._snapshot())
         return c
@@ -618,13 +741,49 @@ class Server:
             self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {e.strerror or e}",
                                e.errno, "create")
             return
+        pid = int(getattr(proxy, "id", 0))
+        if self._programs and not self._attach_programs(pid, conn, up, peer):
+            return
         # The proxy holds its own references: our fds go now.
         _close(conn)
         _close(up)
-        pid = int(getattr(proxy, "id", 0))
         self.counters.created += 1
         self._live[pid] = (0, 0)
         self._emit("proxy", {"id": pid, "client": peer, "upstream": local})
+
+    def _attach_programs(self, pid: int, conn: socket.socket, up: socket.socket,
+                         peer: str) -> bool:
+        """The parser on both directions, then the verdict.  On a refusal the
+        proxy goes (its sockets come back to us), the client is reset and
+        the connection counted as failed (stage "attach"): False."""
+        assert self._programs is not None and self._attach is not None
+        for kind in PROGRAM_KINDS:
+            prog = self._programs.get(kind)
+            if prog is None:
+                continue
+            try:
+                self._attach(pid, kind, prog, "both")
+            except (KproxyError, OSError) as e:
+                if isinstance(e, KproxyError):
+                    text, num = str(e), e.errno
+                else:
+                    text, num = e.strerror or str(e), e.errno
+                self._destroy_failed(pid)
+                self._fail_sockets(conn, up, peer, f"kernel refused the {kind}: {text}",
+                                   num, "attach")
+                return False
+        return True
+
+    def _destroy_failed(self, pid: int) -> None:
+        try:
+            self.client.destroy(pid)
+        except KproxyError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: it ended by itself already
+                self._emit("warning", {"message": f"proxy {pid}: cannot destroy it after a "
+                                                  f"failed attach: {e}"})
+        except Exception as e:  # noqa: BLE001
+            self._emit("warning", {"message": f"proxy {pid}: cannot destroy it after a "
+                                              f"failed attach: {e}"})
 
     # -- kernel state ----------------------------------------------------------
 
@@ -782,10 +941,12 @@ class Server:
 def serve(listen: str, target: str, options: ServeOptions | None = None, *,
           client: Any = None, on_event: Callable[[str, dict], None] | None = None,
           resolver: Resolver | None = None, netns: str | None = None,
-          install_signals: bool = True) -> Counters:
+          install_signals: bool = True,
+          loader: Callable[[str], Any] | None = None) -> Counters:
     """The library call behind `kpctl serve LISTEN TARGET`: resolve both
-    addresses once, open kproxy (unless a client is given), serve until a
-    signal; returns the counters."""
+    addresses once, open kproxy (unless a client is given), load the BPF
+    programs the options name (once), serve until a signal; returns the
+    counters."""
     options = options or ServeOptions()
     try:
         options.check()
@@ -799,7 +960,8 @@ def serve(listen: str, target: str, options: ServeOptions | None = None, *,
         from .client import Kproxy
         client = Kproxy(netns=netns)
     try:
-        server = Server(client, laddr, taddr, options, on_event=on_event, netns=netns)
+        server = Server(client, laddr, taddr, options, on_event=on_event, netns=netns,
+                        loader=loader)
         server.open()
         return server.run(install_signals=install_signals)
     finally:

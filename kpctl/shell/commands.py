@@ -21,7 +21,6 @@ EXIT_USAGE = 1
 EXIT_KERNEL = 2
 
 PROC_STAT = "/proc/net/kproxy_stat"
-BPF_NOT_YET = "not supported yet: BPF programs arrive with the BPF issue"
 GAUGES = ("active",)
 
 
@@ -575,28 +574,56 @@ def _dirs_text(direction: str) -> str:
     return "both directions" if direction == "both" else direction
 
 
-def _check_attach(cmd, ns):
+def _check_prefix(cmd, ns, has_verdict: bool, not_verdict: str):
+    """--prefix/--offset of a drop-prefix verdict (attach and serve)."""
+    where = cmd.name
     if ns.offset is not None and ns.prefix is None:
-        raise UsageError("attach: --offset goes with --prefix", cmd)
+        raise UsageError(f"{where}: --offset goes with --prefix", cmd)
     if ns.prefix is not None:
-        if ns.kind != "verdict":
-            raise UsageError("attach: --prefix configures a verdict (drop-prefix), not a parser",
-                             cmd)
+        if not has_verdict:
+            raise UsageError(f"{where}: --prefix configures a verdict (drop-prefix), "
+                             f"{not_verdict}", cmd)
         if not ns.prefix:
-            raise UsageError("attach: --prefix must not be empty", cmd)
+            raise UsageError(f"{where}: --prefix must not be empty", cmd)
         from kpctl.bpf import PREFIX_MAX
         if len(ns.prefix.encode()) > PREFIX_MAX:
-            raise UsageError(f"attach: --prefix is at most {PREFIX_MAX} bytes", cmd)
+            raise UsageError(f"{where}: --prefix is at most {PREFIX_MAX} bytes", cmd)
+
+
+def _check_attach(cmd, ns):
+    _check_prefix(cmd, ns, ns.kind == "verdict", "not a parser")
+
+
+def _load_prog(ctx, spec, prefix=None, offset=None):
+    """ctx.prog_loader(spec), a drop-prefix verdict configured with `prefix`
+    at `offset` (default 4): (program, offset).  Closed again on failure."""
+    prog = ctx.prog_loader(spec)
+    try:
+        if prefix is not None:
+            from kpctl.bpf import PREFIX_DEFAULT_OFFSET
+            offset = PREFIX_DEFAULT_OFFSET if offset is None else offset
+            prog.set_prefix(prefix.encode(), offset)
+    except BaseException:
+        prog.close()
+        raise
+    return prog, offset
+
+
+# Loading errors that mean "PROG names nothing usable here": a usage error
+# (exit 1) for serve, which checks everything before it starts.  Anything
+# else (the verifier's refusal, EPERM...) is the system's: exit 2.
+_NOT_FOUND_ERRNOS = (2, 20, 21)  # ENOENT, ENOTDIR, EISDIR
+
+
+def _is_bad_name(exc) -> bool:
+    return (is_kernel_error(exc) and exc.errno in _NOT_FOUND_ERRNOS
+            and not getattr(exc, "log", ""))
 
 
 def cmd_attach(ctx, ns):
     kp = ctx.client()  # no module: "kproxy module not loaded", before any loading
-    prog = ctx.prog_loader(ns.prog)
+    prog, offset = _load_prog(ctx, ns.prog, ns.prefix, ns.offset)
     try:
-        if ns.prefix is not None:
-            from kpctl.bpf import PREFIX_DEFAULT_OFFSET
-            offset = PREFIX_DEFAULT_OFFSET if ns.offset is None else ns.offset
-            prog.set_prefix(ns.prefix.encode(), offset)
         kp.attach(ns.id, ns.kind, prog, ns.dir)
         info = {"id": ns.id, "kind": ns.kind, "direction": ns.dir,
                 "prog": {"id": prog.id, "name": prog.name, "source": str(prog.source)}}
@@ -750,16 +777,20 @@ def listen_hostport(text: str) -> str:
 
 
 def _check_serve(cmd, ns):
-    if ns.parser is not None or ns.verdict is not None:
-        which = "--parser" if ns.parser is not None else "--verdict"
-        raise UsageError(f"serve: {which}: {BPF_NOT_YET}", cmd)
+    for kind in ("parser", "verdict"):
+        if getattr(ns, kind) == "":
+            raise UsageError(f"serve: --{kind} must name a program", cmd)
+    if ns.verdict is not None and ns.parser is None:
+        raise UsageError("serve: --verdict: a verdict needs a parser (give --parser too)", cmd)
+    _check_prefix(cmd, ns, ns.verdict is not None, "give --verdict")
     if ns.drain and ns.kill:
         raise UsageError("serve: --drain and --kill are exclusive (what happens to running "
                          "proxies on stop)", cmd)
 
 
 def cmd_serve(ctx, ns):
-    from kpctl.serve import Server, ServeError, ServeOptions, check_distinct, resolve
+    from kpctl.serve import (Server, ServeError, ServeOptions, check_distinct, close_programs,
+                             resolve)
     from kpctl.shell.serve_view import ServeView
     cmd = find_command("serve")
     if ns.json:
@@ -767,7 +798,9 @@ def cmd_serve(ctx, ns):
         ctx.color = False
     opts = ServeOptions(max_conns=ns.max_conns, connect_timeout=ns.connect_timeout,
                         backlog=ns.backlog, reuseport=ns.reuseport,
-                        on_stop="drain" if ns.drain else "kill" if ns.kill else "leave")
+                        on_stop="drain" if ns.drain else "kill" if ns.kill else "leave",
+                        parser=ns.parser, verdict=ns.verdict, prefix=ns.prefix,
+                        offset=ns.offset)
     try:
         opts.check()
         listen = resolve(ns.listen, listen=True)   # names are resolved once, here
@@ -776,10 +809,28 @@ def cmd_serve(ctx, ns):
     except ServeError as e:
         raise UsageError(f"serve: {e.message}", cmd) from None
     client = ctx.client()   # no module: "kproxy module not loaded", exit 2
-    view = ServeView(ctx, quiet=ns.quiet)
-    server = Server(client, listen, target, opts, on_event=view, netns=ctx.netns)
-    server.open()           # EADDRINUSE, EACCES...: exit 2
-    server.run(install_signals=True)
+    # The programs are loaded once, here, and stay open while serving: every
+    # proxy gets the same ones.  A PROG that names nothing: exit 1; the
+    # verifier's (or the system's) refusal: exit 2, as for attach.
+    programs = {}
+    try:
+        for kind, spec, prefix in (("parser", ns.parser, None),
+                                   ("verdict", ns.verdict, ns.prefix)):
+            if spec is None:
+                continue
+            try:
+                programs[kind], _ = _load_prog(ctx, spec, prefix, ns.offset)
+            except Exception as e:
+                if _is_bad_name(e):
+                    raise UsageError(f"serve: --{kind}: {e.message}", cmd) from None
+                raise
+        view = ServeView(ctx, quiet=ns.quiet)
+        server = Server(client, listen, target, opts, on_event=view, netns=ctx.netns,
+                        programs=programs)
+        server.open()           # EADDRINUSE, EACCES...: exit 2
+        server.run(install_signals=True)
+    finally:
+        close_programs(programs)  # the kernel holds its own reference per proxy
     return 0
 
 
@@ -929,10 +980,17 @@ COMMANDS: list[Command] = [
                   Opt(("-q", "--quiet"), "quiet",
                       "no status line, summary or per-connection lines"),
                   Opt(("-j", "--json"), "json", "JSON log lines (as kpctl -j)"),
-                  Opt(("--parser",), "parser", "BPF parser for every proxy (not supported yet)",
-                      metavar="PROG", complete="file"),
-                  Opt(("--verdict",), "verdict", "BPF verdict for every proxy (not supported yet)",
-                      metavar="PROG", complete="file")),
+                  Opt(("--parser",), "parser", "BPF parser attached to both directions of "
+                      "every proxy (as attach: a shipped name, FILE.o[:NAME] or a bpffs pin)",
+                      metavar="PROG", complete="prog"),
+                  Opt(("--verdict",), "verdict", "BPF verdict attached to both directions of "
+                      "every proxy, after the parser (needs --parser)",
+                      metavar="PROG", complete="prog"),
+                  Opt(("--prefix",), "prefix", "drop-prefix verdict: drop messages whose "
+                      "payload starts with TEXT", metavar="TEXT"),
+                  Opt(("--offset",), "offset", "drop-prefix verdict: where the payload starts "
+                      "in a message (default 4, after lenprefix's header)", metavar="N",
+                      type=offset_value)),
             check=_check_serve, changes=True, usage="LISTEN TARGET [OPTIONS]",
             description="Accepts on LISTEN, connects to TARGET without blocking, joins the two "
                         "sockets in the kernel and closes its own fds: the process carries no "
@@ -942,10 +1000,16 @@ COMMANDS: list[Command] = [
                         "refused and bytes each way (kernel counters); a summary on exit. "
                         "SIGINT/SIGTERM stop accepting; running proxies go on in the kernel "
                         "unless --drain (wait) or --kill (end them). SIGHUP is ignored, "
-                        "with a message (no reload).",
+                        "with a message (no reload). --parser and --verdict are loaded once "
+                        "at start and attached to every proxy right after it is made; a "
+                        "proxy the kernel refuses them on is ended and counted as failed. "
+                        "The parser applies from the first byte the kernel has not read "
+                        "yet: bytes a client sent before the attach pass as a plain stream.",
             examples=("kpctl serve 0.0.0.0:8080 127.0.0.1:80",
                       "kpctl serve [::]:443 backend.internal:443 --max-conns 1000",
-                      "kpctl serve -j --drain :5432 10.0.0.7:5432")),
+                      "kpctl serve -j --drain :5432 10.0.0.7:5432",
+                      "kpctl serve :9000 127.0.0.1:9001 --parser lenprefix "
+                      "--verdict drop-prefix --prefix DROP")),
     Command("help", "list the commands, or explain one", cmd_help,
             args=(Arg("command", "COMMAND", "a command", nargs="?", complete="command"),)),
     Command("version", "print kpctl's version", cmd_version),

@@ -138,6 +138,11 @@ class ServeView:
             extra.append(f"max {o['max_conns']} connections")
         if o.get("on_stop") and o["on_stop"] != "leave":
             extra.append(f"on stop: {o['on_stop']}")
+        for kind, prog in (d.get("programs") or {}).items():
+            text = f"{kind} {prog.get('source')} (id {prog.get('id')})"
+            if kind == "verdict" and o.get("prefix") is not None:
+                text += f" dropping {o['prefix']!r}"
+            extra.append(text)
         self._log(f"kpctl serve: listening on {d['listen']}, forwarding to {d['target']}"
                   + (f" ({', '.join(extra)})" if extra else "")
                   + " through kproxy")

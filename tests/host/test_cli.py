@@ -1,5 +1,6 @@
 """One-shot and batch modes of kpctl, against a fake client (no kernel)."""
 
+import errno
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from cli_fakes import NOW, FakeKproxy, Harness, del_event, make_proxy, new_event
+from kpctl.errors import KproxyError
 from kpctl.model import Totals
 from kpctl.shell import commands as C
 
@@ -279,6 +281,104 @@ def test_attach_help_names_the_shipped_programs(hp):
     assert hp.run("help", "attach") == 0
     for name in ("lenprefix", "lines", "drop-prefix", "pass", "--prefix", "--dir"):
         assert name in hp.out
+
+
+# -- serve with BPF programs (the service itself: tests/host/test_serve.py) -------
+
+
+def test_serve_help_describes_the_programs(hp):
+    assert hp.run("help", "serve") == 0
+    for text in ("--parser PROG", "--verdict PROG", "--prefix TEXT", "--offset N",
+                 "needs --parser", "first byte the kernel has not read"):
+        assert text in hp.out, text
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--verdict", "pass"], "serve: --verdict: a verdict needs a parser (give --parser too)"),
+    (["--parser", "lenprefix", "--prefix", "x"],
+     "serve: --prefix configures a verdict (drop-prefix), give --verdict"),
+    # the same checks, and words, as attach's
+    (["--parser", "lenprefix", "--verdict", "drop-prefix", "--offset", "2"],
+     "serve: --offset goes with --prefix"),
+    (["--parser", "lenprefix", "--verdict", "drop-prefix", "--prefix", ""],
+     "serve: --prefix must not be empty"),
+    (["--parser", "lenprefix", "--verdict", "drop-prefix", "--prefix", "x" * 65],
+     "serve: --prefix is at most 64 bytes"),
+    # loaded at start: a name that is no program is a usage error (exit 1)
+    (["--parser", "nope"], "serve: --parser: nope: no such file"),
+])
+def test_serve_program_options_usage_errors(hp, args, msg):
+    assert hp.run("serve", "127.0.0.1:0", "127.0.0.1:9", *args) == 1
+    assert msg in hp.err, hp.err
+    assert hp.client.calls == []
+    assert all(p.closed for p in hp.loaded)
+    no_traceback(hp)
+
+
+def _serve_fake(client, h, argv, connections):
+    """kpctl -j serve ARGV with the fake client and loader; `connections`
+    clients connect, then SIGTERM.  Returns (rc, JSON lines, stderr)."""
+    from test_serve import _connect_retry, _serve_in_main_thread, free_port, wait_for
+
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(64)  # connects complete in the backlog: nothing to serve
+    port = free_port()
+    held = []
+
+    def ready(out):
+        for _ in range(connections):
+            held.append(_connect_retry(port))
+        wait_for(lambda: out.getvalue().count('"event":"proxy"')
+                 + out.getvalue().count('"event":"failed"') == connections)
+
+    try:
+        rc, out, err = _serve_in_main_thread(
+            ["serve", "-j", "127.0.0.1:%d" % port, "127.0.0.1:%d" % target.getsockname()[1],
+             *argv], client, ready, prog_loader=h.load_prog)
+    finally:
+        for c in held:
+            c.close()
+        target.close()
+    return rc, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_serve_attaches_parser_then_verdict_to_every_proxy():
+    h = Harness(FakeKproxy())
+    rc, lines, err = _serve_fake(h.client, h, ["--parser", "lenprefix", "--verdict",
+                                               "drop-prefix", "--prefix", "DROP"], 2)
+    assert rc == 0, err
+    attaches = [c for c in h.client.calls if c[0] == "attach"]
+    assert attaches == [("attach", pid, kind, 99, "both") for pid in (1, 2)
+                        for kind in ("parser", "verdict")]
+    # each right after its create
+    kinds = [c[0] for c in h.client.calls if c[0] in ("create", "attach")]
+    assert kinds == ["create", "attach", "attach"] * 2
+    assert [p.source for p in h.loaded] == ["lenprefix", "drop-prefix"]  # once
+    assert h.loaded[1].prefix == (b"DROP", 4) and all(p.closed for p in h.loaded)
+    assert lines[-1]["event"] == "summary" and lines[-1]["created"] == 2
+
+
+def test_serve_attach_refused_is_a_failed_connection_at_stage_attach():
+    class Refusing(FakeKproxy):
+        def attach(self, pid, kind, prog, direction="both"):
+            if pid == 1 and kind == "verdict":
+                self.calls.append(("attach", pid, kind, prog.fileno(), direction))
+                raise KproxyError(errno.EINVAL, "prog-fd: not a socket filter program")
+            return super().attach(pid, kind, prog, direction)
+
+    h = Harness(Refusing())
+    rc, lines, err = _serve_fake(h.client, h, ["--parser", "lenprefix", "--verdict", "pass"], 2)
+    assert rc == 0, err
+    [failed] = [x for x in lines if x["event"] == "failed"]
+    assert failed["stage"] == "attach" and failed["errno"] == "EINVAL"
+    assert failed["reason"] == ("kernel refused the verdict: prog-fd: not a socket filter "
+                                "program (EINVAL)")
+    assert ("destroy", 1) in h.client.calls  # that proxy went; serving went on
+    assert [x["id"] for x in lines if x["event"] == "proxy"] == [2]
+    summary = lines[-1]
+    assert (summary["accepted"], summary["created"], summary["failed"]) == (2, 1, 1)
+    assert summary["failures"] == {"EINVAL": 1}
 
 
 # -- stats ---------------------------------------------------------------------

@@ -115,8 +115,22 @@ def test_same_address_refused():
     (["serve", ":8080", "127.0.0.1:80", "--connect-timeout", "x"], "not a number of seconds"),
     (["serve", ":8080", "127.0.0.1:80", "--backlog", "many"], "is not a count"),
     (["serve", ":8080", "127.0.0.1:80", "--drain", "--kill"], "--drain and --kill are exclusive"),
-    (["serve", ":8080", "127.0.0.1:80", "--parser", "p.o"], "--parser: not supported yet"),
-    (["serve", ":8080", "127.0.0.1:80", "--verdict", "v.o"], "--verdict: not supported yet"),
+    (["serve", ":8080", "127.0.0.1:80", "--verdict", "pass"], "a verdict needs a parser"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", ""], "--parser must name a program"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--prefix", "X"],
+     "--prefix configures a verdict (drop-prefix), give --verdict"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--verdict", "drop-prefix",
+      "--offset", "2"], "--offset goes with --prefix"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--verdict", "drop-prefix",
+      "--prefix", ""], "--prefix must not be empty"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--verdict", "drop-prefix",
+      "--prefix", "x" * 65], "--prefix is at most 64 bytes"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--verdict", "drop-prefix",
+      "--prefix", "x", "--offset", "-1"], "not a byte offset"),
+    # a PROG that names nothing is a usage error too (loaded before listening)
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "p.o"], "serve: --parser: p.o: no such file"),
+    (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--verdict", "v.o"],
+     "serve: --verdict: v.o: no such file"),
     (["serve", "::1:8080", "127.0.0.1:80"], "an IPv6 address goes in brackets"),
     (["serve", ":8080", "127.0.0.1"], "missing ':PORT'"),
     (["serve", ":8080", "127.0.0.1:8080"], "the service would connect to itself"),
@@ -128,12 +142,58 @@ def test_serve_usage_errors(args, msg):
     assert msg in h.err, h.err
     assert "Traceback" not in h.err
     assert h.client.calls == []  # nothing reached the kernel
+    assert all(p.closed for p in h.loaded)  # a parser loaded before a bad verdict: closed
 
 
 def test_serve_usage_error_json():
     h = Harness(FakeKproxy())
-    assert h.run("-j", "serve", ":8080", "127.0.0.1:80", "--parser", "x") == 1
-    assert "not supported yet" in json.loads(h.out)["error"]["message"]
+    assert h.run("-j", "serve", ":8080", "127.0.0.1:80", "--verdict", "pass") == 1
+    assert "a verdict needs a parser" in json.loads(h.out)["error"]["message"]
+
+
+def test_serve_program_refused_by_the_verifier_exits_2():
+    from kpctl.bpf import BpfError
+    from kpctl.cli import main
+
+    h = Harness(FakeKproxy())
+
+    def loader(spec):
+        if spec == "bad.o":
+            raise BpfError(errno.EACCES, "bad.o: the verifier refused program 'bad' "
+                                         "(Permission denied):\n  R0 !read_ok", log="R0 !read_ok")
+        return h.load_prog(spec)
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["serve", "127.0.0.1:0", "127.0.0.1:9", "--parser", "lenprefix",
+               "--verdict", "bad.o"], client_factory=h.factory, stdout=out, stderr=err,
+              env={}, prog_loader=loader)
+    assert rc == 2
+    assert "Error: bad.o: the verifier refused program 'bad'" in err.getvalue()
+    assert "(EACCES)" in err.getvalue() and "usage:" not in err.getvalue()
+    assert [p.source for p in h.loaded] == ["lenprefix"] and h.loaded[0].closed
+    assert h.client.calls == []
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"verdict": "pass"}, "a verdict needs a parser"),
+    ({"parser": ""}, "--parser must name a program"),
+    ({"parser": "lenprefix", "prefix": "X"}, "--prefix configures the verdict"),
+    ({"parser": "lenprefix", "verdict": "drop-prefix", "offset": 0}, "--offset goes with --prefix"),
+    ({"parser": "lenprefix", "verdict": "drop-prefix", "prefix": ""}, "must not be empty"),
+    ({"parser": "lenprefix", "verdict": "drop-prefix", "prefix": "x" * 65}, "at most 64 bytes"),
+])
+def test_options_check_programs(kw, msg):
+    with pytest.raises(ServeError) as ei:
+        ServeOptions(**kw).check()
+    assert msg in ei.value.message
+    ServeOptions(parser="lenprefix").check()
+    ServeOptions(parser="lenprefix", verdict="drop-prefix", prefix="DROP", offset=0).check()
+
+
+def test_programs_verdict_without_parser_refused():
+    with pytest.raises(ServeError, match="a verdict needs a parser"):
+        Server(FakeKproxy(), resolve("127.0.0.1:0", listen=True), resolve("127.0.0.1:9"),
+               programs={"verdict": 7})
 
 
 def test_serve_without_module_exits_2():
@@ -171,8 +231,10 @@ class RelayKproxy:
     bytes both ways in threads; the proxy disappears from list() when both
     directions are done, like a kernel proxy that ended."""
 
-    def __init__(self, fail=None, monitor=None):
+    def __init__(self, fail=None, monitor=None, attach_fail=None):
         self.fail = fail
+        self.attach_fail = attach_fail  # (pid, kind) -> an exception to raise, or None
+        self.attached = []  # (pid, kind, prog, direction)
         self.lock = threading.Lock()
         self.proxies = {}
         self.bytes = {}
@@ -258,6 +320,17 @@ class RelayKproxy:
                     pass
             self.destroyed.append(pid)
             self._end(pid, "user")
+
+    def attach(self, pid, kind, prog, direction="both"):
+        # Any proxy made so far: bytes flow at once here, so a short
+        # connection may already have ended when serve attaches.
+        self.calls.append(("attach", pid, kind))
+        if not 1 <= pid < self.next_id:
+            raise KproxyError(errno.ENOENT, "no proxy with this id")
+        exc = self.attach_fail(pid, kind) if self.attach_fail else None
+        if exc is not None:
+            raise exc
+        self.attached.append((pid, kind, prog, direction))
 
     def monitor(self):
         if self._monitor is None:
@@ -682,9 +755,183 @@ def test_second_signal_stops_draining():
         echo.close()
 
 
+# -- BPF programs on every proxy ----------------------------------------------------
+
+class Prog:
+    """A loaded program as far as serve uses it (kpctl.bpf.Program)."""
+
+    def __init__(self, source, id):
+        self.source, self.id, self.name = source, id, source.replace("-", "_")
+        self.prefix = None
+        self.closed = False
+
+    def fileno(self):
+        return 100 + self.id
+
+    def set_prefix(self, prefix, offset=4):
+        self.prefix = (prefix, offset)
+
+    def close(self):
+        self.closed = True
+
+
+def _echo_once(r, payload=b"ping"):
+    with r.connect() as c:
+        c.sendall(payload)
+        assert recv_all(c, len(payload)) == payload
+
+
+def recv_all(c, n):
+    got = b""
+    while len(got) < n:
+        d = c.recv(n - len(got))
+        if not d:
+            break
+        got += d
+    return got
+
+
+def test_parser_then_verdict_attached_to_every_proxy_before_bytes_flow():
+    echo = EchoServer()
+    kp = RelayKproxy()
+    parser, verdict = Prog("lenprefix", 1), Prog("drop-prefix", 2)
+    r = Running(kp, echo.addr, programs={"parser": parser, "verdict": verdict},
+                options={"parser": "lenprefix", "verdict": "drop-prefix", "prefix": "DROP"})
+    try:
+        for _ in range(3):
+            _echo_once(r)
+        wait_for(lambda: r.server.snapshot()["created"] == 3)
+        c = r.stop()
+        assert (c.created, c.failed) == (3, 0)
+        # per proxy: the parser on both directions, then the verdict; the same
+        # programs every time (loaded once)
+        assert kp.attached == [(pid, kind, prog, "both") for pid in (1, 2, 3)
+                               for kind, prog in (("parser", parser), ("verdict", verdict))]
+        # each attach came right after its create, before the proxy was reported
+        assert kp.calls[:3] == ["create", ("attach", 1, "parser"), ("attach", 1, "verdict")]
+        assert [e["id"] for e in r.kinds("proxy")] == [1, 2, 3]
+        [listening] = r.kinds("listening")
+        assert listening["programs"] == {
+            "parser": {"id": 1, "name": "lenprefix", "source": "lenprefix"},
+            "verdict": {"id": 2, "name": "drop_prefix", "source": "drop-prefix"}}
+        assert listening["options"]["prefix"] == "DROP"
+        assert not parser.closed and not verdict.closed  # the caller's to close
+    finally:
+        echo.close()
+
+
+def test_parser_only():
+    echo = EchoServer()
+    kp = RelayKproxy()
+    r = Running(kp, echo.addr, programs={"parser": 5, "verdict": None})
+    try:
+        _echo_once(r)
+        r.stop()
+        assert kp.attached == [(1, "parser", 5, "both")]
+    finally:
+        echo.close()
+
+
+def test_attach_refused_fails_that_connection_and_serving_goes_on():
+    echo = EchoServer()
+    refuse = {1}  # the first proxy's verdict is refused, the next ones are fine
+
+    def attach_fail(pid, kind):
+        if kind == "verdict" and pid in refuse:
+            return KproxyError(errno.EINVAL, "a verdict needs a parser on its direction")
+        return None
+
+    kp = RelayKproxy(attach_fail=attach_fail)
+    r = Running(kp, echo.addr, programs={"parser": Prog("lenprefix", 1),
+                                          "verdict": Prog("pass", 2)})
+    try:
+        assert r.connect_refused()  # reset: not served
+        wait_for(lambda: r.server.snapshot()["failed"] == 1)
+        assert kp.destroyed == [1]  # the proxy went; its sockets came back and were reset
+        _echo_once(r, b"served")  # the next connection is served
+        wait_for(lambda: r.server.snapshot()["created"] == 1)
+        c = r.stop()
+        assert (c.accepted, c.created, c.failed) == (2, 1, 1)
+        assert c.failures == {"EINVAL": 1}
+        [f] = r.kinds("failed")
+        assert f["stage"] == "attach" and f["errno"] == "EINVAL"
+        assert f["reason"] == ("kernel refused the verdict: a verdict needs a parser on its "
+                               "direction (EINVAL)")
+        assert [e["id"] for e in r.kinds("proxy")] == [2]  # the failed one never reported
+        assert [a[:2] for a in kp.attached] == [(1, "parser"), (2, "parser"), (2, "verdict")]
+    finally:
+        echo.close()
+
+
+def test_attach_refused_and_proxy_already_gone():
+    echo = EchoServer()
+    kp = RelayKproxy(attach_fail=lambda pid, kind: KproxyError(errno.EPERM, "no"))
+    orig_destroy = kp.destroy
+
+    def destroy(pid):  # it ended by itself in between: ENOENT, no warning
+        orig_destroy(pid)
+        raise KproxyError(errno.ENOENT, "no proxy with this id")
+
+    kp.destroy = destroy
+    r = Running(kp, echo.addr, programs={"parser": 3})
+    try:
+        assert r.connect_refused()
+        wait_for(lambda: r.server.snapshot()["failed"] == 1)
+        c = r.stop()
+        assert c.failures == {"EPERM": 1} and c.created == 0
+        assert not [w for w in r.kinds("warning") if "destroy" in w["message"]]
+        assert r.kinds("failed")[0]["reason"] == "kernel refused the parser: no (EPERM)"
+    finally:
+        echo.close()
+
+
+def test_server_loads_named_programs_once_and_closes_them():
+    echo = EchoServer()
+    kp = RelayKproxy()
+    loaded = []
+
+    def loader(spec):
+        loaded.append(Prog(spec, 10 + len(loaded)))
+        return loaded[-1]
+
+    r = Running(kp, echo.addr, loader=loader,
+                options={"parser": "lenprefix", "verdict": "drop-prefix", "prefix": "BAD",
+                         "offset": 0})
+    try:
+        assert [p.source for p in loaded] == ["lenprefix", "drop-prefix"]  # at open()
+        for _ in range(2):
+            _echo_once(r)
+        r.stop()
+        assert len(loaded) == 2 and all(p.closed for p in loaded)
+        assert loaded[1].prefix == (b"BAD", 0)
+        assert [(a[0], a[1], a[2].source) for a in kp.attached] == [
+            (1, "parser", "lenprefix"), (1, "verdict", "drop-prefix"),
+            (2, "parser", "lenprefix"), (2, "verdict", "drop-prefix")]
+    finally:
+        echo.close()
+
+
+def test_server_closes_what_it_loaded_when_the_next_load_fails():
+    from kpctl.bpf import BpfError
+    loaded = []
+
+    def loader(spec):
+        if spec == "nope":
+            raise BpfError(errno.ENOENT, "'nope': no such file, nor a shipped program")
+        loaded.append(Prog(spec, 1))
+        return loaded[-1]
+
+    server = Server(RelayKproxy(), resolve("127.0.0.1:0", listen=True), resolve("127.0.0.1:9"),
+                    ServeOptions(parser="lenprefix", verdict="nope"), loader=loader)
+    with pytest.raises(BpfError, match="nope"):
+        server.open()
+    assert loaded[0].closed and server._listener is None
+
+
 # -- the CLI, signals and what it prints --------------------------------------------
 
-def _serve_in_main_thread(argv, client, on_ready, resolver=None, monkeypatch=None):
+def _serve_in_main_thread(argv, client, on_ready, resolver=None, monkeypatch=None,
+                          prog_loader=None):
     """main() in this (the main) thread; on_ready runs in a helper thread once
     a first connection went through, then sends us the signals it wants."""
     from kpctl.cli import main
@@ -704,7 +951,8 @@ def _serve_in_main_thread(argv, client, on_ready, resolver=None, monkeypatch=Non
     try:
         t = threading.Thread(target=helper, daemon=True)
         t.start()
-        rc = main(argv, client_factory=lambda netns: client, stdout=out, stderr=err, env={})
+        rc = main(argv, client_factory=lambda netns: client, stdout=out, stderr=err, env={},
+                  prog_loader=prog_loader)
         t.join(T)
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -756,6 +1004,41 @@ def test_cli_json_log_lines_sighup_and_summary(monkeypatch):
     assert summary["bytes_a_to_b"] >= 0 and "elapsed" in summary
     # the name was resolved once, at start, not per connection
     assert [c for c in resolver.calls if c[0] == "echo.test"] == [("echo.test", str(echo.port))]
+
+
+def test_cli_parser_verdict_prefix_loaded_once_attached_per_proxy():
+    echo = EchoServer()
+    port = free_port()
+    kp = RelayKproxy()
+    h = Harness()
+
+    def ready(out):
+        for _ in range(3):
+            with _connect_retry(port) as c:
+                c.sendall(b"ping")
+                assert recv_all(c, 4) == b"ping"
+        wait_for(lambda: out.getvalue().count('"event":"proxy"') == 3)
+
+    try:
+        rc, out, err = _serve_in_main_thread(
+            ["serve", "-j", "127.0.0.1:%d" % port, "127.0.0.1:%d" % echo.port,
+             "--parser", "lenprefix", "--verdict", "drop-prefix", "--prefix", "DROP"],
+            kp, ready, prog_loader=h.load_prog)
+    finally:
+        echo.close()
+    assert rc == 0, err
+    # loaded once at start, kept open while serving, closed on exit
+    assert [p.source for p in h.loaded] == ["lenprefix", "drop-prefix"]
+    assert all(p.closed for p in h.loaded)
+    assert h.loaded[1].prefix == (b"DROP", 4)
+    parser, verdict = h.loaded
+    assert kp.attached == [(pid, kind, prog, "both") for pid in (1, 2, 3)
+                           for kind, prog in (("parser", parser), ("verdict", verdict))]
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["programs"]["parser"] == {"id": 40, "name": "lenprefix",
+                                              "source": "lenprefix"}
+    assert lines[0]["options"]["verdict"] == "drop-prefix"
+    assert lines[-1]["created"] == 3 and lines[-1]["failed"] == 0
 
 
 def test_cli_text_summary_off_a_terminal():
@@ -845,3 +1128,16 @@ def test_view_quiet_and_json():
     v("proxy", {"id": 1, "client": "c", "upstream": "u"})
     assert json.loads(ctx.stdout.getvalue()) == {"ts": 1.5, "event": "proxy", "id": 1,
                                                  "client": "c", "upstream": "u"}
+
+
+def test_view_listening_line_names_the_programs():
+    ctx = _Ctx()
+    v = ServeView(ctx, tty=False, clock=lambda: 0.0)
+    v("listening", {"listen": ":9000", "target": "127.0.0.1:9001",
+                    "options": {"prefix": "DROP"},
+                    "programs": {"parser": {"id": 7, "name": "lenprefix", "source": "lenprefix"},
+                                 "verdict": {"id": 8, "name": "drop_prefix",
+                                             "source": "drop-prefix"}}})
+    assert ctx.stdout.getvalue() == (
+        "kpctl serve: listening on :9000, forwarding to 127.0.0.1:9001 (parser lenprefix "
+        "(id 7), verdict drop-prefix (id 8) dropping 'DROP') through kproxy\n")

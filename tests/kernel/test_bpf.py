@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import random
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from kpctl import KproxyError, bpf
+from kpctl import KproxyError, bpf, cli
 from util import (  # noqa: F401 - kp is a fixture
     IO_TIMEOUT,
     join_all,
@@ -115,9 +116,14 @@ class FrameReader:
 class MsgSender(threading.Thread):
     """Sends length-prefixed messages; .digest is the sha256 of the stream."""
 
-    def __init__(self, s: socket.socket, payloads, split_rng: random.Random | None = None) -> None:
+    def __init__(self, s: socket.socket, payloads, split_rng: random.Random | None = None,
+                 gate: threading.Event | None = None) -> None:
         super().__init__(daemon=True)
         self.s, self.payloads, self.split_rng = s, payloads, split_rng
+        # With a gate: cleared = hold before the next message; `lock` is held
+        # while one message is being sent, so a holder knows none is half-sent.
+        self.gate = gate
+        self.lock = threading.Lock()
         self.digest, self.sent, self.bytes = "", 0, 0
         self.error: BaseException | None = None
 
@@ -125,10 +131,13 @@ class MsgSender(threading.Thread):
         try:
             h = hashlib.sha256()
             for p in self.payloads:
+                if self.gate is not None and not self.gate.wait(IO_TIMEOUT):
+                    raise AssertionError("sender held at its gate for too long")
                 data = frame(p)
                 h.update(data)
-                self.s.sendall(data)
-                self.sent += 1
+                with self.lock:
+                    self.s.sendall(data)
+                    self.sent += 1
                 self.bytes += len(data)
             self.digest = h.hexdigest()
         except BaseException as e:  # noqa: BLE001 - reported by join_all
@@ -329,7 +338,13 @@ def test_lines_with_a_verdict_on_the_line_start(kp, progs):
 def test_attach_replace_detach_while_messages_flow(kp, progs):
     """Programs come and go under STRESS_BYTES of messages, both ways: every
     message arrives once, whole, in order (sequence numbers), and the
-    streams' sha256 match."""
+    streams' sha256 match.
+
+    Replacing or detaching programs happens while messages flow. A plain
+    byte stream knows no message boundaries, so the first parser of a
+    round starts where the application is at one: the senders hold between
+    two messages until everything sent has arrived, as a real user would
+    attach before the traffic or at a quiet point of the protocol."""
     per_dir = STRESS_BYTES // 2
     rng = random.Random(17)
 
@@ -349,8 +364,25 @@ def test_attach_replace_detach_while_messages_flow(kp, progs):
     never = progs("drop-prefix", prefix=b"\xffNEVER")
     ch = make_chain(kp)
     pid = ch.proxy.id
+    gate = threading.Event()
+    gate.set()
+
+    def at_message_boundary(step):
+        def run(d: str) -> None:
+            gate.clear()
+            try:
+                with threads[0].lock, threads[2].lock:
+                    wait_for(lambda: threads[1].got == threads[0].sent and
+                             threads[3].got == threads[2].sent or
+                             any(t.error for t in threads), timeout=IO_TIMEOUT,
+                             what="the receivers to catch up with the held senders")
+                    step(d)
+            finally:
+                gate.set()
+        return run
+
     steps = [
-        lambda d: kp.attach(pid, "parser", lp1, d),
+        at_message_boundary(lambda d: kp.attach(pid, "parser", lp1, d)),
         lambda d: kp.attach(pid, "verdict", ps1, d),
         lambda d: kp.attach(pid, "verdict", never, d),   # replace the verdict
         lambda d: kp.attach(pid, "parser", lp2, d),      # replace the parser
@@ -361,8 +393,10 @@ def test_attach_replace_detach_while_messages_flow(kp, progs):
     ]
     changes = 0
     try:
-        threads = [MsgSender(ch.c1, ab), MsgReceiver(ch.s2, len(ab), seq_checker(ab.__getitem__)),
-                   MsgSender(ch.s2, ba), MsgReceiver(ch.c1, len(ba), seq_checker(ba.__getitem__))]
+        threads = [MsgSender(ch.c1, ab, gate=gate),
+                   MsgReceiver(ch.s2, len(ab), seq_checker(ab.__getitem__)),
+                   MsgSender(ch.s2, ba, gate=gate),
+                   MsgReceiver(ch.c1, len(ba), seq_checker(ba.__getitem__))]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 600
@@ -631,8 +665,11 @@ def test_cli_attach_show_detach(kp):
     env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
 
     def kpctl(*args):
-        return subprocess.run([sys.executable, "-m", "kpctl", *args], capture_output=True,
-                              text=True, timeout=120, env=env)
+        # kpctl's main() in this process: the same argv, streams and exit
+        # status as the command line, without seconds of imports under TCG.
+        out, err = io.StringIO(), io.StringIO()
+        rc = cli.main(list(args), stdout=out, stderr=err, env=env)
+        return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
     try:
         r = kpctl("attach", pid, "parser", "lenprefix")

@@ -1,12 +1,17 @@
 """kpctl's one-shot commands, batch mode and shell against the real module.
 
-Run as root in the VM (`pytest tests/kernel`) with kproxy loaded.  kpctl runs
-as a subprocess (`python -m kpctl.cli`), as a user would run it: the sockets
-it joins are inherited fds (pass_fds), and what it prints is checked.
+Run as root in the VM (`pytest tests/kernel`) with kproxy loaded.  Where
+the process matters, kpctl runs as a subprocess (`python -m kpctl.cli`), as
+a user would run it: the sockets `create` joins are inherited fds
+(pass_fds), `monitor` runs beside the test, the shell runs on a pty.  The
+other commands run through `kpctl.cli.main()` in this process, with the
+same argv, streams and exit status: a subprocess costs seconds of imports
+in an emulated VM, and the command under test is the same code.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from kpctl import cli
 from util import IO_TIMEOUT, kp, recv_exact, tcp_pair  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +32,18 @@ CMD_TIMEOUT = 120
 
 
 def kpctl(*args, pass_fds=(), input=None, timeout=CMD_TIMEOUT, check_rc=None):
+    """Run kpctl with `args`: as a subprocess when it must inherit fds,
+    else in this process. Returns a CompletedProcess either way."""
     env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-    r = subprocess.run([sys.executable, "-m", "kpctl.cli", *args], cwd=REPO, env=env,
-                       pass_fds=pass_fds, input=input, capture_output=True, text=True,
-                       timeout=timeout)
+    if pass_fds:
+        r = subprocess.run([sys.executable, "-m", "kpctl.cli", *args], cwd=REPO, env=env,
+                           pass_fds=pass_fds, input=input, capture_output=True, text=True,
+                           timeout=timeout)
+    else:
+        out, err = io.StringIO(), io.StringIO()
+        rc = cli.main(list(args), stdout=out, stderr=err, env=env,
+                      stdin=io.StringIO(input or ""))
+        r = subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
     assert "Traceback" not in r.stderr, r.stderr
     if check_rc is not None:
         assert r.returncode == check_rc, f"rc={r.returncode}\nout={r.stdout}\nerr={r.stderr}"
@@ -53,17 +67,27 @@ def close_all(*socks):
 
 @pytest.fixture
 def chain(kp):  # noqa: F811 - the fixture from util
-    """A proxy made by `kpctl create --fd --fd` from inherited fds."""
+    """A proxy made by `kpctl -j create --fd --fd` (in this process: the
+    inherited-fd path has its own test below)."""
     c1, s1, c2, s2 = sockets_for_proxy()
-    r = kpctl("-j", "create", "--fd", str(s1.fileno()), "--fd", str(c2.fileno()),
-              pass_fds=(s1.fileno(), c2.fileno()), check_rc=0)
+    r = kpctl("-j", "create", "--fd", str(s1.fileno()), "--fd", str(c2.fileno()), check_rc=0)
     p = json.loads(r.stdout)
     yield p, (c1, s1, c2, s2)
     close_all(c1, s1, c2, s2)
 
 
-def test_create_with_inherited_fds_forwards(chain, kp):  # noqa: F811
-    p, (c1, s1, c2, s2) = chain
+def test_create_with_inherited_fds_forwards(kp):  # noqa: F811
+    """`kpctl create` as its own process, joining fds it inherited."""
+    c1, s1, c2, s2 = sockets_for_proxy()
+    try:
+        r = kpctl("-j", "create", "--fd", str(s1.fileno()), "--fd", str(c2.fileno()),
+                  pass_fds=(s1.fileno(), c2.fileno()), check_rc=0)
+        check_inherited_proxy(json.loads(r.stdout), kp, c1, s1, c2, s2)
+    finally:
+        close_all(c1, s1, c2, s2)
+
+
+def check_inherited_proxy(p, kp, c1, s1, c2, s2):  # noqa: F811
     assert p["id"] >= 1 and p["state"] == "active"
     assert p["a"]["local"] == "%s:%d" % s1.getsockname()[:2]
     assert p["b"]["remote"] == "%s:%d" % c2.getpeername()[:2]

@@ -13,6 +13,9 @@ shift 2
 dmesg > "$out/dmesg-boot.txt"
 dmesg -C
 
+# `make test-long`: the tests take their full sizes (see tests/kernel/util.py)
+[ -e "$out/long" ] && export KPROXY_TEST_LONG=1
+
 insmod "$ko"
 echo "insmod=$?" > "$out/status"
 

@@ -165,7 +165,7 @@ def run_logged(cmd: list[str], timeout: float, log: Path | None, echo=True) -> t
     return (124 if timed_out.is_set() else p.returncode), time.monotonic() - start
 
 
-def test_kernel(vm: VM, kver: str, timeout: float, tests: list[str]) -> Result:
+def test_kernel(vm: VM, kver: str, timeout: float, tests: list[str], long: bool) -> Result:
     ko = ROOT / "build" / kver / "kproxy.ko"
     results = ROOT / "build" / kver / "results"
     if not ko.exists():
@@ -176,6 +176,9 @@ def test_kernel(vm: VM, kver: str, timeout: float, tests: list[str]) -> Result:
     for old in results.glob("*"):
         old.unlink()
     results.mkdir(parents=True, exist_ok=True)
+    if long:
+        # guest.sh exports KPROXY_TEST_LONG=1: the tests take their full sizes
+        (results / "long").touch()
     guest = shlex.join(["tests/vm/guest.sh", str(ko), str(results), *tests])
     print(f"vm: booting {kver} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)", flush=True)
     rc, secs = run_logged(vm.cmd(kver, guest, [results], verbose=True), timeout, results / "console.log")
@@ -201,11 +204,20 @@ def run_host_tests() -> Result:
     return r
 
 
+def precompile() -> None:
+    """Write the bytecode of our sources before the guest (read-only, and
+    10-50x slower under TCG) would compile them on every import."""
+    subprocess.run([str(VENV_BIN / "python"), "-m", "compileall", "-q", "-j", "0",
+                    "kpctl", "tests", "schema"], cwd=ROOT, check=True,
+                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""}, stdout=subprocess.DEVNULL)
+
+
 def cmd_test(args, vm: VM) -> int:
+    precompile()
     results = [run_host_tests()] if args.host else []
     for kver in args.kver or installed_kernels():
         vm.resolve_accel(kver)
-        results.append(test_kernel(vm, kver, args.timeout, args.tests))
+        results.append(test_kernel(vm, kver, args.timeout, args.tests, args.long))
     print()
     for r in results:
         print(r.summary())
@@ -228,6 +240,7 @@ def host_can_load_modules(ko: Path) -> bool:
 
 
 def cmd_run(args, vm: VM) -> int:
+    precompile()
     interactive = sys.stdin.isatty()
     host_kver = os.uname().release
     if host_can_load_modules(ROOT / "build" / host_kver / "kproxy.ko"):
@@ -254,6 +267,8 @@ def main() -> int:
     ap.add_argument("--kver", action="append", help="kernel release (repeatable); default: all installed")
     ap.add_argument("--tests", nargs="*", default=[], help="kernel test paths/ids (default: tests/kernel)")
     ap.add_argument("--host", action="store_true", help="run tests/host first (test only)")
+    ap.add_argument("--long", action="store_true",
+                    help="full test sizes (KPROXY_TEST_LONG=1), for `make test-long`")
     ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "1G"))
     ap.add_argument("--cpus", type=int, default=int(os.environ.get("KPROXY_VM_CPUS", "2")))
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=os.environ.get("KPROXY_VM_ACCEL", "auto"))
