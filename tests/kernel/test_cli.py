@@ -244,6 +244,7 @@ def test_monitor_sees_a_proxy_come_and_go(kp):  # noqa: F811
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     c1, s1, c2, s2 = sockets_for_proxy()
+    a_local = "%s:%d" % s1.getsockname()[:2]
     try:
         # start once kpctl listens (the Groups column shows the first 32
         # groups only: past a deadline, go on and hope)
@@ -266,7 +267,7 @@ def test_monitor_sees_a_proxy_come_and_go(kp):  # noqa: F811
     assert events[0]["proxy"]["id"] == events[1]["proxy"]["id"] == p.id
     assert events[1]["reason"] == "user"
     assert events[0]["timestamp"] > 0
-    assert events[0]["proxy"]["a"]["local"] == "%s:%d" % s1.getsockname()[:2]
+    assert events[0]["proxy"]["a"]["local"] == a_local
 
 
 def test_batch_stops_at_first_failure_unless_force(chain, kp):  # noqa: F811

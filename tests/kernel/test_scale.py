@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import shlex
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from util import IO_TIMEOUT, kp, listed_ids, proc_ids, proc_proxies  # noqa: F401
 
 N = 1000
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_thousand_proxies(kp):
@@ -38,6 +45,14 @@ def test_thousand_proxies(kp):
         assert len(listed) == N
         assert {p.id for p in listed} == ids
         assert len(proc_proxies()) == N and proc_ids() == ids
+        # What an operator pipes: `kpctl -j list | python3 -m json.tool`.
+        py = shlex.quote(sys.executable)
+        r = subprocess.run(["bash", "-o", "pipefail", "-c",
+                            f"{py} -m kpctl.cli -j list | {py} -m json.tool"],
+                           capture_output=True, text=True, timeout=300, cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert r.returncode == 0, r.stderr
+        assert {p["id"] for p in json.loads(r.stdout)} == ids
         for pid in ids:
             kp.destroy(pid)
         assert listed_ids(kp) == set()

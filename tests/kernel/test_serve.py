@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import io
 import json
 import os
 import shlex
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from kpctl import Kproxy, bpf
+from kpctl import Kproxy, bpf, cli
 from util import IO_TIMEOUT, Receiver, Sender, join_all, long_or, recv_exact, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,11 +149,14 @@ def serving(listen: str, target: str, *args: str):
 
 
 def kpctl_json(*args: str):
-    env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-    r = subprocess.run([sys.executable, "-m", "kpctl.cli", "-j", *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=START_TIMEOUT)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    """`kpctl -j ARGS` through kpctl's main() in this process: the command's
+    own code and output, without seconds of imports per call under TCG
+    (serve itself runs as its own process)."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = cli.main(["-j", *args], stdout=out, stderr=err,
+                  env=dict(os.environ, NO_COLOR="1"))
+    assert rc == 0, err.getvalue()
+    return json.loads(out.getvalue())
 
 
 def ours(proxies, target_port: int) -> list:
@@ -359,7 +363,10 @@ def test_20_concurrent_downloads(big_file, http_server):
         url = f"http://127.0.0.1:{s.port}/{path.name}"
         # Each download is hashed as it arrives (curl | sha256sum): twenty
         # copies would not fit the VM's tmpfs.
-        fetch = (f"{shlex.quote(CURL)} -sS --fail --max-time 900 {shlex.quote(url)}"
+        # Paced (--limit-rate, which also makes the proxies hold back), so
+        # that the downloads are still running while we list them.
+        fetch = (f"{shlex.quote(CURL)} -sS --fail --max-time 900 --limit-rate 4M "
+                 f"{shlex.quote(url)}"
                  if CURL else f"{shlex.quote(sys.executable)} -c {shlex.quote(URLLIB_CAT)} "
                  f"{shlex.quote(url)}")
         procs = [subprocess.Popen(["bash", "-o", "pipefail", "-c",
