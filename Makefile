@@ -17,9 +17,10 @@ RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
 DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
 	linux-headers-6.12-amd64 qemu-system-x86 sparse clang llvm libbpf-dev \
 	bpftool iproute2 dkms build-essential kmod busybox-static \
-	linux-source-6.12 socat python3-venv curl
+	linux-source-6.12 socat python3-venv curl \
+	iperf3 sockperf haproxy python3-matplotlib
 
-.PHONY: all help deps sparse gen bpf docs install uninstall run test test-long test-host test-kernel clean
+.PHONY: all help deps sparse gen bpf docs install uninstall run test test-long test-host test-kernel bench clean
 
 all: $(foreach k,$(KVERS),build/$(k)/kproxy.ko) bpf
 
@@ -30,6 +31,7 @@ help:
 	@echo 'make test       host tests, then the kernel tests in a VM per kernel'
 	@echo 'make test-kernel  only the kernel tests (TESTS=<paths>: a subset, e.g. one file)'
 	@echo 'make test-long  the kernel tests at full sizes (slow under emulation)'
+	@echo 'make bench      kproxy against direct, socat, HAProxy and sockmap (BENCH_QUICK=1: a smoke run)'
 	@echo 'make sparse     sparse (C=2) on every kernel, failing on any warning'
 	@echo 'make gen        regenerate kmod/ tables from schema/kproxy.yaml'
 	@echo 'make install    DKMS install for every kernel + kpctl in /opt/kproxy'
@@ -141,6 +143,16 @@ test-host: deps
 
 test-kernel: deps all $(YNL_DIR)/.stamp
 	$(PY) tests/vm/run.py test $(addprefix --kver ,$(KVERS)) $(RUN_TESTS) $(VM_OPTS)
+
+# --- benchmarks ---------------------------------------------------------------
+# `make bench`: every peer and scenario in one VM boot (bench/README.md).
+# BENCH_QUICK=1 (or QUICK=1): one repetition of a subset, a smoke run.
+BENCH_KVER := $(or $(KVER),$(lastword $(filter 6.12%,$(KVERS))))
+BENCH_QUICK ?= $(QUICK)
+bench: deps build/$(BENCH_KVER)/kproxy.ko bpf
+	$(MAKE) -C bench OUT=$(CURDIR)/build/bench
+	$(PY) bench/run.py --kver $(BENCH_KVER) $(if $(filter-out 0,$(BENCH_QUICK)),--quick) $(VM_OPTS)
+	$(PY) -m pytest -q tests/host/test_bench.py
 
 clean:
 	rm -rf build

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""`make bench`: boot a kernel in a VM, run bench/guest.py there, report.
+
+    run.py [--kver K] [--quick] [--out DIR] [--report-only]
+
+One boot runs every scenario for every peer (see bench/guest.py). The
+guest writes raw samples to DIR/raw.json (DIR is bench/out, shared with
+the VM read-write); this side folds them into DIR/results.json (records:
+scenario, peer, metric, unit, median, min, max, ratio_to_direct), prints
+the table and draws DIR/*.png. --report-only redoes that last part from
+an existing raw.json without booting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import stats  # noqa: E402
+
+
+def _vm_harness():
+    """tests/vm/run.py (VM, run_logged, installed_kernels), loaded by path:
+    its name is this file's too."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("kproxy_vm_run", ROOT / "tests" / "vm" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_vm = _vm_harness()
+VM, installed_kernels, run_logged = _vm.VM, _vm.installed_kernels, _vm.run_logged
+
+DEFAULT_KVER = "6.12"
+
+
+def pick_kernel(kver: str | None) -> str:
+    kernels = installed_kernels()
+    if kver and kver in kernels:
+        return kver
+    prefix = kver or DEFAULT_KVER
+    matches = [k for k in kernels if k.startswith(prefix)]
+    if not matches:
+        sys.exit(f"bench: no installed kernel matches {prefix!r} (have: {', '.join(kernels)})")
+    return matches[-1]
+
+
+# Goals of the benchmarks issue, checked on the medians of one run.
+def goals(recs: list[dict]) -> list[str]:
+    med = {(r["scenario"], r["peer"], r["metric"]): r["median"] for r in recs}
+
+    def m(scen, peer, metric):
+        return med.get((scen, peer, metric))
+
+    def line(what, value, limit, ok_if_ge):
+        if value is None or limit is None:
+            return f"  ?    {what}: no figure"
+        ok = value >= limit if ok_if_ge else value <= limit
+        return f"  {'ok ' if ok else 'MISS'} {what}: {value:.2f} vs {limit:.2f}"
+
+    out = []
+    for size in ("16K", "256K"):
+        scen = f"stream {size} x1"
+        k = m(scen, "kproxy", "throughput")
+        for peer, factor in (("socat", 1.5), ("haproxy-splice", 1.0), ("sockmap", 1.0),
+                             ("direct", 0.7)):
+            base = m(scen, peer, "throughput")
+            out.append(line(f"{scen} kproxy >= {factor}x {peer} (Gbit/s)", k,
+                            base * factor if base is not None else None, True))
+    k, s = m("rr 64B", "kproxy", "p50"), m("rr 64B", "socat", "p50")
+    out.append(line("rr 64B p50 kproxy <= 0.7x socat (us)", k, s * 0.7 if s else None, False))
+    for size in ("16K", "256K"):
+        scen = f"stream {size} x1"
+        k, s = m(scen, "kproxy", "cpu"), m(scen, "socat", "cpu")
+        out.append(line(f"{scen} CPU kproxy <= 0.5x socat (s/GB)", k, s * 0.5 if s else None, False))
+    dump = [r for r in recs if r["scenario"].startswith("dump ")]
+    if dump:
+        scen = dump[0]["scenario"]
+        ss = m(scen, "ss -tn", "time")
+        for peer in ("kproxy (library)", "kproxy (netlink)"):
+            out.append(line(f"{scen}: {peer} <= 1.5x ss -tn (ms)", m(scen, peer, "time"),
+                            ss * 1.5 if ss else None, False))
+    out.append(line("idle proxy slab <= 1024 B", m("idle proxy memory", "kproxy", "slab"), 1024, False))
+    return out
+
+
+def report(out: Path) -> int:
+    raw = json.loads((out / "raw.json").read_text())
+    recs = stats.records(raw)
+    (out / "results.json").write_text(json.dumps(
+        [{k: r[k] for k in (*stats.RECORD_FIELDS, "n", "errors") if k in r} for r in recs], indent=1))
+    info = {}
+    if (out / "info.json").exists():
+        info = json.loads((out / "info.json").read_text())
+    print()
+    print(f"kernel {info.get('kernel', '?')}, {info.get('cpus', '?')} vCPUs, "
+          f"{info.get('reps', '?')} repetition(s) of {info.get('secs', '?')} s"
+          f"{' (quick)' if info.get('quick') else ''}; guest time {info.get('seconds', 0):.0f} s")
+    print(stats.table(recs))
+    (out / "table.md").write_text(stats.markdown_table(recs) + "\n")
+    print("\ngoals (medians of this run):")
+    print("\n".join(goals(recs)))
+    errs = [r for r in recs if r.get("errors")]
+    for r in errs:
+        print(f"errors: {r['scenario']} {r['peer']} {r['metric']}: {'; '.join(r['errors'])}")
+    plot(out)
+    return 0
+
+
+def plot(out: Path) -> None:
+    """bench/plot.py with a Python that has matplotlib: the venv's (the
+    `bench` extra) or Debian's python3-matplotlib."""
+    for py in (sys.executable, "/usr/bin/python3"):
+        if subprocess.call([py, "-c", "import matplotlib"], stderr=subprocess.DEVNULL) == 0:
+            subprocess.call([py, str(ROOT / "bench" / "plot.py"), str(out)])
+            return
+    print("bench: matplotlib not found (pip install '.[bench]' or apt install python3-matplotlib):"
+          " no plots")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kver", default=os.environ.get("KVER") or None)
+    ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK", "") not in ("", "0"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "3")))
+    ap.add_argument("--secs", type=int, default=int(os.environ.get("BENCH_SECS", "3")),
+                    help="seconds per iperf3 run (sockperf: one more)")
+    ap.add_argument("--dump-proxies", type=int, default=int(os.environ.get("BENCH_DUMP_N", "0")),
+                    help="proxies for the dump and memory figures (default 10000; quick 1000)")
+    ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "2G"))
+    ap.add_argument("--cpus", type=int, default=int(os.environ.get("KPROXY_VM_CPUS", "2")))
+    ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=os.environ.get("KPROXY_VM_ACCEL", "auto"))
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("BENCH_TIMEOUT", "3600")))
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    if args.report_only:
+        return report(out)
+
+    kver = pick_kernel(args.kver)
+    ko = ROOT / "build" / kver / "kproxy.ko"
+    need = [ko, ROOT / "build" / "bench" / "sockmap.o", ROOT / "build" / "bench" / "whole.o",
+            ROOT / "build" / "bpf" / "pass.o"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        sys.exit(f"bench: missing {', '.join(missing)}: run `make bench` (it builds them)")
+    tools = [t for t in ("iperf3", "sockperf", "haproxy", "socat") if not any(
+        Path(d, t).exists() for d in os.environ.get("PATH", "/usr/bin").split(":") + ["/usr/sbin"])]
+    if tools:
+        sys.exit(f"bench: missing {', '.join(tools)} (Debian packages; `make deps`)")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in ("raw.json", "results.json", "info.json", "guest.log"):
+        (out / old).unlink(missing_ok=True)
+    for png in out.glob("*.png"):
+        png.unlink()
+
+    vm = VM(args.memory, args.cpus, args.accel)
+    vm.resolve_accel(kver)
+    guest = shlex.join([str(ROOT / ".venv" / "bin" / "python"), "bench/guest.py", "run",
+                        "--out", str(out), "--ko", str(ko), "--reps", str(args.reps),
+                        "--secs", str(args.secs), "--dump-proxies", str(args.dump_proxies),
+                        *(["--quick"] if args.quick else [])])
+    print(f"bench: booting {kver} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)"
+          f"{', quick' if args.quick else ''}", flush=True)
+    t = time.monotonic()
+    rc, secs = run_logged(vm.cmd(kver, guest, [out], verbose=True), args.timeout, out / "console.log")
+    print(f"bench: VM done in {secs:.0f} s (exit {rc}); {time.monotonic() - t:.0f} s in all", flush=True)
+    if not (out / "raw.json").exists():
+        print("bench: the guest wrote no raw.json (see bench/out/console.log)")
+        return 1
+    report(out)
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
