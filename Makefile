@@ -92,9 +92,11 @@ docs: deps
 # for the kernel test that drives the module with our spec. Extracted here
 # once: decompressing the tarball inside an emulated VM takes minutes.
 YNL_DIR := build/ynl/linux-source-6.12
-$(YNL_DIR)/.stamp: /usr/src/linux-source-6.12.tar.xz
+# (No prerequisite on the tarball: on a fresh machine it exists only once
+# `make deps` has run, after make has read this file.)
+$(YNL_DIR)/.stamp:
 	rm -rf build/ynl && mkdir -p build/ynl
-	tar -xJf $< -C build/ynl --wildcards 'linux-source-6.12/tools/net/ynl/*' \
+	tar -xJf /usr/src/linux-source-6.12.tar.xz -C build/ynl --wildcards 'linux-source-6.12/tools/net/ynl/*' \
 		'linux-source-6.12/Documentation/netlink/*'
 	touch $@
 
@@ -128,21 +130,29 @@ uninstall:
 		/usr/local/share/man/man1/kpctl.1 /usr/local/share/bash-completion/completions/kpctl
 
 # --- run and test -----------------------------------------------------------
-run: deps all
-	$(PY) tests/vm/run.py run $(if $(KVER),--kver $(KVER)) $(VM_OPTS)
+# The kernels to build for are found when make reads this file; on a fresh
+# machine they are installed by `deps`, so the build is a second make.
+KVER_OPT := $(if $(KVER),--kver $(KVER))
 
-test: deps all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test --host $(addprefix --kver ,$(KVERS)) $(RUN_TESTS) $(VM_OPTS)
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(PY) tests/vm/run.py run $(KVER_OPT) $(VM_OPTS)
+
+test: deps
+	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
+	$(PY) tests/vm/run.py test --host $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The same suite at the sizes the issues name; longer than CI's budget under TCG.
-test-long: deps all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test --long $(addprefix --kver ,$(KVERS)) $(RUN_TESTS) $(VM_OPTS)
+test-long: deps
+	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
+	$(PY) tests/vm/run.py test --long $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 test-host: deps
 	$(PY) -m pytest tests/host
 
-test-kernel: deps all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test $(addprefix --kver ,$(KVERS)) $(RUN_TESTS) $(VM_OPTS)
+test-kernel: deps
+	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
+	$(PY) tests/vm/run.py test $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # --- benchmarks ---------------------------------------------------------------
 # `make bench`: every peer and scenario in one VM boot (bench/README.md).
