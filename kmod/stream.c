@@ -193,7 +193,7 @@ void kproxy_dir_work(struct work_struct *work)
 		return;
 
 	do {
-		u32 before = dir->queued;
+		u32 before;
 
 		progress = false;
 		if (!dir->eof && dir->queued < KPROXY_QUEUE_MAX) {
@@ -218,7 +218,7 @@ void kproxy_dir_work(struct work_struct *work)
 		}
 
 		if (!skb_queue_empty(&dir->queue)) {
-			before = dir->queued;
+			before = dir->queued;	/* sending drains it */
 			lock_sock(dir->dst);
 			err = kproxy_send(dir);
 			release_sock(dir->dst);
