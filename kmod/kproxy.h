@@ -134,6 +134,11 @@ extern struct mutex kproxy_lock;
 extern struct idr kproxy_idr;
 extern struct workqueue_struct *kproxy_wq;
 extern bool kproxy_unloading;
+/*
+ * struct kproxy objects allocated and not yet freed, module-wide; read by
+ * tests through debugfs (kproxy/objects) to prove nothing is leaked.
+ */
+extern atomic_t kproxy_objects;
 
 struct kproxy_net *kproxy_pernet(struct net *net);
 

@@ -2,6 +2,7 @@
 /*
  * kproxy module: init and exit, per-netns state.
  */
+#include <linux/debugfs.h>
 #include <linux/module.h>
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
@@ -12,6 +13,9 @@ DEFINE_MUTEX(kproxy_lock);
 DEFINE_IDR(kproxy_idr);
 struct workqueue_struct *kproxy_wq;
 bool kproxy_unloading;	/* no new proxy once set (kproxy_lock) */
+atomic_t kproxy_objects = ATOMIC_INIT(0);
+
+static struct dentry *kproxy_debugfs;
 
 static unsigned int kproxy_net_id __read_mostly;
 
@@ -58,6 +62,9 @@ static int __init kproxy_init(void)
 	if (err)
 		goto err_pernet;
 
+	/* Root-only and best effort: debugfs failures are not errors. */
+	kproxy_debugfs = debugfs_create_dir("kproxy", NULL);
+	debugfs_create_atomic_t("objects", 0400, kproxy_debugfs, &kproxy_objects);
 	return 0;
 
 err_pernet:
@@ -74,6 +81,7 @@ static void __exit kproxy_exit(void)
 	kproxy_unloading = true;
 	mutex_unlock(&kproxy_lock);
 	kproxy_end_all(NULL, KPROXY_REASON_UNLOAD);
+	debugfs_remove_recursive(kproxy_debugfs);
 
 	kproxy_nl_exit();
 	unregister_pernet_subsys(&kproxy_net_ops);

@@ -120,6 +120,7 @@ struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
 	kp = kzalloc(sizeof(*kp), GFP_KERNEL);
 	if (!kp)
 		return ERR_PTR(-ENOMEM);
+	atomic_inc(&kproxy_objects);
 	kp->net = net;
 	INIT_LIST_HEAD(&kp->net_node);
 	INIT_WORK(&kp->end_work, kproxy_end_work);
@@ -188,6 +189,7 @@ err_put_a:
 	sockfd_put(kp->sock[0]);
 err_free:
 	kfree(kp);
+	atomic_dec(&kproxy_objects);
 	return ERR_PTR(err);
 }
 
@@ -291,6 +293,7 @@ void kproxy_destroy(struct kproxy *kp)
 	sockfd_put(kp->sock[0]);
 	sockfd_put(kp->sock[1]);
 	kfree(kp);
+	atomic_dec(&kproxy_objects);
 }
 
 /*

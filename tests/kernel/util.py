@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -234,6 +235,18 @@ def assert_pingpong(a: socket.socket, b: socket.socket, payload: bytes = b"ping"
     assert recv_exact(b, len(payload)) == payload
     b.sendall(payload[::-1])
     assert recv_exact(a, len(payload)) == payload[::-1]
+
+
+# The module's count of struct kproxy objects allocated and not yet freed
+# (module-wide, root-only).
+OBJECTS_PATH = "/sys/kernel/debug/kproxy/objects"
+
+
+def live_objects() -> int:
+    if not os.path.exists("/sys/kernel/debug/kproxy"):
+        subprocess.run(["mount", "-t", "debugfs", "debugfs", "/sys/kernel/debug"], check=False)
+    with open(OBJECTS_PATH) as f:
+        return int(f.read())
 
 
 def closed_fd_number() -> int:
