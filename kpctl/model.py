@@ -56,8 +56,11 @@ class Endpoint:
 
     @classmethod
     def from_bytes(cls, raw: bytes, port: int) -> "Endpoint":
-        """From a network-order address (4 or 16 bytes) as netlink carries it."""
-        return cls(str(ipaddress.ip_address(bytes(raw))), port)
+        """From a network-order address (4 or 16 bytes) as netlink carries it,
+        written as the kernel writes it in /proc (inet_ntop)."""
+        if len(raw) not in (4, 16):
+            raise ValueError(f"an address is 4 or 16 bytes, not {len(raw)}")
+        return cls(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw), port)
 
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port}

@@ -1,0 +1,70 @@
+"""kpctl.wire: the decoder of dumps and notifications, against messages
+pyroute2 encodes from the schema (the kernel's layout)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from kpctl import wire
+from kpctl.client import proxy_from_attrs, proxy_from_msg
+from test_spec import SPEC, decode, reply_bytes
+
+FAMILY = 0x1234  # reply_bytes' message type
+DEC = wire.decoder(SPEC)
+
+
+def nlmsg(mtype: int, flags: int, payload: bytes, seq: int = 1) -> bytes:
+    body = wire.NLMSGHDR.pack(16 + len(payload), mtype, flags, seq, 0) + payload
+    return body + b"\0" * (-len(body) % 4)
+
+
+def test_decodes_what_pyroute2_decodes() -> None:
+    data = reply_bytes("proxy-get")
+    (m,) = list(DEC.messages(data, FAMILY))
+    assert m.type == FAMILY and m.cmd == SPEC.cmd("proxy-get")
+    assert proxy_from_attrs(m.attrs, SPEC) == proxy_from_msg(decode(data), SPEC)
+    assert m.attrs["a-to-b"]["shut"] is True and "shut" not in m.attrs["b-to-a"]
+    assert m.attrs["sock-b"]["local-addr"] == b"\0" * 15 + b"\1"
+
+
+def test_a_datagram_of_many_messages_ends_at_done() -> None:
+    one = reply_bytes("proxy-get")
+    done = nlmsg(wire.NLMSG_DONE, 0x2, struct.pack("=i", 0))
+    msgs = list(DEC.messages(one * 3 + done, FAMILY))
+    assert [m.type for m in msgs] == [FAMILY] * 3 + [wire.NLMSG_DONE]
+    assert msgs[-1].attrs is None
+
+
+def test_error_carries_errno_and_extended_ack_message() -> None:
+    request = wire.request(FAMILY, 3, 1, 0x301, 9)
+    text = b"unknown proxy\0"
+    tlv = struct.pack("=HH", 4 + len(text), wire.NLMSGERR_ATTR_MSG) + text
+    tlv += b"\0" * (-len(tlv) % 4)
+    err = nlmsg(wire.NLMSG_ERROR, wire.NLM_F_ACK_TLVS | 0x100,
+                struct.pack("=i", -errno.ENOENT) + request[:16] + tlv)
+    (m,) = list(DEC.messages(err, FAMILY))
+    assert (m.error, m.error_msg) == (errno.ENOENT, "unknown proxy")
+
+
+def test_unknown_and_short_attributes_are_skipped() -> None:
+    # id (u32) with only 2 bytes of payload, then attribute 999, then state.
+    attrs = struct.pack("=HHH", 6, 1, 7) + b"\0\0" + struct.pack("=HHI", 8, 999, 1) \
+        + struct.pack("=HHI", 8, SPEC.attr("proxy", "state").value, 2)
+    assert DEC.attrs(attrs, 0, len(attrs)) == {"state": 2}
+
+
+def test_truncated_input_stops_without_raising() -> None:
+    data = reply_bytes("proxy-get")
+    for cut in (3, 17, 21, 40, len(data) - 1):
+        for m in DEC.messages(data[:cut], FAMILY):
+            assert m.type == FAMILY
+    # An attribute claiming more bytes than there are ends the walk.
+    bad = struct.pack("=HHI", 200, 1, 5)
+    assert DEC.attrs(bad, 0, len(bad)) == {}
+
+
+def test_dump_request_layout() -> None:
+    req = wire.request(FAMILY, SPEC.cmd("proxy-get"), SPEC.version, 0x301, 7)
+    assert wire.NLMSGHDR.unpack_from(req) == (20, FAMILY, 0x301, 7, 0)
+    assert wire.GENLMSGHDR.unpack_from(req, 16) == (SPEC.cmd("proxy-get"), SPEC.version, 0)
