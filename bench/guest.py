@@ -465,34 +465,8 @@ class Bench:
 
 class DataPathCounts:
     """Counted figures of kproxy's data path (perf does not run in TCG
-    guests): kprobes with hist triggers counting calls of kproxy's work
-    function and of skb_send_sock_locked(), and /proc/net/kproxy_stat's
-    byte and skb totals. Only for a separate run: the probes cost time."""
-
-    TRACE = Path("/sys/kernel/tracing")
-    PROBES = {"work": "kproxy:kproxy_dir_work", "send": "skb_send_sock_locked"}
-    GROUP = "kpbench"
-
-    def __init__(self):
-        self.ok = False
-        try:
-            if not (self.TRACE / "kprobe_events").exists():
-                subprocess.call(["mount", "-t", "tracefs", "nodev", str(self.TRACE)])
-            with open(self.TRACE / "kprobe_events", "a") as f:
-                for name, sym in self.PROBES.items():
-                    f.write(f"p:{self.GROUP}/{name} {sym}\n")
-            self.ok = True
-        except OSError as e:
-            log(f"counts: no kprobes ({e}): skipped")
-
-    def _trigger(self, name: str, on: bool) -> None:
-        with open(self.TRACE / "events" / self.GROUP / name / "trigger", "w") as f:
-            f.write(("" if on else "!") + "hist:keys=common_pid\n")
-
-    def _hits(self, name: str) -> int:
-        text = read(str(self.TRACE / "events" / self.GROUP / name / "hist"))
-        m = [int(x) for x in re.findall(r"Hits:\s*(\d+)", text)]
-        return m[0] if m else 0
+    guests): the module's own totals in /proc/net/kproxy_stat, bytes and
+    skbs read, send calls and work-item runs, before and after a run."""
 
     @staticmethod
     def _stat() -> dict[str, int]:
@@ -503,30 +477,16 @@ class DataPathCounts:
         return out
 
     def start(self) -> None:
-        for n in self.PROBES:
-            self._trigger(n, True)
         self.s0 = self._stat()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, float | None]:
         s1 = self._stat()
-        hits = {n: self._hits(n) for n in self.PROBES}
-        for n in self.PROBES:
-            self._trigger(n, False)
-        nbytes = s1["bytes"] - self.s0["bytes"]
-        skbs = s1["skbs"] - self.s0["skbs"]
-        mb = nbytes / 1e6
-        return {"bytes": nbytes, "send_calls": hits["send"], "work_runs": hits["work"], "skbs": skbs,
-                "bytes_per_send": nbytes / hits["send"] if hits["send"] else None,
-                "work_runs_per_mb": hits["work"] / mb if mb else None,
-                "skbs_per_mb": skbs / mb if mb else None}
-
-    def close(self) -> None:
-        try:
-            with open(self.TRACE / "kprobe_events", "a") as f:
-                for n in self.PROBES:
-                    f.write(f"-:{self.GROUP}/{n}\n")
-        except OSError:
-            pass
+        d = {k: s1.get(k, 0) - self.s0.get(k, 0) for k in ("bytes", "skbs", "sends", "work_runs")}
+        mb = d["bytes"] / 1e6
+        return {**d,
+                "bytes_per_send": d["bytes"] / d["sends"] if d["sends"] else None,
+                "work_runs_per_mb": d["work_runs"] / mb if mb else None,
+                "skbs_per_mb": d["skbs"] / mb if mb else None}
 
 
 def raw_dump(family: int, cmd: int, version: int) -> int:
@@ -562,8 +522,6 @@ def counted(b: Bench, port: int, sizes: list[str], secs: int) -> None:
     calls counted: bytes per send call, work runs and skbs per MB."""
     try:
         dc = DataPathCounts()
-        if not dc.ok:
-            return
         for size in sizes:
             scen = f"kproxy counts {size} x1"
             dc.start()
@@ -574,7 +532,6 @@ def counted(b: Bench, port: int, sizes: list[str], secs: int) -> None:
             b.add(scen, "kproxy", "work runs/MB", "1/MB", c["work_runs_per_mb"])
             b.add(scen, "kproxy", "skbs/MB", "1/MB", c["skbs_per_mb"])
             log(f"  {scen}: {c}")
-        dc.close()
     except Exception as e:  # noqa: BLE001 - a figure less, not a stop
         log(f"counts failed: {type(e).__name__}: {e}")
 

@@ -91,6 +91,8 @@ struct kproxy_dir {
 	u64 skbs;			/* read from src */
 	u64 msgs;
 	u64 drops;
+	u64 sends;			/* skb_send_sock_locked() calls */
+	u64 runs;			/* work item runs */
 	struct kproxy_bpf bpf;
 };
 
@@ -122,6 +124,8 @@ struct kproxy_totals {
 	u64 skbs;
 	u64 msgs;
 	u64 drops;
+	u64 sends;
+	u64 runs;
 };
 
 struct kproxy_net {
@@ -151,6 +155,7 @@ void kproxy_destroy(struct kproxy *kp);
 void kproxy_end_async(struct kproxy *kp, enum kproxy_reason reason);
 void kproxy_end_all(struct net *net, enum kproxy_reason reason);
 enum kproxy_state kproxy_state(const struct kproxy *kp);
+void kproxy_add_totals(struct kproxy_totals *t, const struct kproxy *kp);
 
 /* stream.c */
 void kproxy_dir_init(struct kproxy *kp, int d);

@@ -120,18 +120,13 @@ static int kproxy_stat_show(struct seq_file *seq, void *v)
 	struct kproxy_totals t;
 	struct kproxy *kp;
 	u64 active = 0;
-	int i, r;
+	int r;
 
 	mutex_lock(&kproxy_lock);
 	t = kn->totals;
 	list_for_each_entry(kp, &kn->proxies, net_node) {
 		active++;
-		for (i = 0; i < 2; i++) {
-			t.bytes += READ_ONCE(kp->dir[i].bytes);
-			t.skbs += READ_ONCE(kp->dir[i].skbs);
-			t.msgs += READ_ONCE(kp->dir[i].msgs);
-			t.drops += READ_ONCE(kp->dir[i].drops);
-		}
+		kproxy_add_totals(&t, kp);
 	}
 	mutex_unlock(&kproxy_lock);
 
@@ -141,6 +136,8 @@ static int kproxy_stat_show(struct seq_file *seq, void *v)
 			   t.ended[r]);
 	seq_printf(seq, "bytes %llu\nskbs %llu\nmsgs %llu\ndrops %llu\n",
 		   t.bytes, t.skbs, t.msgs, t.drops);
+	/* How the data path works for its bytes: calls and wakeups. */
+	seq_printf(seq, "sends %llu\nwork_runs %llu\n", t.sends, t.runs);
 	return 0;
 }
 

@@ -243,15 +243,18 @@ void kproxy_end_async(struct kproxy *kp, enum kproxy_reason reason)
 		queue_work(kproxy_wq, &kp->end_work);
 }
 
-static void kproxy_add_totals(struct kproxy_totals *t, struct kproxy *kp)
+/* Add a proxy's counters to @t; the data path may still be counting. */
+void kproxy_add_totals(struct kproxy_totals *t, const struct kproxy *kp)
 {
 	int i;
 
 	for (i = 0; i < 2; i++) {
-		t->bytes += kp->dir[i].bytes;
-		t->skbs += kp->dir[i].skbs;
-		t->msgs += kp->dir[i].msgs;
-		t->drops += kp->dir[i].drops;
+		t->bytes += READ_ONCE(kp->dir[i].bytes);
+		t->skbs += READ_ONCE(kp->dir[i].skbs);
+		t->msgs += READ_ONCE(kp->dir[i].msgs);
+		t->drops += READ_ONCE(kp->dir[i].drops);
+		t->sends += READ_ONCE(kp->dir[i].sends);
+		t->runs += READ_ONCE(kp->dir[i].runs);
 	}
 }
 

@@ -129,6 +129,7 @@ static int kproxy_send(struct kproxy_dir *dir)
 		struct kproxy_skb_cb *cb = kproxy_cb(skb);
 
 		ret = skb_send_sock_locked(dir->dst, skb, cb->offset, cb->len);
+		WRITE_ONCE(dir->sends, dir->sends + 1);
 		if (ret <= 0)
 			return ret ? ret : -EAGAIN;
 
@@ -191,6 +192,7 @@ void kproxy_dir_work(struct work_struct *work)
 	if (!test_bit(KPROXY_RUNNING, &kp->flags) ||
 	    test_bit(KPROXY_DEAD, &kp->flags))
 		return;
+	WRITE_ONCE(dir->runs, dir->runs + 1);
 
 	do {
 		u32 before;

@@ -165,6 +165,8 @@ class Totals:
     skbs: int = 0
     msgs: int = 0
     drops: int = 0
+    sends: int = 0
+    work_runs: int = 0
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
