@@ -328,7 +328,10 @@ def _serve_fake(client, h, argv, connections):
 
     def ready(out):
         for _ in range(connections):
-            held.append(_connect_retry(port))
+            try:
+                held.append(_connect_retry(port))
+            except ConnectionResetError:
+                pass  # accepted, failed and reset by serve before connect() returned
         wait_for(lambda: out.getvalue().count('"event":"proxy"')
                  + out.getvalue().count('"event":"failed"') == connections)
 
