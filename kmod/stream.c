@@ -243,13 +243,27 @@ void kproxy_dir_work(struct work_struct *work)
 		queue_work(kproxy_wq, &dir->work);
 }
 
-/* Send what is still queued before the sockets are handed back. */
+/*
+ * Send what is still queued before the sockets are handed back: those
+ * bytes have left the source's receive queue, so they must reach the
+ * destination even when its send buffer is full (a stalled peer). The
+ * send buffer is raised for the time of the send by what the queue may
+ * cost (bounded by KPROXY_QUEUE_MAX), then put back; TCP sends the extra
+ * as the peer reads, and the owner's own writes wait until it has.
+ */
 void kproxy_dir_drain(struct kproxy_dir *dir)
 {
+	struct sock *dst = dir->dst;
+	int sndbuf;
+
 	if (!skb_queue_empty(&dir->queue)) {
-		lock_sock(dir->dst);
+		lock_sock(dst);
+		sndbuf = READ_ONCE(dst->sk_sndbuf);
+		/* Twice the payload: the skbs' truesize is more than their bytes. */
+		WRITE_ONCE(dst->sk_sndbuf, sndbuf + 2 * dir->queued + SKB_TRUESIZE(0));
 		kproxy_send(dir);
-		release_sock(dir->dst);
+		WRITE_ONCE(dst->sk_sndbuf, sndbuf);
+		release_sock(dst);
 	}
 	__skb_queue_purge(&dir->queue);
 	WRITE_ONCE(dir->queued, 0);
