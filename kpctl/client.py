@@ -342,6 +342,27 @@ def _attr_at(
     return None
 
 
+def _attr_detail(
+    spec: spec_mod.Spec, root_set: str, request: bytes, offset: int | None, missing: int | None
+) -> str | None:
+    """What the extended ack points at, by schema name: "attribute fd-a"
+    (NLMSGERR_ATTR_OFFS) or "missing attribute id" (NLMSGERR_ATTR_MISS_TYPE)."""
+    if offset is not None:
+        name = _attr_at(spec, request, offset, root_set)
+        if name:
+            return f"attribute {name}" if not name.startswith("attribute") else name
+    elif missing is not None:
+        attr = {a.value: a.name for a in spec.attr_sets[root_set].values()}.get(missing)
+        return f"missing attribute {attr or missing}"
+    return None
+
+
+def _with_detail(base: KproxyError, detail: str | None) -> KproxyError:
+    if detail and detail.split(" ", 1)[-1] not in base.message:
+        return KproxyError(base.errno, f"{base.message} ({detail})")
+    return base
+
+
 def _translate(spec: spec_mod.Spec, root_set: str, err: Any, msg: Any) -> KproxyError:
     """pyroute2's exception_factory: a KproxyError that names the attribute."""
     base = from_netlink(err)
@@ -353,21 +374,11 @@ def _translate(spec: spec_mod.Spec, root_set: str, err: Any, msg: Any) -> Kproxy
         start = msg.offset + _NLMSGHDR_LEN + 4  # the echoed request
         (orig_len,) = struct.unpack_from("I", msg.data, start)
         request = bytes(msg.data[start : start + orig_len])
-        detail = None
-        offs = ext.get_attr("NLMSGERR_ATTR_OFFS")
-        miss = ext.get_attr("NLMSGERR_ATTR_MISS_TYPE")
-        if offs is not None:
-            name = _attr_at(spec, request, offs, root_set)
-            if name and name not in base.message:
-                detail = f"attribute {name}" if not name.startswith("attribute") else name
-        elif miss is not None:
-            attr = {a.value: a.name for a in spec.attr_sets[root_set].values()}.get(miss)
-            detail = f"missing attribute {attr or miss}"
-        if detail:
-            return KproxyError(base.errno, f"{base.message} ({detail})")
+        detail = _attr_detail(spec, root_set, request, ext.get_attr("NLMSGERR_ATTR_OFFS"),
+                              ext.get_attr("NLMSGERR_ATTR_MISS_TYPE"))
+        return _with_detail(base, detail)
     except Exception:  # noqa: BLE001 - never hide the kernel's error behind ours
         return base
-    return base
 
 
 # --- the client ----------------------------------------------------------
@@ -410,6 +421,8 @@ class Kproxy:
         self._monitors: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
         self._version: int | None = None
         self._nl: GenericNetlinkSocket | None = None
+        self._do_sock: socket.socket | None = None
+        self._seq = 0
         nl: GenericNetlinkSocket | None = None
         try:
             if netns is None:
@@ -441,6 +454,15 @@ class Kproxy:
                 nl.close()
             raise KproxyError(e.errno or errno.EIO, e.strerror) from None
         self._nl = nl
+        try:
+            # Opened now, not on first use: a socket appearing later would
+            # take an fd number the caller may have just seen free.
+            self._do_sock = self._raw_socket(socket.SOCK_RAW)
+            self._do_sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self._do_sock.settimeout(DUMP_TIMEOUT)
+        except OSError as e:
+            self.close()
+            raise KproxyError(e.errno or errno.EIO, e.strerror) from None
 
     def _raw_socket(self, type: int) -> socket.socket:
         if self._netns is None:
@@ -462,6 +484,9 @@ class Kproxy:
             if self._nl is not None:
                 self._nl.close()
                 self._nl = None
+            if self._do_sock is not None:
+                self._do_sock.close()
+                self._do_sock = None
 
     @property
     def spec(self) -> spec_mod.Spec:
@@ -528,23 +553,73 @@ class Kproxy:
             except NetlinkError as e:
                 raise from_netlink(e) from None
 
+    def _do(self, cmd: str, attrs: dict[str, int]) -> dict[str, Any] | None:
+        """A do request of the typed API: the reply's attributes, or None
+        when the kernel only acked.
+
+        Sent and read on a plain socket of the handle's own, encoded and
+        decoded by kpctl.wire: pyroute2's message classes cost several
+        times the kernel's own work per request, which a proxy service
+        pays on every connection.
+        """
+        fid = self.family_id
+        try:
+            body = wire.encode_attrs(self._spec, attrs)
+        except ValueError as e:
+            raise KproxyError(errno.ERANGE, str(e)) from None
+        decoder = wire.decoder(self._spec)
+        with self._lock:
+            self._seq = self._seq % 0xFFFFFFFF + 1
+            seq = self._seq
+            req = wire.request(fid, self._spec.cmd(cmd), self._spec.version,
+                               NLM_F_REQUEST | NLM_F_ACK, seq, body)
+            reply: dict[str, Any] | None = None
+            try:
+                sock = self._do_socket()
+                sock.send(req)
+                while True:
+                    for m in decoder.messages(sock.recv(DUMP_RECV_SIZE), fid):
+                        if m.seq != seq:
+                            continue  # left by a request an exception interrupted
+                        if m.type == wire.NLMSG_ERROR:
+                            if m.error:
+                                raise self._refused(m, req)
+                            return reply
+                        if m.attrs is not None:
+                            reply = m.attrs
+            except OSError as e:
+                raise KproxyError(e.errno or errno.EIO, e.strerror or str(e)) from None
+
+    def _do_socket(self) -> socket.socket:
+        if self._do_sock is None:
+            raise KproxyError(errno.EBADF, "Kproxy handle is closed")
+        return self._do_sock
+
+    def _refused(self, m: wire.Message, request: bytes) -> KproxyError:
+        base = KproxyError(m.error, m.error_msg or None)
+        detail = _attr_detail(self._spec, self._spec.root_set, request,
+                              m.error_offset, m.error_missing)
+        return _with_detail(base, detail)
+
+    def _proxy_reply(self, cmd: str, attrs: dict[str, int]) -> Proxy:
+        reply = self._do(cmd, attrs)
+        if reply is None:
+            raise KproxyError(errno.EPROTO, f"{cmd}: no reply from the kernel")
+        return proxy_from_attrs(reply, self._spec)
+
     def create(self, sock_a: Any, sock_b: Any) -> Proxy:
         """Join two connected TCP sockets (socket objects or fds of ours).
 
         The proxy takes its own references: the caller may close its fds.
         """
-        replies = self._request(
-            "proxy-new", {"fd-a": _fd(sock_a), "fd-b": _fd(sock_b)}, NLM_F_REQUEST | NLM_F_ACK
-        )
-        return proxy_from_msg(self._reply(replies, "proxy-new"), self._spec)
+        return self._proxy_reply("proxy-new", {"fd-a": _fd(sock_a), "fd-b": _fd(sock_b)})
 
     def get(self, proxy_id: int) -> Proxy:
-        replies = self._request("proxy-get", {"id": int(proxy_id)}, NLM_F_REQUEST | NLM_F_ACK)
-        return proxy_from_msg(self._reply(replies, "proxy-get"), self._spec)
+        return self._proxy_reply("proxy-get", {"id": int(proxy_id)})
 
     def destroy(self, proxy_id: int) -> None:
         """End a proxy; sockets whose fds the caller kept work normally again."""
-        self._request("proxy-del", {"id": int(proxy_id)}, NLM_F_REQUEST | NLM_F_ACK)
+        self._do("proxy-del", {"id": int(proxy_id)})
 
     def list(self) -> list[Proxy]:
         """All proxies of this handle's netns, from one consistent dump."""
@@ -603,7 +678,7 @@ class Kproxy:
             "kind": self._enum_value("bpf-kind", kind),
             "direction": self._enum_value("direction", direction),
         }
-        self._request("bpf-attach", attrs, NLM_F_REQUEST | NLM_F_ACK)
+        self._do("bpf-attach", attrs)
 
     def detach(self, proxy_id: int, kind: str, direction: str = "both") -> None:
         """Detach the parser or verdict of a direction (ENOENT: none attached;
@@ -613,7 +688,7 @@ class Kproxy:
             "kind": self._enum_value("bpf-kind", kind),
             "direction": self._enum_value("direction", direction),
         }
-        self._request("bpf-detach", attrs, NLM_F_REQUEST | NLM_F_ACK)
+        self._do("bpf-detach", attrs)
 
     def _enum_value(self, enum: str, label: Any) -> int:
         if isinstance(label, int) and not isinstance(label, bool):
@@ -625,14 +700,6 @@ class Kproxy:
             raise KproxyError(
                 errno.EINVAL, f"{enum} must be one of {', '.join(en.by_name)}, not {label!r}"
             ) from None
-
-    def _reply(self, replies: list[genlmsg], op: str) -> genlmsg:
-        # The module answers with the request's command or with proxy-get's;
-        # either carries the proxy.  Acks (another message type) are skipped.
-        for m in replies:
-            if m["header"].get("type") == self.family_id:
-                return m
-        raise KproxyError(errno.EPROTO, f"{op}: no reply from the kernel")
 
     def monitor(self) -> Monitor:
         """A new Monitor of the `monitor` group (its own netlink socket).

@@ -23,6 +23,9 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
+NLMSGERR_ATTR_OFFS = 2
+NLMSGERR_ATTR_MISS_TYPE = 5
+NLM_F_CAPPED = 0x100
 
 NLMSGHDR = struct.Struct("=IHHII")
 GENLMSGHDR = struct.Struct("=BBH")
@@ -49,6 +52,8 @@ class Message:
     attrs: dict[str, Any] | None = None
     error: int = 0  # NLMSG_ERROR: the (positive) errno, 0 for an ack
     error_msg: str = ""  # NLMSG_ERROR: the extended ack's message
+    error_offset: int | None = None  # ...the offending attribute's offset in the request
+    error_missing: int | None = None  # ...the type of a missing attribute
 
 
 class Decoder:
@@ -115,35 +120,61 @@ class Decoder:
                               self.attrs(buf, body + GENLMSGHDR.size, off + length))
             elif mtype == NLMSG_ERROR:
                 code = -_ERRNO.unpack_from(buf, body)[0]
+                ext = _extack(buf, body, off + length, flags)
                 yield Message(mtype, flags, seq, error=code,
-                              error_msg=_extack_msg(buf, body, off + length, flags))
+                              error_msg=ext.get(NLMSGERR_ATTR_MSG, ""),
+                              error_offset=ext.get(NLMSGERR_ATTR_OFFS),
+                              error_missing=ext.get(NLMSGERR_ATTR_MISS_TYPE))
             else:
                 yield Message(mtype, flags, seq)
             off += (length + 3) & ~3
 
 
-def _extack_msg(buf: bytes | memoryview, body: int, end: int, flags: int) -> str:
-    """NLMSGERR_ATTR_MSG of an error, if the kernel sent one."""
+def _extack(buf: bytes | memoryview, body: int, end: int, flags: int) -> dict[int, Any]:
+    """The extended ack of an error: its message, offset and missing type."""
+    out: dict[int, Any] = {}
     if not flags & NLM_F_ACK_TLVS:
-        return ""
+        return out
     # struct nlmsgerr: the errno, then the request's header, and its payload
-    # too unless NLM_F_CAPPED (0x100) says it was left out.
+    # too unless NLM_F_CAPPED says it was left out.
     req_len = NLMSGHDR.unpack_from(buf, body + 4)[0]
-    off = body + 4 + (NLMSGHDR.size if flags & 0x100 else (req_len + 3) & ~3)
+    off = body + 4 + (NLMSGHDR.size if flags & NLM_F_CAPPED else (req_len + 3) & ~3)
     while off + 4 <= end:
         length, kind = NLAHDR.unpack_from(buf, off)
-        if length < 4:
+        if length < 4 or off + length > end:
             break
-        if kind & _NLA_TYPE_MASK == NLMSGERR_ATTR_MSG:
-            return bytes(buf[off + 4:off + length]).split(b"\0", 1)[0].decode(errors="replace")
+        kind &= _NLA_TYPE_MASK
+        if kind == NLMSGERR_ATTR_MSG:
+            out[kind] = bytes(buf[off + 4:off + length]).split(b"\0", 1)[0].decode(errors="replace")
+        elif kind in (NLMSGERR_ATTR_OFFS, NLMSGERR_ATTR_MISS_TYPE) and length >= 8:
+            out[kind] = struct.unpack_from("=I", buf, off + 4)[0]
         off += (length + 3) & ~3
-    return ""
+    return out
 
 
-def request(family_id: int, cmd: int, version: int, flags: int, seq: int) -> bytes:
-    """A request with no attributes (a dump)."""
-    return NLMSGHDR.pack(NLMSGHDR.size + GENLMSGHDR.size, family_id, flags, seq, 0) + \
-        GENLMSGHDR.pack(cmd, version, 0)
+def request(family_id: int, cmd: int, version: int, flags: int, seq: int,
+            attrs: bytes = b"") -> bytes:
+    """A request message; `attrs` from encode_attrs()."""
+    size = NLMSGHDR.size + GENLMSGHDR.size + len(attrs)
+    return NLMSGHDR.pack(size, family_id, flags, seq, 0) + GENLMSGHDR.pack(cmd, version, 0) + attrs
+
+
+def encode_attrs(spec: spec_mod.Spec, values: dict[str, int]) -> bytes:
+    """Integer attributes of the root set, by schema name (what the do
+    operations take). Raises ValueError for a value its type cannot hold."""
+    out = []
+    for name, value in values.items():
+        a = spec.attr(spec.root_set, name)
+        fmt = _INTS.get(a.type)
+        if fmt is None:
+            raise ValueError(f"{name}: {a.type} attributes are not encoded here")
+        try:
+            payload = struct.pack("=" + fmt, value)
+        except struct.error:
+            raise ValueError(f"{name}: {value} does not fit in {a.type}") from None
+        nla = NLAHDR.pack(4 + len(payload), a.value) + payload
+        out.append(nla + b"\0" * (-len(nla) % 4))
+    return b"".join(out)
 
 
 _decoders: dict[int, tuple[spec_mod.Spec, Decoder]] = {}

@@ -479,14 +479,14 @@ def _fake_kproxy():
     kp._spec = spec_mod.default()
     rec = _Recorder()
 
-    def request(cmd, attrs, flags):
-        msg = kp._spec.new_msg(cmd, attrs)  # must encode with the spec
-        msg["header"]["type"] = 0x1234
-        msg.encode()
-        rec.sent.append((cmd, attrs))
-        return []
+    def do(cmd, attrs):
+        from kpctl import wire
 
-    kp._request = request
+        wire.encode_attrs(kp._spec, attrs)  # must encode with the spec
+        rec.sent.append((cmd, attrs))
+        return None
+
+    kp._do = do
     return kp, rec
 
 

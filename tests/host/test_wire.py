@@ -68,3 +68,36 @@ def test_dump_request_layout() -> None:
     req = wire.request(FAMILY, SPEC.cmd("proxy-get"), SPEC.version, 0x301, 7)
     assert wire.NLMSGHDR.unpack_from(req) == (20, FAMILY, 0x301, 7, 0)
     assert wire.GENLMSGHDR.unpack_from(req, 16) == (SPEC.cmd("proxy-get"), SPEC.version, 0)
+
+
+def test_do_request_attributes_encode_by_schema_name() -> None:
+    body = wire.encode_attrs(SPEC, {"fd-a": 3, "fd-b": 4})
+    fa, fb = SPEC.attr("proxy", "fd-a").value, SPEC.attr("proxy", "fd-b").value
+    assert body == struct.pack("=HHIHHI", 8, fa, 3, 8, fb, 4)
+    assert DEC.attrs(body, 0, len(body)) == {"fd-a": 3, "fd-b": 4}
+
+
+def test_values_the_type_cannot_hold_are_refused_before_sending() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="does not fit in u32"):
+        wire.encode_attrs(SPEC, {"id": 1 << 32})
+    with pytest.raises(ValueError, match="does not fit"):
+        wire.encode_attrs(SPEC, {"id": -1})
+    with pytest.raises(ValueError, match="nest attributes"):
+        wire.encode_attrs(SPEC, {"sock-a": 1})
+
+
+def test_error_points_at_the_offending_or_missing_attribute() -> None:
+    from kpctl.client import _attr_detail
+
+    request = wire.request(FAMILY, SPEC.cmd("proxy-new"), 1, 0x5, 3,
+                           wire.encode_attrs(SPEC, {"fd-a": 3, "fd-b": 4}))
+    tlvs = struct.pack("=HHI", 8, wire.NLMSGERR_ATTR_OFFS, 28)  # fd-b's header
+    err = nlmsg(wire.NLMSG_ERROR, wire.NLM_F_ACK_TLVS,
+                struct.pack("=i", -errno.EBADF) + request + tlvs)
+    (m,) = list(DEC.messages(err, FAMILY))
+    assert (m.error, m.error_offset, m.error_missing) == (errno.EBADF, 28, None)
+    assert _attr_detail(SPEC, "proxy", request, m.error_offset, None) == "attribute fd-b"
+    fd_b = SPEC.attr("proxy", "fd-b").value
+    assert _attr_detail(SPEC, "proxy", request, None, fd_b) == "missing attribute fd-b"
