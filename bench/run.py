@@ -38,7 +38,7 @@ def _vm_harness():
 
 
 _vm = _vm_harness()
-VM, installed_kernels, run_logged = _vm.VM, _vm.installed_kernels, _vm.run_logged
+VM, Target, installed_kernels, run_logged = _vm.VM, _vm.Target, _vm.installed_kernels, _vm.run_logged
 
 DEFAULT_KVER = "6.12"
 
@@ -165,7 +165,8 @@ def main() -> int:
         png.unlink()
 
     vm = VM(args.memory, args.cpus, args.accel)
-    vm.resolve_accel(kver)
+    image = Target.installed(kver).image
+    vm.resolve_accel(image)
     guest = shlex.join([str(ROOT / ".venv" / "bin" / "python"), "bench/guest.py", "run",
                         "--out", str(out), "--ko", str(ko), "--reps", str(args.reps),
                         "--secs", str(args.secs), "--dump-proxies", str(args.dump_proxies),
@@ -173,7 +174,7 @@ def main() -> int:
     print(f"bench: booting {kver} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)"
           f"{', quick' if args.quick else ''}", flush=True)
     t = time.monotonic()
-    rc, secs = run_logged(vm.cmd(kver, guest, [out], verbose=True), args.timeout, out / "console.log")
+    rc, secs = run_logged(vm.cmd(image, guest, [out], verbose=True), args.timeout, out / "console.log")
     print(f"bench: VM done in {secs:.0f} s (exit {rc}); {time.monotonic() - t:.0f} s in all", flush=True)
     if not (out / "raw.json").exists():
         print("bench: the guest wrote no raw.json (see bench/out/console.log)")

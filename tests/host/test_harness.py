@@ -61,21 +61,21 @@ def write_results(d: Path, status="insmod=0 pytest=0 rmmod=0", dmesg=CLEAN, juni
 
 def test_judge_clean_run(tmp_path):
     write_results(tmp_path)
-    r = harness.judge("6.1", tmp_path)
+    r = harness.judge("kernel 6.1", tmp_path)
     assert (r.passed, r.failed, r.problems) == (10, 0, [])
     assert r.summary() == "kernel 6.1: 10 passed, 0 failed"
 
 
 def test_judge_dmesg_splat_fails_and_prints_lines(tmp_path):
     write_results(tmp_path, dmesg=SPLAT)
-    r = harness.judge("6.1", tmp_path)
+    r = harness.judge("kernel 6.1", tmp_path)
     assert r.failed == 1
     assert SPLAT.splitlines()[2] in r.problems
 
 
 def test_judge_no_status_is_a_failed_boot(tmp_path):
     (tmp_path / "console.log").write_text(SPLAT)
-    r = harness.judge("6.1", tmp_path)
+    r = harness.judge("kernel 6.1", tmp_path)
     assert r.failed == 2 and "did not boot" in r.problems[0]
     assert SPLAT.splitlines()[-1] in r.problems
 
@@ -84,24 +84,55 @@ def test_judge_timeout_mid_tests_scans_console(tmp_path):
     write_results(tmp_path, status="insmod=0", dmesg=None)
     (tmp_path / "junit.xml").unlink()
     (tmp_path / "console.log").write_text(SPLAT)
-    r = harness.judge("6.1", tmp_path)
+    r = harness.judge("kernel 6.1", tmp_path)
     assert r.problems[:2] == ["pytest did not finish", "no dmesg.txt: the guest stopped before the end"]
     assert r.failed == 3 and SPLAT.splitlines()[2] in r.problems
 
 
 def test_judge_failed_steps(tmp_path):
     write_results(tmp_path, status="insmod=1 pytest=5 rmmod=1", dmesg=None)
-    r = harness.judge("6.1", tmp_path)
+    r = harness.judge("kernel 6.1", tmp_path)
     # insmod, pytest with nothing failed, rmmod, missing dmesg
     assert r.failed == 4
 
 
 def test_vm_command_tcg(monkeypatch):
     vm = harness.VM("2G", 4, "tcg")
-    c = vm.cmd("6.12.1", "true", ["/x/results"])
+    c = vm.cmd(harness.Target.installed("6.12.1").image, "true", ["/x/results"])
     assert c[1:3] == ["-r", "/boot/vmlinuz-6.12.1"]
     assert "--disable-kvm" in c
     assert c[c.index("-m") + 1] == "2G" and c[c.index("-p") + 1] == "4"
     assert c[c.index("--rwdir") + 1] == "/x/results"
     assert c[-2:] == ["--exec", "true"]
-    assert "--disable-kvm" not in harness.VM("1G", 2, "kvm").cmd("6.12.1")
+    assert "--disable-kvm" not in harness.VM("1G", 2, "kvm").cmd(Path("/boot/vmlinuz-6.12.1"))
+
+
+KMEMLEAK = """\
+unreferenced object 0xffff888004a1c000 (size 1024):
+  comm "python", pid 312, jiffies 4294893000
+  backtrace (crc 0):
+    kmalloc_trace+0x25/0x90
+    kproxy_create+0x3c/0x4d0 [kproxy]
+"""
+
+
+def test_judge_kmemleak_report_fails_with_its_lines(tmp_path):
+    write_results(tmp_path)
+    (tmp_path / "kmemleak.txt").write_text(KMEMLEAK)
+    r = harness.judge("debug kernel", tmp_path)
+    assert r.failed == 1
+    assert "kmemleak reports 1 unreferenced objects" in r.problems[0]
+    assert any("kproxy_create" in p for p in r.problems)
+
+
+def test_judge_empty_kmemleak_scan_is_clean(tmp_path):
+    write_results(tmp_path)
+    (tmp_path / "kmemleak.txt").write_text("")
+    assert harness.judge("debug kernel", tmp_path).failed == 0
+
+
+def test_debug_target_boots_the_built_image_with_its_own_module():
+    t = harness.Target.debug(Path("/cache/linux"))
+    assert t.image == Path("/cache/linux/arch/x86/boot/bzImage")
+    assert t.ko.parts[-3:] == ("build", "debug", "kproxy.ko")
+    assert t.results.parts[-3:] == ("build", "debug", "results")

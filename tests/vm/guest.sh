@@ -4,7 +4,8 @@
 # Loads the module, runs the kernel tests, unloads it and leaves the kernel
 # log in <results>/dmesg.txt for the host to scan. Each step's exit status
 # goes to <results>/status, so the host can tell a failed boot (no file)
-# from a failed step.
+# from a failed step. On a kernel with kmemleak (make test-debug) a scan
+# after the unload goes to <results>/kmemleak.txt.
 ko=$1 out=$2
 shift 2
 [ $# -gt 0 ] || set -- tests/kernel
@@ -12,6 +13,11 @@ shift 2
 # Boot messages are not ours to judge: keep them apart, then start clean.
 dmesg > "$out/dmesg-boot.txt"
 dmesg -C
+
+kmemleak=/sys/kernel/debug/kmemleak
+mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# Leaks suspected before the module is loaded are the boot's, not ours.
+[ -e $kmemleak ] && echo clear > $kmemleak
 
 # `make test-long`: the tests take their full sizes (see tests/kernel/util.py)
 [ -e "$out/long" ] && export KPROXY_TEST_LONG=1
@@ -25,5 +31,15 @@ echo "pytest=$?" >> "$out/status"
 
 rmmod kproxy
 echo "rmmod=$?" >> "$out/status"
+
+if [ -e $kmemleak ]; then
+	# An object is reported only once it has been unreferenced for a while
+	# and seen so by two scans.
+	sleep 6
+	echo scan > $kmemleak
+	sleep 6
+	echo scan > $kmemleak
+	cat $kmemleak > "$out/kmemleak.txt"
+fi
 
 dmesg > "$out/dmesg.txt"

@@ -3,6 +3,8 @@
 
   run.py test [--host] [--kver K ...]   host tests (optional), then one VM boot
                                         per kernel running tests/kernel
+  run.py test --debug-kernel DIR        the same on the kernel built in DIR by
+                                        tests/vm/debug-kernel.sh (make test-debug)
   run.py run [--kver K]                 load the module and start kpctl: on this
                                         kernel if it can load modules, else in a VM
 
@@ -48,6 +50,25 @@ class Result:
         return f"{self.name}: {self.passed} passed, {self.failed} failed"
 
 
+@dataclass
+class Target:
+    """A kernel to boot and the module built for it."""
+    name: str
+    image: Path
+    ko: Path
+    results: Path
+
+    @classmethod
+    def installed(cls, kver: str) -> "Target":
+        return cls(f"kernel {kver}", Path(f"/boot/vmlinuz-{kver}"),
+                   ROOT / "build" / kver / "kproxy.ko", ROOT / "build" / kver / "results")
+
+    @classmethod
+    def debug(cls, kdir: Path) -> "Target":
+        return cls("debug kernel", kdir / "arch/x86/boot/bzImage",
+                   ROOT / "build" / "debug" / "kproxy.ko", ROOT / "build" / "debug" / "results")
+
+
 def installed_kernels() -> list[str]:
     """Kernels we can both build for (headers) and boot (/boot image)."""
     return sorted(p.parent.name for p in Path("/lib/modules").glob("*/build")
@@ -71,9 +92,9 @@ def parse_status(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (l.split("=", 1) for l in text.split() if "=" in l)}
 
 
-def judge(kver: str, results: Path) -> Result:
+def judge(name: str, results: Path) -> Result:
     """Everything the guest left in results/, turned into pass/fail counts."""
-    r = Result(f"kernel {kver}")
+    r = Result(name)
     status_file = results / "status"
     status = parse_status(status_file.read_text()) if status_file.exists() else {}
     if not status:
@@ -98,6 +119,12 @@ def judge(kver: str, results: Path) -> Result:
     if bad:
         r.fail(f"kernel log ({log.name}) reports problems:")
         r.problems += bad
+    # Written by guest.sh on kernels with kmemleak (the debug kernel).
+    leaks = results / "kmemleak.txt"
+    if leaks.exists() and leaks.read_text().strip():
+        reports = leaks.read_text().count("unreferenced object")
+        r.fail(f"kmemleak reports {reports} unreferenced objects ({leaks}):")
+        r.problems += leaks.read_text().splitlines()[:40]
     return r
 
 
@@ -107,8 +134,8 @@ class VM:
     def __init__(self, memory: str, cpus: int, accel: str):
         self.memory, self.cpus, self.accel = memory, cpus, accel
 
-    def cmd(self, kver: str, exec_cmd: str | None = None, rwdirs=(), verbose=False) -> list[str]:
-        c = [str(VENV_BIN / "vng"), "-r", f"/boot/vmlinuz-{kver}",
+    def cmd(self, image: Path, exec_cmd: str | None = None, rwdirs=(), verbose=False) -> list[str]:
+        c = [str(VENV_BIN / "vng"), "-r", str(image),
              "-m", self.memory, "-p", str(self.cpus), "--cwd", str(ROOT),
              # 9p directly: virtiofsd is not among our packages, and vng
              # otherwise spends seconds per shared directory waiting for it
@@ -123,14 +150,14 @@ class VM:
             c += ["--exec", exec_cmd]
         return c
 
-    def resolve_accel(self, kver: str) -> None:
+    def resolve_accel(self, image: Path) -> None:
         """Probe KVM once: some hosts have /dev/kvm but qemu aborts on it
         (e.g. "failed to set MSR" under nested virtualisation)."""
         if self.accel != "auto":
             return
         self.accel = "kvm"
         if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            rc, _ = run_logged(self.cmd(kver, "true"), KVM_PROBE_TIMEOUT, None, echo=False)
+            rc, _ = run_logged(self.cmd(image, "true"), KVM_PROBE_TIMEOUT, None, echo=False)
             if rc == 0:
                 print("vm: KVM works", flush=True)
                 return
@@ -165,25 +192,25 @@ def run_logged(cmd: list[str], timeout: float, log: Path | None, echo=True) -> t
     return (124 if timed_out.is_set() else p.returncode), time.monotonic() - start
 
 
-def test_kernel(vm: VM, kver: str, timeout: float, tests: list[str], long: bool) -> Result:
-    ko = ROOT / "build" / kver / "kproxy.ko"
-    results = ROOT / "build" / kver / "results"
-    if not ko.exists():
-        r = Result(f"kernel {kver}")
-        r.fail(f"{ko} missing: run `make KVER={kver}` first")
-        return r
+def test_kernel(vm: VM, t: Target, timeout: float, tests: list[str], long: bool) -> Result:
+    for need in (t.image, t.ko):
+        if not need.exists():
+            r = Result(t.name)
+            r.fail(f"{need} missing: run `make` (or `make test-debug`) first")
+            return r
     # Stale results from an earlier run must not be judged as this run's.
-    for old in results.glob("*"):
+    for old in t.results.glob("*"):
         old.unlink()
-    results.mkdir(parents=True, exist_ok=True)
+    t.results.mkdir(parents=True, exist_ok=True)
     if long:
         # guest.sh exports KPROXY_TEST_LONG=1: the tests take their full sizes
-        (results / "long").touch()
-    guest = shlex.join(["tests/vm/guest.sh", str(ko), str(results), *tests])
-    print(f"vm: booting {kver} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)", flush=True)
-    rc, secs = run_logged(vm.cmd(kver, guest, [results], verbose=True), timeout, results / "console.log")
-    print(f"vm: {kver} done in {secs:.0f} s (exit {rc})", flush=True)
-    r = judge(kver, results)
+        (t.results / "long").touch()
+    guest = shlex.join(["tests/vm/guest.sh", str(t.ko), str(t.results), *tests])
+    print(f"vm: booting {t.name} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)", flush=True)
+    rc, secs = run_logged(vm.cmd(t.image, guest, [t.results], verbose=True), timeout,
+                          t.results / "console.log")
+    print(f"vm: {t.name} done in {secs:.0f} s (exit {rc})", flush=True)
+    r = judge(t.name, t.results)
     if rc == 124:
         r.fail(f"VM timed out after {timeout:.0f} s")
     return r
@@ -215,9 +242,13 @@ def precompile() -> None:
 def cmd_test(args, vm: VM) -> int:
     precompile()
     results = [run_host_tests()] if args.host else []
-    for kver in args.kver or installed_kernels():
-        vm.resolve_accel(kver)
-        results.append(test_kernel(vm, kver, args.timeout, args.tests, args.long))
+    if args.debug_kernel:
+        targets = [Target.debug(Path(args.debug_kernel))]
+    else:
+        targets = [Target.installed(k) for k in args.kver or installed_kernels()]
+    for t in targets:
+        vm.resolve_accel(t.image)
+        results.append(test_kernel(vm, t, args.timeout, args.tests, args.long))
     print()
     for r in results:
         print(r.summary())
@@ -248,15 +279,15 @@ def cmd_run(args, vm: VM) -> int:
         argv = [str(VENV_BIN / "kpctl")] if interactive else [str(VENV_BIN / "python"), "tests/vm/demo.py"]
         return subprocess.call(argv, cwd=ROOT)
     kver = args.kver[0] if args.kver else installed_kernels()[-1]
-    ko = ROOT / "build" / kver / "kproxy.ko"
+    t = Target.installed(kver)
     print(f"run: this kernel ({host_kver}) cannot load kproxy; booting {kver} in a VM", flush=True)
-    vm.resolve_accel(kver)
+    vm.resolve_accel(t.image)
     if interactive:
         # kpctl as the guest's shell: only the shell gets the console as a terminal.
-        return subprocess.call(vm.cmd(kver) + ["--shell", str(ROOT / "tests/vm/shell.sh")],
+        return subprocess.call(vm.cmd(t.image) + ["--shell", str(ROOT / "tests/vm/shell.sh")],
                                cwd=ROOT, env=VM_ENV)
-    guest = f"insmod {shlex.quote(str(ko))} && .venv/bin/python tests/vm/demo.py"
-    rc, secs = run_logged(vm.cmd(kver, guest), args.timeout, None)
+    guest = f"insmod {shlex.quote(str(t.ko))} && .venv/bin/python tests/vm/demo.py"
+    rc, secs = run_logged(vm.cmd(t.image, guest), args.timeout, None)
     print(f"run: demo in the VM finished in {secs:.0f} s (exit {rc})")
     return rc
 
@@ -267,6 +298,8 @@ def main() -> int:
     ap.add_argument("--kver", action="append", help="kernel release (repeatable); default: all installed")
     ap.add_argument("--tests", nargs="*", default=[], help="kernel test paths/ids (default: tests/kernel)")
     ap.add_argument("--host", action="store_true", help="run tests/host first (test only)")
+    ap.add_argument("--debug-kernel", metavar="DIR",
+                    help="boot the kernel built in DIR (tests/vm/debug-kernel.sh) instead")
     ap.add_argument("--long", action="store_true",
                     help="full test sizes (KPROXY_TEST_LONG=1), for `make test-long`")
     ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "1G"))
