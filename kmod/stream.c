@@ -204,9 +204,24 @@ void kproxy_dir_work(struct work_struct *work)
 			if (err > 0)
 				progress = true;
 			if ((dir->src->sk_shutdown & RCV_SHUTDOWN) &&
-			    skb_queue_empty(&dir->src->sk_receive_queue))
-				dir->eof = true;
+			    skb_queue_empty(&dir->src->sk_receive_queue)) {
+				/*
+				 * Only a FIN (SOCK_DONE) is an end of stream
+				 * to forward. A reset shuts the receive side
+				 * too, and its error may already have been
+				 * taken by the other direction's send: it
+				 * must never reach the other peer as a FIN.
+				 */
+				if (sock_flag(dir->src, SOCK_DONE))
+					dir->eof = true;
+				else
+					err = -ECONNRESET;
+			}
 			release_sock(dir->src);
+			if (err == -ECONNRESET) {
+				kproxy_end_async(kp, KPROXY_REASON_RESET);
+				return;
+			}
 			if (err == -ENOMEM) {
 				/* Memory is short: retry later, data stays in src. */
 				queue_work(kproxy_wq, &dir->work);
