@@ -136,3 +136,5 @@ def test_debug_target_boots_the_built_image_with_its_own_module():
     assert t.image == Path("/cache/linux/arch/x86/boot/bzImage")
     assert t.ko.parts[-3:] == ("build", "debug", "kproxy.ko")
     assert t.results.parts[-3:] == ("build", "debug", "results")
+    c = harness.VM("2G", 1, "tcg").cmd(t.image, "true", kernel_args=t.kernel_args)
+    assert c[c.index("--append") + 1] == "no5lvl"
