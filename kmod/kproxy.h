@@ -79,12 +79,12 @@ struct kproxy_bpf {
 };
 
 struct kproxy_dir {
-	struct kproxy *kp;
 	struct sock *src;
 	struct sock *dst;
 	struct sk_buff_head queue;	/* clones read from src, not yet sent */
 	struct work_struct work;
 	u32 queued;			/* payload bytes in queue */
+	u8 idx;				/* its index in kproxy->dir, see kproxy_of() */
 	bool eof;			/* src's FIN has been read */
 	bool shut;			/* FIN forwarded to dst */
 	u64 bytes;			/* sent on dst */
@@ -102,19 +102,25 @@ struct kproxy_saved_cb {
 	void (*state_change)(struct sock *sk);
 };
 
+/* Fields ordered so that the whole stays within kmalloc-1k. */
 struct kproxy {
-	u32 id;
 	struct net *net;		/* owner netns, no reference (see above) */
 	struct list_head net_node;	/* in kproxy_net->proxies */
 	struct socket *sock[2];
 	struct kproxy_saved_cb saved[2];
 	struct kproxy_dir dir[2];
-	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
 	unsigned long flags;
-	enum kproxy_reason reason;	/* set by kproxy_claim() */
 	u64 created_ns;
 	struct work_struct end_work;
+	u32 id;
+	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
+	enum kproxy_reason reason;	/* set by kproxy_claim() */
 };
+
+static inline struct kproxy *kproxy_of(struct kproxy_dir *dir)
+{
+	return container_of(dir - dir->idx, struct kproxy, dir[0]);
+}
 
 /* Totals of one netns since the module was loaded (kproxy_lock). */
 struct kproxy_totals {

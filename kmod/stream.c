@@ -30,7 +30,7 @@ void kproxy_dir_init(struct kproxy *kp, int d)
 {
 	struct kproxy_dir *dir = &kp->dir[d];
 
-	dir->kp = kp;
+	dir->idx = d;
 	dir->src = kp->sock[d]->sk;
 	dir->dst = kp->sock[!d]->sk;
 	skb_queue_head_init(&dir->queue);
@@ -163,14 +163,14 @@ static bool kproxy_check_errors(struct kproxy_dir *dir)
 
 	if (!err)
 		return false;
-	kproxy_end_async(dir->kp, kproxy_err_reason(err));
+	kproxy_end_async(kproxy_of(dir), kproxy_err_reason(err));
 	return true;
 }
 
 /* Forward the source's FIN once everything before it is sent. */
 static void kproxy_forward_fin(struct kproxy_dir *dir)
 {
-	struct kproxy *kp = dir->kp;
+	struct kproxy *kp = kproxy_of(dir);
 
 	if (!dir->eof || dir->shut || !skb_queue_empty(&dir->queue))
 		return;
@@ -184,7 +184,7 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 void kproxy_dir_work(struct work_struct *work)
 {
 	struct kproxy_dir *dir = container_of(work, struct kproxy_dir, work);
-	struct kproxy *kp = dir->kp;
+	struct kproxy *kp = kproxy_of(dir);
 	int budget = KPROXY_WORK_BUDGET;
 	bool progress;
 	int err;
