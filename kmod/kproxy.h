@@ -154,7 +154,8 @@ struct kproxy_net *kproxy_pernet(struct net *net);
 
 /* proxy.c */
 struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
-			     struct netlink_ext_ack *extack);
+			     void (*published)(struct kproxy *kp, void *arg),
+			     void *arg, struct netlink_ext_ack *extack);
 struct kproxy *kproxy_find(struct net *net, u32 id);
 bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason);
 void kproxy_destroy(struct kproxy *kp);

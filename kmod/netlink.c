@@ -145,43 +145,49 @@ static struct kproxy *kproxy_nl_find(struct genl_info *info)
 	return kp;
 }
 
+struct kproxy_new_reply {
+	struct sk_buff *skb;
+	struct genl_info *info;
+	int err;
+};
+
+/* kproxy_create()'s @published: under kproxy_lock, before anything can
+ * end the new proxy, so the reply and proxy-new-ntf describe a live proxy
+ * and the notification comes before any proxy-del-ntf of it.
+ */
+static void kproxy_nl_new_published(struct kproxy *kp, void *arg)
+{
+	struct kproxy_new_reply *r = arg;
+
+	r->err = kproxy_fill(r->skb, kp, r->info->snd_portid, r->info->snd_seq,
+			     0, KPROXY_CMD_PROXY_NEW, NULL);
+	if (!r->err)
+		kproxy_nl_notify(kp, KPROXY_CMD_PROXY_NEW_NTF);
+}
+
 int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct net *net = genl_info_net(info);
-	struct sk_buff *reply;
+	struct kproxy_new_reply r = { .info = info };
 	struct kproxy *kp;
-	int err;
 
 	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_A) ||
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_B))
 		return -EINVAL;
 
-	reply = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
-	if (!reply)
+	r.skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!r.skb)
 		return -ENOMEM;
 
 	kp = kproxy_create(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_A]),
 			   nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_B]),
-			   info->extack);
-	if (IS_ERR(kp)) {
-		nlmsg_free(reply);
-		return PTR_ERR(kp);
+			   kproxy_nl_new_published, &r, info->extack);
+	/* kp may be gone already: only r is used from here on. */
+	if (IS_ERR(kp) || r.err) {
+		nlmsg_free(r.skb);
+		return IS_ERR(kp) ? PTR_ERR(kp) : r.err;
 	}
-
-	/* The data path may end the proxy at once; it is freed only after
-	 * being unlinked under kproxy_lock, so fill under the lock.
-	 */
-	mutex_lock(&kproxy_lock);
-	err = kproxy_fill(reply, kp, info->snd_portid, info->snd_seq, 0,
-			  KPROXY_CMD_PROXY_NEW, NULL);
-	if (!err)
-		kproxy_nl_notify(kp, KPROXY_CMD_PROXY_NEW_NTF);
-	mutex_unlock(&kproxy_lock);
-	if (err) {
-		nlmsg_free(reply);
-		return err;
-	}
-	return genlmsg_reply(reply, info);
+	return genlmsg_reply(r.skb, info);
 }
 
 int kproxy_nl_proxy_del_doit(struct sk_buff *skb, struct genl_info *info)

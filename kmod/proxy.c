@@ -110,8 +110,15 @@ static void kproxy_end_work(struct work_struct *work)
 	kproxy_destroy(container_of(work, struct kproxy, end_work));
 }
 
+/*
+ * @published runs under kproxy_lock as soon as the proxy is in the idr and
+ * RUNNING: the one moment its creator may describe it, since ending it
+ * takes kproxy_lock (kproxy_claim()) and it may end, and be freed, as soon
+ * as the lock is released.
+ */
 struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
-			     struct netlink_ext_ack *extack)
+			     void (*published)(struct kproxy *kp, void *arg),
+			     void *arg, struct netlink_ext_ack *extack)
 {
 	struct kproxy_net *kn = kproxy_pernet(net);
 	struct kproxy *kp;
@@ -171,6 +178,7 @@ struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
 	kn->totals.created++;
 	kn->gen++;
 	set_bit(KPROXY_RUNNING, &kp->flags);
+	published(kp, arg);
 	mutex_unlock(&kproxy_lock);
 
 	/* Bytes may be queued already, and a FIN with them. */
