@@ -417,6 +417,9 @@ class Server:
         self._ended_ab = 0
         self._ended_ba = 0
         self._monitor: Any = None
+        # Set when the monitor lost notifications (ENOBUFS): the next dump,
+        # not a proxy-del, must then end the proxies that are gone.
+        self._ntf_lost = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -587,6 +590,7 @@ class Server:
             _close(self._listener)
             self._listener = None
         if self._live:
+            self._on_monitor()
             self._refresh()
         if self._monitor is not None:
             try:
@@ -816,6 +820,7 @@ class Server:
             except KproxyError as e:
                 # ENOBUFS: notifications lost; the next dump catches up.
                 self._emit("warning", {"message": f"monitor: {e.message}"})
+                self._ntf_lost = True
                 if e.errno != errno.ENOBUFS:
                     self._drop_monitor()
                 return
@@ -851,14 +856,24 @@ class Server:
         self._emit("ended", {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba})
 
     def _refresh(self) -> None:
-        """One dump: current counters of our live proxies; gone ones ended."""
+        """One dump: current counters of our live proxies.
+
+        A dump leaves out a proxy as soon as it starts ending, while it
+        still delivers its last queued bytes; its proxy-del comes after, with
+        the final counters. So with a working monitor a proxy missing from
+        the dump stays live until its proxy-del ends it. Without a monitor,
+        or after the monitor lost notifications, the dump ends it ("gone"),
+        with the counters last seen."""
         if not self._live:
             return
+        dump_ends = self._monitor is None or self._ntf_lost
+        self._ntf_lost = False
         try:
             proxies = self.client.list()
         except Exception as e:  # noqa: BLE001 - the loop goes on
             msg = getattr(e, "message", None) or str(e)
             self._emit("warning", {"message": f"cannot read the kernel's counters: {msg}"})
+            self._ntf_lost = dump_ends and self._monitor is not None
             return
         seen = {}
         for p in proxies:
@@ -867,7 +882,7 @@ class Server:
         for pid in list(self._live):
             if pid in seen:
                 self._live[pid] = seen[pid]
-            else:
+            elif dump_ends:
                 last = self._live[pid]
                 self._ended(pid, "gone", last[0], last[1])
 
@@ -924,6 +939,7 @@ class Server:
         return not self._live  # drain: the loop waits for them
 
     def _kill_all(self) -> None:
+        destroyed = []
         for pid in sorted(self._live):
             try:
                 self.client.destroy(pid)
@@ -934,6 +950,11 @@ class Server:
             except Exception as e:  # noqa: BLE001
                 self._emit("warning", {"message": f"proxy {pid}: {e}"})
                 continue
+            destroyed.append(pid)
+        # The kernel queued each proxy-del, final counters included, before
+        # its destroy returned; the counters last seen are the fallback.
+        self._on_monitor()
+        for pid in destroyed:
             last = self._live.get(pid, (0, 0))
             self._ended(pid, "user", last[0], last[1])
 

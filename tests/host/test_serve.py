@@ -18,8 +18,8 @@ import pytest
 from cli_fakes import FakeKproxy, Harness
 from kpctl.errors import KproxyError
 from kpctl.model import DirStats, Endpoint, Event, Proxy, SockInfo
-from kpctl.serve import (Address, Server, ServeError, ServeOptions, check_distinct, resolve,
-                         split_hostport)
+from kpctl.serve import (TICK, Address, Server, ServeError, ServeOptions, check_distinct,
+                         resolve, split_hostport)
 from kpctl.shell.serve_view import ServeView, status_text, summary_text
 
 T = 10.0  # every wait in these tests is bounded
@@ -231,8 +231,11 @@ class RelayKproxy:
     bytes both ways in threads; the proxy disappears from list() when both
     directions are done, like a kernel proxy that ended."""
 
-    def __init__(self, fail=None, monitor=None, attach_fail=None):
+    def __init__(self, fail=None, monitor=None, attach_fail=None, ntf_delay=0.0):
         self.fail = fail
+        # Seconds between leaving list() and the proxy-del: the kernel's
+        # dump leaves out an ending proxy while it delivers its last bytes.
+        self.ntf_delay = ntf_delay
         self.attach_fail = attach_fail  # (pid, kind) -> an exception to raise, or None
         self.attached = []  # (pid, kind, prog, direction)
         self.lock = threading.Lock()
@@ -293,9 +296,13 @@ class RelayKproxy:
                 pass
         if self._monitor is not None:
             ab, ba = self.bytes[pid]
-            self._monitor.push(Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
-                                                  DirStats(bytes=ab), DirStats(bytes=ba)),
-                                     reason, time.time()))
+            ev = Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
+                                    DirStats(bytes=ab), DirStats(bytes=ba)),
+                       reason, time.time())
+            if self.ntf_delay:
+                threading.Timer(self.ntf_delay, self._monitor.push, (ev,)).start()
+            else:
+                self._monitor.push(ev)
 
     def list(self):
         self.calls.append("list")
@@ -636,6 +643,30 @@ def test_monitor_frees_slots_at_once_with_final_counters():
         assert all(e["reason"] == "closed" for e in r.kinds("ended"))
         assert "list" not in kp.calls  # nothing live at a tick: no dump needed
         assert mon.closed
+    finally:
+        echo.close()
+
+
+def test_proxy_missing_from_a_dump_ends_with_its_proxy_del():
+    """A dump skips an ending proxy before its proxy-del is sent: serve
+    waits for the notification and its final counters, not "gone"."""
+    echo = EchoServer()
+    kp = RelayKproxy(monitor=FakeMonitor(), ntf_delay=2.5 * TICK)
+    r = Running(kp, echo.addr)
+    try:
+        with r.connect() as c:
+            c.sendall(b"q" * 300)
+            got = b""
+            while len(got) < 300:
+                got += c.recv(300)
+            c.shutdown(socket.SHUT_WR)
+            assert c.recv(1) == b""
+        wait_for(lambda: "list" in kp.calls and not kp.proxies, what="a dump without it")
+        assert r.server.snapshot()["ended"] == 0
+        wait_for(lambda: r.server.snapshot()["ended"] == 1, what="proxy-del")
+        c = r.stop()
+        assert (c.bytes_a_to_b, c.bytes_b_to_a) == (300, 300)
+        assert [e["reason"] for e in r.kinds("ended")] == ["closed"]
     finally:
         echo.close()
 
