@@ -38,6 +38,9 @@ BENCH_BPF = ROOT / "build" / "bench"
 KP_BPF = ROOT / "build" / "bpf"
 HOST = "127.0.0.1"
 TARGETS = {"iperf3": 5201, "sockperf": 11111, "echo": 7000}
+# Scenario groups, in the order they run (--only picks some).
+GROUPS = ("stream", "rr", "connect", "counts", "control")
+
 SIZES = {"64B": 64, "1K": 1024, "16K": 16384, "256K": 262144}
 CPU_SCENARIOS = ("16K", "256K")  # CPU and context switches per GB, 1 connection
 HZ = os.sysconf("SC_CLK_TCK")
@@ -544,6 +547,7 @@ def cmd_run(args) -> int:
     reps = 1 if quick else args.reps
     secs = 2 if quick else args.secs
     peers = args.peers.split(",") if args.peers else list(stats.PEERS)
+    groups = set(args.only.split(",")) if args.only else set(GROUPS)
     sizes = ["16K"] if quick else list(SIZES)
     lat_sizes = ["64B"] if quick else ["64B", "4K"]
     SIZES["4K"] = 4096
@@ -583,21 +587,22 @@ def cmd_run(args) -> int:
             b.save()
 
     try:
-        for size in sizes:
+        for size in sizes if "stream" in groups else []:
             for conns in (1, 4):
                 each(lambda peer, ports: b.stream(peer, ports["iperf3"], size, conns, secs),
                      f"stream {size} x{conns}")
-        for size in lat_sizes:
+        for size in lat_sizes if "rr" in groups else []:
             each(lambda peer, ports: b.latency(peer, ports["sockperf"], size, secs + 1),
                  f"rr {size}")
-        each(lambda peer, ports: b.connrate(peer, ports["echo"], secs), "connect rate")
-        if "kproxy" in peers and "kproxy" not in pe.broken:
+        if "connect" in groups:
+            each(lambda peer, ports: b.connrate(peer, ports["echo"], secs), "connect rate")
+        if "counts" in groups and "kproxy" in peers and "kproxy" not in pe.broken:
             counted(b, pe.ports["kproxy"]["iperf3"], ["16K"] if quick else ["1K", "16K", "256K"], secs)
         for peer, why in pe.broken.items():
             b.add("peers", peer, "started", "-", None, why)
         pe.stop()
         try:
-            if not args.no_control:
+            if "control" in groups and not args.no_control:
                 b.control(n_dump, n_pairs, max(reps, 3))
         except Exception as e:  # noqa: BLE001 - recorded, the rest goes on
             log(f"control plane failed: {type(e).__name__}: {e}")
@@ -620,6 +625,7 @@ def main() -> int:
     r.add_argument("--ko", default="", help="module to insmod first (none: already loaded)")
     r.add_argument("--peers", help="comma-separated subset of the peers")
     r.add_argument("--no-control", action="store_true", help="skip the control-plane figures")
+    r.add_argument("--only", help=f"comma-separated subset of the groups: {', '.join(GROUPS)}")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-sysctl", action="store_true", help="leave sysctls alone (not in a VM)")
     r.add_argument("--reps", type=int, default=3)

@@ -138,6 +138,10 @@ def main() -> int:
                     help="seconds per iperf3 run (sockperf: one more)")
     ap.add_argument("--dump-proxies", type=int, default=int(os.environ.get("BENCH_DUMP_N", "0")),
                     help="proxies for the dump and memory figures (default 10000; quick 1000)")
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY") or None,
+                    help="comma-separated scenario groups: stream, rr, connect, counts, control")
+    ap.add_argument("--peers", default=os.environ.get("BENCH_PEERS") or None,
+                    help="comma-separated subset of the peers (direct is the ratios' base)")
     ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "2G"))
     ap.add_argument("--cpus", type=int, default=int(os.environ.get("KPROXY_VM_CPUS", "2")))
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=os.environ.get("KPROXY_VM_ACCEL", "auto"))
@@ -170,7 +174,9 @@ def main() -> int:
     guest = shlex.join([str(ROOT / ".venv" / "bin" / "python"), "bench/guest.py", "run",
                         "--out", str(out), "--ko", str(ko), "--reps", str(args.reps),
                         "--secs", str(args.secs), "--dump-proxies", str(args.dump_proxies),
-                        *(["--quick"] if args.quick else [])])
+                        *(["--quick"] if args.quick else []),
+                        *(["--only", args.only] if args.only else []),
+                        *(["--peers", args.peers] if args.peers else [])])
     print(f"bench: booting {kver} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)"
           f"{', quick' if args.quick else ''}", flush=True)
     t = time.monotonic()
