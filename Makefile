@@ -158,8 +158,9 @@ test-kernel: deps
 	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
 	$(PY) tests/vm/run.py test $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
-# The kernel suite on Debian's 6.12 built with KASAN, lockdep, kmemleak and
-# list/refcount/object debugging (tests/vm/debug.config). The kernel is built
+# The kernel suite on Debian's 6.12 built with KASAN, lockdep, kmemleak,
+# atomic-sleep and list debugging (tests/vm/debug.config; refcount_t is
+# always checked). The kernel is built
 # once into $(DEBUG_CACHE) (about 40 minutes on 2 cores) and rebuilt only
 # when its config changes. One vCPU: under TCG on a busy host, lockdep and
 # KASAN with two vCPUs stalled the boot (a vCPU spinning for the other).

@@ -629,7 +629,7 @@ def main() -> int:
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-sysctl", action="store_true", help="leave sysctls alone (not in a VM)")
     r.add_argument("--reps", type=int, default=3)
-    r.add_argument("--secs", type=int, default=3)
+    r.add_argument("--secs", type=int, default=2)
     r.add_argument("--dump-proxies", type=int, default=0, help="proxies to dump (10000; quick: 1000)")
     e = sub.add_parser("echo-server")
     e.add_argument("port", type=int)

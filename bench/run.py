@@ -134,7 +134,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "3")))
-    ap.add_argument("--secs", type=int, default=int(os.environ.get("BENCH_SECS", "3")),
+    ap.add_argument("--secs", type=int, default=int(os.environ.get("BENCH_SECS", "2")),
                     help="seconds per iperf3 run (sockperf: one more)")
     ap.add_argument("--dump-proxies", type=int, default=int(os.environ.get("BENCH_DUMP_N", "0")),
                     help="proxies for the dump and memory figures (default 10000; quick 1000)")
