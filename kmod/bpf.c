@@ -12,6 +12,8 @@
  * and no byte is lost, duplicated or reordered. A plain stream has a
  * boundary before every byte: it adopts before reading the next one, so
  * a parser attached while the sender is quiet parses all that follows.
+ * A direction's strparser (bpf->parser) is allocated by its first parser
+ * attach and kept until teardown.
  */
 #include <linux/bpf.h>
 #include <linux/filter.h>
@@ -25,9 +27,14 @@
  */
 #define KPROXY_MSG_MAX		(1024 * 1024)
 
+static struct kproxy_parser *kproxy_parser_of(struct strparser *strp)
+{
+	return container_of(strp, struct kproxy_parser, strp);
+}
+
 static struct kproxy_dir *kproxy_strp_dir(struct strparser *strp)
 {
-	return container_of(strp, struct kproxy_dir, bpf.strp);
+	return kproxy_parser_of(strp)->dir;
 }
 
 /*
@@ -91,7 +98,7 @@ static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
 		if (kproxy_bpf_run(verdict, skb, stm->offset, stm->full_len,
 				   dir->src, &ret)) {
 			/* Unjudged, the message may neither pass nor vanish. */
-			dir->bpf.error = -ENOBUFS;
+			kproxy_parser_of(strp)->error = -ENOBUFS;
 			strp_pause(strp);
 			kfree_skb(skb);
 			return;
@@ -114,7 +121,7 @@ static void kproxy_strp_abort(struct strparser *strp, int err)
 
 	if (dir->bpf.switching && err == -ESTRPIPE)
 		return;
-	dir->bpf.error = err ?: -EPROTO;
+	kproxy_parser_of(strp)->error = err ?: -EPROTO;
 }
 
 /* General mode strparsers are only locked by their timer and work,
@@ -153,9 +160,9 @@ static void kproxy_strp_stop(struct kproxy_bpf *bpf)
 {
 	if (!bpf->strp_on)
 		return;
-	strp_stop(&bpf->strp);
-	kfree_skb(bpf->strp.skb_head);
-	bpf->strp.skb_head = NULL;
+	strp_stop(&bpf->parser->strp);
+	kfree_skb(bpf->parser->strp.skb_head);
+	bpf->parser->strp.skb_head = NULL;
 	bpf->strp_on = false;
 	bpf->in_msg = false;
 }
@@ -189,7 +196,7 @@ void kproxy_bpf_adopt(struct kproxy_dir *dir)
 	kproxy_strp_stop(bpf);
 	if (bpf->run[KPROXY_BPF_KIND_PARSER]) {
 		/* Cannot fail: both callbacks and lock/unlock are set. */
-		strp_init(&bpf->strp, NULL, &kproxy_strp_cb);
+		strp_init(&bpf->parser->strp, NULL, &kproxy_strp_cb);
 		bpf->strp_on = true;
 	}
 	bpf->switching = false;
@@ -203,23 +210,44 @@ void kproxy_bpf_adopt(struct kproxy_dir *dir)
 int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
 		    unsigned int offset, size_t len)
 {
-	struct kproxy_bpf *bpf = &dir->bpf;
+	struct kproxy_parser *parser = dir->bpf.parser;
 	int used;
 
 	if (dir->queued >= KPROXY_QUEUE_MAX) {
-		strp_pause(&bpf->strp);
+		strp_pause(&parser->strp);
 		return 0;
 	}
-	bpf->strp.paused = 0;
-	used = strp_process(&bpf->strp, skb, offset, len, KPROXY_MSG_MAX,
+	parser->strp.paused = 0;
+	used = strp_process(&parser->strp, skb, offset, len, KPROXY_MSG_MAX,
 			    LONG_MAX);
-	if (bpf->error) {
-		int err = bpf->error;
+	if (parser->error) {
+		int err = parser->error;
 
-		bpf->error = 0;
+		parser->error = 0;
 		return err;
 	}
 	return used;
+}
+
+/*
+ * Netlink side, before a parser is wanted: give the direction its
+ * strparser. The work reads bpf->parser only once it has adopted a
+ * parser, under bpf->lock after this store; it is freed at release.
+ * Holds kproxy_lock.
+ */
+int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind)
+{
+	struct kproxy_parser *parser;
+
+	lockdep_assert_held(&kproxy_lock);
+	if (kind != KPROXY_BPF_KIND_PARSER || dir->bpf.parser)
+		return 0;
+	parser = kzalloc(sizeof(*parser), GFP_KERNEL);
+	if (!parser)
+		return -ENOMEM;
+	parser->dir = dir;
+	dir->bpf.parser = parser;
+	return 0;
 }
 
 /* Netlink side: set or clear the wanted program. Holds kproxy_lock. */
@@ -266,4 +294,6 @@ void kproxy_bpf_release(struct kproxy_dir *dir)
 		bpf->run[k] = NULL;
 		bpf->want[k] = NULL;
 	}
+	kfree(bpf->parser);
+	bpf->parser = NULL;
 }

@@ -65,17 +65,26 @@ enum {
 
 struct kproxy;
 
+/*
+ * A direction's strparser, allocated by the first parser attach (most
+ * proxies never have one: it would double an idle proxy's size).
+ */
+struct kproxy_parser {
+	struct strparser strp;		/* general mode, while a parser runs */
+	struct kproxy_dir *dir;
+	int error;			/* from the parser, ends the proxy */
+};
+
 /* BPF programs of one direction; the rules are in bpf.c. */
 struct kproxy_bpf {
 	spinlock_t lock;		/* want[] vs the work reading it */
-	struct bpf_prog *want[2];	/* by kind: set by netlink */
-	struct bpf_prog *run[2];	/* by kind: in use by the work */
-	struct strparser strp;		/* general mode, while a parser runs */
-	bool strp_on;
+	bool strp_on;			/* parser->strp is initialised */
 	bool in_msg;			/* the parser is inside a message */
 	bool switching;			/* parser stopped to adopt want[] */
 	bool changed;			/* want[] changed since adopted */
-	int error;			/* from the parser, ends the proxy */
+	struct bpf_prog *want[2];	/* by kind: set by netlink */
+	struct bpf_prog *run[2];	/* by kind: in use by the work */
+	struct kproxy_parser *parser;	/* set before a parser is wanted */
 };
 
 struct kproxy_dir {
@@ -182,6 +191,7 @@ bool kproxy_bpf_changed(struct kproxy_dir *dir);
 void kproxy_bpf_adopt(struct kproxy_dir *dir);
 int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
 		    unsigned int offset, size_t len);
+int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind);
 struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 				 struct bpf_prog *prog);
 u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind);

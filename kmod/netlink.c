@@ -331,6 +331,11 @@ int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 			}
 		}
 	}
+	for (d = first; d <= last; d++) {
+		err = kproxy_bpf_prepare(&kp->dir[d], kind);
+		if (err)
+			goto out_unlock;
+	}
 	for (d = first; d <= last; d++)
 		old[d] = kproxy_bpf_want(&kp->dir[d], kind, prog);
 	for (d = first; d <= last; d++)

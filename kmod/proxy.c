@@ -124,9 +124,9 @@ struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
 	struct kproxy *kp;
 	int err, id, i;
 
-	/* An idle proxy costs one kmalloc-1k object (lock debugging aside). */
+	/* An idle proxy costs one kmalloc-512 object (lock debugging aside). */
 	BUILD_BUG_ON(!IS_ENABLED(CONFIG_DEBUG_SPINLOCK) &&
-		     !IS_ENABLED(CONFIG_LOCKDEP) && sizeof(*kp) > 1024);
+		     !IS_ENABLED(CONFIG_LOCKDEP) && sizeof(*kp) > 512);
 	kp = kzalloc(sizeof(*kp), GFP_KERNEL);
 	if (!kp)
 		return ERR_PTR(-ENOMEM);

@@ -75,7 +75,7 @@ static int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 				continue;
 			}
 			/* Stopped short without pausing: out of memory. */
-			if (done < len && !dir->bpf.strp.paused)
+			if (done < len && !dir->bpf.parser->strp.paused)
 				desc->error = -ENOMEM;
 			break;
 		}
