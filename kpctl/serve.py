@@ -867,14 +867,13 @@ class Server:
         if not self._live:
             return
         dump_ends = self._monitor is None or self._ntf_lost
-        self._ntf_lost = False
         try:
             proxies = self.client.list()
         except Exception as e:  # noqa: BLE001 - the loop goes on
             msg = getattr(e, "message", None) or str(e)
             self._emit("warning", {"message": f"cannot read the kernel's counters: {msg}"})
-            self._ntf_lost = dump_ends and self._monitor is not None
             return
+        self._ntf_lost = False
         seen = {}
         for p in proxies:
             if p.id in self._live:
