@@ -45,11 +45,20 @@ help:
 # Only touches apt when dpkg-query reports a package missing, so a warm
 # `make deps` costs a fraction of a second.
 deps: $(VENV)/.stamp
-	@if dpkg-query -W -f='$${db:Status-Abbrev}\n' $(DEB_PKGS) 2>&1 | grep -qv '^ii'; then \
+	$(call apt_ensure,$(DEB_PKGS))
+
+# Installs those of the packages $(1) that dpkg-query does not report
+# installed. dpkg-query fails on a name it has never seen; under pipefail
+# that status would hide exactly the missing packages, so only its text is
+# read.
+define apt_ensure
+	@status=$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(1) 2>&1 || true); \
+	if grep -qv '^ii' <<<"$$status"; then \
 		echo "deps: installing Debian packages"; \
 		apt-get update; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEB_PKGS); \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $(1); \
 	fi
+endef
 
 # The venv is rebuilt only when pyproject.toml changes (or it is missing).
 $(VENV)/.stamp: pyproject.toml
@@ -166,8 +175,7 @@ test-kernel: deps
 # KASAN with two vCPUs stalled the boot (a vCPU spinning for the other).
 DEBUG_CACHE ?= $(HOME)/.cache/kproxy/debug-kernel
 test-debug: deps bpf $(YNL_DIR)/.stamp
-	@dpkg-query -W -f='$${db:Status-Abbrev}\n' $(DEBUG_PKGS) 2>&1 | grep -qv '^ii' && { \
-		apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEBUG_PKGS); } || true
+	$(call apt_ensure,$(DEBUG_PKGS))
 	kdir=$$(tests/vm/debug-kernel.sh $(DEBUG_CACHE) | tail -1); \
 	rm -rf build/debug/*.o; mkdir -p build/debug; cp -a kmod/. build/debug/; \
 	$(MAKE) -C $$kdir M=$(CURDIR)/build/debug W=1e modules 2>&1 | tee build/debug/build.log; \
