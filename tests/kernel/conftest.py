@@ -81,3 +81,15 @@ def dmesg():
     log = KernelLog()
     yield log
     log.close()
+
+
+@pytest.fixture
+def say(capsys):
+    """Print to the console even though pytest captures output: seeds and
+    figures belong in the VM's console.log, pass or fail."""
+
+    def say(msg: str) -> None:
+        with capsys.disabled():
+            print(f"\n    {msg}", flush=True)
+
+    return say

@@ -156,7 +156,7 @@ def rcvbuf(fd: int) -> int:
 # 8 x 500 took 343 s under TCG on 6.12: more than pytest's 600 s default
 # leaves for a loaded host.
 @pytest.mark.timeout(long_or(1800, 600))
-def test_create_delete_dump_and_monitor_at_once(kp, dmesg, record_testsuite_property):  # noqa: F811
+def test_create_delete_dump_and_monitor_at_once(kp, dmesg, say, record_testsuite_property):  # noqa: F811
     destroy_all(kp)
     assert kp.list() == [], "proxies left by an earlier test"
     baseline = live_objects()
@@ -236,6 +236,6 @@ def test_create_delete_dump_and_monitor_at_once(kp, dmesg, record_testsuite_prop
     stats = {"proxies": total, "seconds": round(elapsed, 1), "per_s": round(total / elapsed, 1),
              "dumps": sum(d.dumps for d in dumpers), "dumps_interrupted": sum(d.interrupted for d in dumpers),
              "max_listed": max(d.max_listed for d in dumpers), "notifications": len(listener.events)}
-    print("concurrency:", stats)
+    say(f"concurrency: {stats}")
     for k, v in stats.items():
         record_testsuite_property(f"concurrency_{k}", v)

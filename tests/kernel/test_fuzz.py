@@ -1163,8 +1163,8 @@ class Arena:
             p.close()
 
 
-def test_fuzz_every_operation(kp, dmesg, record_testsuite_property):  # noqa: F811
-    print(f"kproxy fuzz seed {SEED} (replay: KPROXY_FUZZ_SEED={SEED}), {REQUESTS} datagrams")
+def test_fuzz_every_operation(kp, dmesg, say, record_testsuite_property):  # noqa: F811
+    say(f"kproxy fuzz seed {SEED} (replay: KPROXY_FUZZ_SEED={SEED}), {REQUESTS} datagrams")
     rng = random.Random(SEED)
     destroy_all(kp)
     assert kp.list() == [], f"seed={SEED}: proxies left by an earlier test"
@@ -1182,7 +1182,7 @@ def test_fuzz_every_operation(kp, dmesg, record_testsuite_property):  # noqa: F8
         oracle = Oracle(fid, used - {fid}, model, arena.progs)
         gen = Generator(rng, model, arena.fds, arena.progs, fid, unregistered)
         fz = Fuzzer(conn, oracle, model)
-        run_fuzz(fz, gen, kp, rng, record_testsuite_property)
+        run_fuzz(fz, gen, kp, rng, say, record_testsuite_property)
 
         # The canary carried bytes the whole time, and its counters agree.
         result = arena.stop_pump()
@@ -1220,7 +1220,7 @@ def test_fuzz_every_operation(kp, dmesg, record_testsuite_property):  # noqa: F8
 
 
 def run_fuzz(fz: Fuzzer, gen: Generator, kp: Kproxy, rng: random.Random,  # noqa: F811
-             record: Callable[[str, object], None]) -> None:
+             say: Callable[[str], None], record: Callable[[str, object], None]) -> None:
     start = time.monotonic()
     fuzz_time = 0.0
     valid_steps = 0
@@ -1250,8 +1250,9 @@ def run_fuzz(fz: Fuzzer, gen: Generator, kp: Kproxy, rng: random.Random,  # noqa
 
     stats = {"seed": SEED, "datagrams": REQUESTS, "messages": fz.messages, "valid_steps": valid_steps,
              "seconds": round(elapsed, 1), "datagrams_per_s": round(REQUESTS / fuzz_time)}
-    print("fuzz:", json.dumps(stats))
-    print("outcomes:", sorted((k, v) for k, v in fz.outcomes.items() if not k[0].startswith("class:")))
+    say(f"fuzz: {json.dumps(stats)}")
+    outcomes = sorted((k, v) for k, v in fz.outcomes.items() if not k[0].startswith("class:"))
+    say(f"outcomes: {outcomes}")
     for k, v in stats.items():
         record(f"fuzz_{k}", v)
 
