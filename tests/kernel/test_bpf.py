@@ -31,6 +31,7 @@ import pytest
 from kpctl import KproxyError, bpf, cli
 from util import (  # noqa: F401 - kp is a fixture
     IO_TIMEOUT,
+    PROCESS_START_TIMEOUT,
     join_all,
     kp,
     make_chain,
@@ -568,7 +569,7 @@ def test_unprivileged_caller_is_eperm(kp, progs):
         r = subprocess.run(
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
              sys.executable, "-c", UNPRIV, str(ch.proxy.id), str(lp.fd)],
-            capture_output=True, text=True, timeout=120, env=env, cwd="/", pass_fds=(lp.fd,),
+            capture_output=True, text=True, timeout=PROCESS_START_TIMEOUT, env=env, cwd="/", pass_fds=(lp.fd,),
         )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)

@@ -41,10 +41,10 @@ from pathlib import Path
 import pytest
 
 from kpctl import Kproxy, bpf, cli
-from util import IO_TIMEOUT, Receiver, Sender, join_all, long_or, recv_exact, wait_for
+from util import IO_TIMEOUT, PROCESS_START_TIMEOUT, Receiver, Sender, join_all, long_or, recv_exact, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 120       # python + pyroute2 start under TCG
+START_TIMEOUT = PROCESS_START_TIMEOUT  # serve is a new Python process
 STOP_TIMEOUT = 120
 # The sizes under `make test-long`; under `make test`, what fits CI's
 # time in an emulated VM (where each connection costs ~0.3 s of Python).

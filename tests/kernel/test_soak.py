@@ -204,15 +204,6 @@ def state_of_things() -> str:
     return "\n".join(out)
 
 
-@pytest.fixture
-def say(capsys):
-    def say(msg: str) -> None:
-        with capsys.disabled():
-            print(f"\n    {msg}", flush=True)
-
-    return say
-
-
 @pytest.mark.timeout(long_or(6 * 3600, 600))
 def test_soak_16_proxies_both_ways_slow_readers(kp, dmesg, say):
     env = os.environ.get("KPROXY_TEST_SEED")
@@ -267,8 +258,9 @@ def test_soak_16_proxies_both_ways_slow_readers(kp, dmesg, say):
             f"peak kernel memory +{peaks['kernel'] / 1024:.1f} MiB "
             f"(bound {MEM_BOUND_KIB / 1024:.0f}), slab +{peaks['slab'] / 1024:.1f} MiB, "
             f"TCP {peaks['tcp'] / 1024:.1f} MiB, largest queue {peaks['queued'] / KiB:.0f} KiB")
-        # Every 0.25 s at best; a starved sampler would prove little.
-        assert peaks["samples"] >= elapsed / SAMPLE_EVERY / 4, "too few memory samples"
+        # Every 0.25 s at best, about 1 s on the debug kernel with one vCPU;
+        # a starved sampler would prove little.
+        assert peaks["samples"] >= elapsed / 2, f"{peaks['samples']} memory samples in {elapsed:.0f} s"
         assert peaks["over"] == [], f"queues over {QUEUE_MAX}: {peaks['over']}"
         assert peaks["kernel"] <= MEM_BOUND_KIB, (
             f"kernel memory grew by {peaks['kernel']} KiB, bound {MEM_BOUND_KIB} KiB")
