@@ -62,8 +62,7 @@ endef
 
 # The venv is rebuilt only when pyproject.toml changes (or it is missing).
 $(VENV)/.stamp: pyproject.toml
-	@dpkg-query -W -f='$${db:Status-Abbrev}' python3-venv 2>/dev/null | grep -q '^ii' || { \
-		apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; }
+	$(call apt_ensure,python3-venv)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
