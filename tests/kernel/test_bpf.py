@@ -21,17 +21,16 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from kpctl import KproxyError, bpf, cli
+from identity import Channel, become_nobody, run_child
+from kpctl import Kproxy, KproxyError, bpf, cli
 from util import (  # noqa: F401 - kp is a fixture
     IO_TIMEOUT,
-    PROCESS_START_TIMEOUT,
     join_all,
     kp,
     make_chain,
@@ -542,37 +541,26 @@ def test_unknown_proxy_is_enoent(kp, progs):
     _refused(lambda: kp.detach(0xFFFFFFF0, "parser"), errno.ENOENT)
 
 
-UNPRIV = r"""
-import json, sys
-from kpctl import Kproxy, KproxyError
-out = {}
-pid, fd = int(sys.argv[1]), int(sys.argv[2])
-with Kproxy() as kp:
-    for name, fn in (("attach", lambda: kp.attach(pid, "parser", fd)),
-                     ("detach", lambda: kp.detach(pid, "parser"))):
-        try:
-            fn(); out[name] = "ok"
-        except KproxyError as e:
-            out[name] = [e.errno_name, e.message]
-print(json.dumps(out))
-"""
+def _attach_detach_as_nobody(_ch: Channel, pid: int, fd: int) -> dict:
+    become_nobody()
+    out = {}
+    with Kproxy() as nobodys:
+        for name, fn in (("attach", lambda: nobodys.attach(pid, "parser", fd)),
+                         ("detach", lambda: nobodys.detach(pid, "parser"))):
+            try:
+                fn()
+                out[name] = "ok"
+            except KproxyError as e:
+                out[name] = [e.errno_name, e.message]
+    return out
 
 
 def test_unprivileged_caller_is_eperm(kp, progs):
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv not installed")
     lp = progs("lenprefix")
     ch = make_chain(kp)
     try:
         kp.attach(ch.proxy.id, "parser", lp)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        r = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             sys.executable, "-c", UNPRIV, str(ch.proxy.id), str(lp.fd)],
-            capture_output=True, text=True, timeout=PROCESS_START_TIMEOUT, env=env, cwd="/", pass_fds=(lp.fd,),
-        )
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout)
+        out = run_child(_attach_detach_as_nobody, ch.proxy.id, lp.fd)
         assert out["attach"][0] == "EPERM" and out["attach"][1]
         assert out["detach"][0] == "EPERM" and out["detach"][1]
         assert kp.get(ch.proxy.id).a_to_b.parser_id == lp.id
