@@ -17,6 +17,7 @@ import struct
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -384,15 +385,24 @@ def test_program_gone_once_closed(shipped_dir):
     assert ei.value.errno == errno.EBADF
 
 
-def _bpffs() -> Path | None:
-    d = Path("/sys/fs/bpf")
-    return d if d.is_dir() and bpf._is_bpffs(str(d)) and os.access(d, os.W_OK) else None
+@pytest.fixture
+def bpffs(tmp_path) -> Iterator[Path]:
+    """A writable bpffs: the system's, or one of our own mounted for the test
+    (a host or container need not have /sys/fs/bpf mounted)."""
+    system = Path("/sys/fs/bpf")
+    if bpf._is_bpffs(str(system)) and os.access(system, os.W_OK):
+        yield system
+        return
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(tmp_path)], check=True, capture_output=True)
+    try:
+        yield tmp_path
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
 
 
 @needs_bpf
-@pytest.mark.skipif(_bpffs() is None, reason="no writable bpffs at /sys/fs/bpf")
-def test_pinned_programs(shipped_dir, objs):
-    base = _bpffs() / f"kproxy-test-{uuid.uuid4().hex[:8]}"
+def test_pinned_programs(shipped_dir, objs, bpffs):
+    base = bpffs / f"kproxy-test-{uuid.uuid4().hex[:8]}"
     pinned = []
     try:
         with bpf.load("lenprefix") as p:
