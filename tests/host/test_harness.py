@@ -46,7 +46,14 @@ def test_scanner_ignores_clean_log():
 def test_junit_counts_errors_as_failures(tmp_path):
     f = tmp_path / "junit.xml"
     f.write_text(JUNIT)
-    assert harness.junit_counts(f) == (6, 3)
+    assert harness.junit_counts(f) == (6, 3, 1)
+
+
+def test_summary_names_skips(tmp_path):
+    write_results(tmp_path, junit=JUNIT.replace('errors="1" failures="2"', 'errors="0" failures="0"'))
+    r = harness.judge("kernel 6.1", tmp_path)
+    assert (r.passed, r.skipped, r.failed) == (9, 1, 0)
+    assert r.summary() == "kernel 6.1: 9 passed, 1 skipped, 0 failed"
 
 
 def write_results(d: Path, status="insmod=0 pytest=0 rmmod=0", dmesg=CLEAN, junit=None):

@@ -39,6 +39,7 @@ class Result:
     name: str
     passed: int = 0
     failed: int = 0
+    skipped: int = 0
     problems: list[str] = field(default_factory=list)
 
     def fail(self, why: str) -> None:
@@ -47,7 +48,7 @@ class Result:
         self.problems.append(why)
 
     def summary(self) -> str:
-        return f"{self.name}: {self.passed} passed, {self.failed} failed"
+        return f"{self.name}: {counts(self.passed, self.failed, self.skipped)}"
 
 
 @dataclass
@@ -80,8 +81,13 @@ def installed_kernels() -> list[str]:
                   if Path(f"/boot/vmlinuz-{p.parent.name}").exists())
 
 
-def junit_counts(path: Path) -> tuple[int, int]:
-    """(passed, failed) from a pytest junit file; errors count as failures."""
+def counts(passed: int, failed: int, skipped: int) -> str:
+    """Skips are named whenever there are any: a skipped test proved nothing."""
+    return f"{passed} passed, " + (f"{skipped} skipped, " if skipped else "") + f"{failed} failed"
+
+
+def junit_counts(path: Path) -> tuple[int, int, int]:
+    """(passed, failed, skipped) from a pytest junit file; errors count as failures."""
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     total = failed = skipped = 0
@@ -89,7 +95,7 @@ def junit_counts(path: Path) -> tuple[int, int]:
         total += int(s.get("tests", 0))
         failed += int(s.get("failures", 0)) + int(s.get("errors", 0))
         skipped += int(s.get("skipped", 0))
-    return total - failed - skipped, failed
+    return total - failed - skipped, failed, skipped
 
 
 def parse_status(text: str) -> dict[str, int]:
@@ -107,9 +113,10 @@ def judge(name: str, results: Path) -> Result:
     elif status["insmod"] != 0:
         r.fail(f"insmod failed ({status['insmod']})")
     junit = results / "junit.xml"
-    passed, failed = junit_counts(junit) if junit.exists() else (0, 0)
+    passed, failed, skipped = junit_counts(junit) if junit.exists() else (0, 0, 0)
     r.passed += passed
     r.failed += failed
+    r.skipped += skipped
     if status and status.get("pytest") != 0 and failed == 0:
         r.fail("pytest did not finish" if "pytest" not in status else
                f"pytest exited {status['pytest']} with no failed test (nothing collected?)")
@@ -233,7 +240,7 @@ def run_host_tests() -> Result:
                           f"--junitxml={junit}", "tests/host"], cwd=ROOT)
     r = Result("host")
     if junit.exists():
-        r.passed, r.failed = junit_counts(junit)
+        r.passed, r.failed, r.skipped = junit_counts(junit)
     if rc != 0 and r.failed == 0:
         r.fail(f"pytest exited {rc}")
     return r
@@ -264,7 +271,7 @@ def cmd_test(args, vm: VM) -> int:
             print(f"    {p}")
     passed = sum(r.passed for r in results)
     failed = sum(r.failed for r in results)
-    print(f"{passed} passed, {failed} failed")
+    print(counts(passed, failed, sum(r.skipped for r in results)))
     return 1 if failed or not results else 0
 
 
