@@ -21,7 +21,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-
 NOBODY = 65534
 CAP_NET_ADMIN = 12
 PR_SET_KEEPCAPS, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 8, 4, 24
