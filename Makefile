@@ -23,7 +23,7 @@ DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
 # What tests/vm/debug-kernel.sh needs beyond DEB_PKGS to build a kernel.
 DEBUG_PKGS := flex bison bc libelf-dev libssl-dev cpio
 
-.PHONY: all help deps sparse gen bpf docs install uninstall run test test-long test-host test-kernel test-debug bench clean
+.PHONY: all help deps sparse checkpatch gen bpf docs install uninstall run test test-long test-host test-kernel test-debug bench clean
 
 all: $(foreach k,$(KVERS),build/$(k)/kproxy.ko) bpf
 
@@ -36,7 +36,8 @@ help:
 	@echo 'make test-long  the kernel tests at full sizes (slow under emulation)'
 	@echo 'make test-debug the kernel tests on a 6.12 debug kernel (KASAN, lockdep, kmemleak)'
 	@echo 'make bench      kproxy against direct, socat, HAProxy and sockmap (BENCH_QUICK=1: a smoke run)'
-	@echo 'make sparse     sparse (C=2) on every kernel, failing on any warning'
+	@echo 'make sparse     checkpatch, then sparse (C=2) on every kernel, failing on any warning'
+	@echo 'make checkpatch the kernel'"'"'s checkpatch.pl --strict on kmod/'
 	@echo 'make gen        regenerate kmod/ tables from schema/kproxy.yaml'
 	@echo 'make install    DKMS install for every kernel + kpctl in /opt/kproxy'
 	@echo 'make uninstall  undo make install'
@@ -79,13 +80,27 @@ build/%/kproxy.ko: FORCE
 	@! grep -E '[Ww]arning|WARNING' build/$*/build.log
 
 # C=2 runs sparse on every source file, built or not (C=1 would skip up-to-date ones).
-sparse:
+sparse: checkpatch
 	@for k in $(KVERS); do \
 		mkdir -p build/$$k; cp -a kmod/. build/$$k/; \
 		echo "sparse: $$k"; \
 		$(MAKE) -C /lib/modules/$$k/build M=$(CURDIR)/build/$$k C=2 W=1e modules 2>&1 | tee build/$$k/sparse.log; \
 		if grep -E '[Ww]arning|[Ee]rror:' build/$$k/sparse.log; then exit 1; fi; \
 	done
+
+# checkpatch.pl and the files it reads, from Debian's linux-source-6.12.
+CHECKPATCH_DIR := build/checkpatch/linux-source-6.12
+$(CHECKPATCH_DIR)/.stamp:
+	rm -rf build/checkpatch && mkdir -p build/checkpatch
+	tar -xJf /usr/src/linux-source-6.12.tar.xz -C build/checkpatch \
+		linux-source-6.12/scripts/checkpatch.pl linux-source-6.12/scripts/spelling.txt \
+		linux-source-6.12/scripts/const_structs.checkpatch
+	touch $@
+
+# Every report fails, CHECKs included; generated files are held to it too.
+checkpatch: $(CHECKPATCH_DIR)/.stamp
+	perl $(CHECKPATCH_DIR)/scripts/checkpatch.pl --strict --no-tree --quiet \
+		-f kmod/*.c kmod/*.h kmod/uapi/*.h
 
 gen:
 	python3 schema/gen.py
@@ -151,7 +166,7 @@ run: deps
 	$(PY) tests/vm/run.py run $(KVER_OPT) $(VM_OPTS)
 
 test: deps
-	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
+	@$(MAKE) --no-print-directory all checkpatch $(YNL_DIR)/.stamp
 	$(PY) tests/vm/run.py test --host $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The same suite at the sizes the issues name; longer than CI's budget under TCG.
