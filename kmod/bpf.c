@@ -14,9 +14,24 @@
  * a parser attached while the sender is quiet parses all that follows.
  * A direction's strparser (bpf->parser) is allocated by its first parser
  * attach and kept until teardown.
+ *
+ * Programs run under rcu_read_lock() with migration off, as skmsg and
+ * KCM run theirs: map lookups return RCU-protected elements.
+ *
+ * Small segments are copied into a page-sized gather buffer
+ * (parser->gather) and given to the strparser lazily. The strparser keeps
+ * one clone per strp_process() call in the message it assembles, so
+ * feeding a large message one byte at a time would pin an skb per byte.
+ * The buffer goes to the strparser when it is full, before a large
+ * segment (bytes stay in order), and at the end of each read unless the
+ * message in progress has a known length that its bytes do not reach.
+ * A message in progress may hold at most KPROXY_MSG_PIECES skbs: a
+ * parser that keeps asking for more bytes of a message trickled in tiny
+ * segments ends the proxy (reason error) rather than pin memory.
  */
 #include <linux/bpf.h>
 #include <linux/filter.h>
+#include <linux/sched/mm.h>
 #include <net/sock.h>
 #include <net/strparser.h>
 
@@ -26,6 +41,9 @@
  * in the strparser while the message is incomplete.
  */
 #define KPROXY_MSG_MAX		(1024 * 1024)
+
+/* Skbs one message in progress may hold in the strparser. */
+#define KPROXY_MSG_PIECES	1024
 
 static struct kproxy_parser *kproxy_parser_of(struct strparser *strp)
 {
@@ -58,7 +76,11 @@ static int kproxy_bpf_run(struct bpf_prog *prog, struct sk_buff *skb,
 		}
 	}
 	view->sk = sk;
+	rcu_read_lock();
+	migrate_disable();
 	*ret = bpf_prog_run_save_cb(prog, view);
+	migrate_enable();
+	rcu_read_unlock();
 	view->sk = NULL;
 	if (view != skb)
 		consume_skb(view);
@@ -80,7 +102,7 @@ static int kproxy_strp_parse(struct strparser *strp, struct sk_buff *skb)
 
 	/* strparser drops a partial message on any error: ends the proxy. */
 	if (kproxy_bpf_run(bpf->run[KPROXY_BPF_KIND_PARSER], skb, stm->offset,
-			   skb->len - stm->offset, dir->src, &len))
+			   skb->len - stm->offset, kproxy_src(dir), &len))
 		return -ENOBUFS;
 	bpf->in_msg = (int)len >= 0;
 	return len;
@@ -94,9 +116,10 @@ static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
 	u32 ret;
 
 	dir->bpf.in_msg = false;
+	kproxy_parser_of(strp)->pieces = 0;
 	if (verdict) {
 		if (kproxy_bpf_run(verdict, skb, stm->offset, stm->full_len,
-				   dir->src, &ret)) {
+				   kproxy_src(dir), &ret)) {
 			/* Unjudged, the message may neither pass nor vanish. */
 			kproxy_parser_of(strp)->error = -ENOBUFS;
 			strp_pause(strp);
@@ -111,7 +134,7 @@ static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
 	}
 	kproxy_queue_skb(dir, skb, stm->offset, stm->full_len);
 	WRITE_ONCE(dir->msgs, dir->msgs + 1);
-	if (dir->queued >= KPROXY_QUEUE_MAX)
+	if (kproxy_queue_full(dir))
 		strp_pause(strp);
 }
 
@@ -129,12 +152,12 @@ static void kproxy_strp_abort(struct strparser *strp, int err)
  */
 static void kproxy_strp_lock(struct strparser *strp)
 {
-	lock_sock(kproxy_strp_dir(strp)->src);
+	lock_sock(kproxy_src(kproxy_strp_dir(strp)));
 }
 
 static void kproxy_strp_unlock(struct strparser *strp)
 {
-	release_sock(kproxy_strp_dir(strp)->src);
+	release_sock(kproxy_src(kproxy_strp_dir(strp)));
 }
 
 static const struct strp_callbacks kproxy_strp_cb = {
@@ -163,8 +186,40 @@ static void kproxy_strp_stop(struct kproxy_bpf *bpf)
 	strp_stop(&bpf->parser->strp);
 	kfree_skb(bpf->parser->strp.skb_head);
 	bpf->parser->strp.skb_head = NULL;
+	bpf->parser->pieces = 0;
 	bpf->strp_on = false;
 	bpf->in_msg = false;
+}
+
+/* Drop the gather buffer and what it holds. */
+static void kproxy_gather_drop(struct kproxy_parser *parser)
+{
+	kfree_skb(parser->gather);
+	parser->gather = NULL;
+	parser->gather_fed = 0;
+}
+
+/*
+ * At a message boundary with no parser to follow: the gather buffer's
+ * bytes not yet parsed go to the queue as plain stream, before anything
+ * read after them.
+ */
+static void kproxy_gather_to_queue(struct kproxy_dir *dir)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+	struct sk_buff *gather = parser ? parser->gather : NULL;
+
+	if (!gather)
+		return;
+	if (gather->len > parser->gather_fed) {
+		kproxy_queue_skb(dir, gather, parser->gather_fed,
+				 gather->len - parser->gather_fed);
+		WRITE_ONCE(dir->msgs, dir->msgs + 1);
+		parser->gather = NULL;
+		parser->gather_fed = 0;
+	} else {
+		kproxy_gather_drop(parser);
+	}
 }
 
 /*
@@ -194,12 +249,98 @@ void kproxy_bpf_adopt(struct kproxy_dir *dir)
 
 	/* Each parser starts with a fresh strparser: no state crosses over. */
 	kproxy_strp_stop(bpf);
+	if (!bpf->run[KPROXY_BPF_KIND_PARSER])
+		kproxy_gather_to_queue(dir);
 	if (bpf->run[KPROXY_BPF_KIND_PARSER]) {
 		/* Cannot fail: both callbacks and lock/unlock are set. */
 		strp_init(&bpf->parser->strp, NULL, &kproxy_strp_cb);
 		bpf->strp_on = true;
 	}
 	bpf->switching = false;
+}
+
+/*
+ * strp_process() on [offset, offset + len) of @skb, within the bound on
+ * the pieces of a message. Returns the bytes consumed or -errno.
+ */
+static int kproxy_strp_process(struct kproxy_dir *dir, struct sk_buff *skb,
+			       unsigned int offset, size_t len)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+	int used;
+
+	if (parser->strp.skb_head && parser->pieces >= KPROXY_MSG_PIECES)
+		return -E2BIG;
+	used = strp_process(&parser->strp, skb, offset, len, KPROXY_MSG_MAX,
+			    LONG_MAX);
+	/* A message still in progress holds one more piece. */
+	if (parser->strp.skb_head)
+		parser->pieces++;
+	if (parser->error) {
+		int err = parser->error;
+
+		parser->error = 0;
+		return err;
+	}
+	return used;
+}
+
+/* Give the strparser the gather buffer's bytes it has not had. */
+static int kproxy_gather_feed(struct kproxy_dir *dir)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+	struct sk_buff *gather = parser->gather;
+	int used;
+
+	if (!gather || gather->len == parser->gather_fed)
+		return 0;
+	used = kproxy_strp_process(dir, gather, parser->gather_fed,
+				   gather->len - parser->gather_fed);
+	if (used < 0)
+		return used;
+	parser->gather_fed += used;
+	/* Fed whole and full: the strparser's clones hold what it needs. */
+	if (parser->gather_fed == gather->len && !skb_tailroom(gather))
+		kproxy_gather_drop(parser);
+	return 0;
+}
+
+/* Whether the strparser is stopped for now: queue full or a switch. */
+static bool kproxy_strp_held(struct kproxy_dir *dir)
+{
+	return dir->bpf.parser->strp.paused || dir->bpf.switching;
+}
+
+/* Copy up to @len bytes at @offset of @skb to the gather buffer. */
+static int kproxy_gather(struct kproxy_dir *dir, struct sk_buff *skb,
+			 unsigned int offset, size_t len)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+	struct sk_buff *gather = parser->gather;
+	size_t n;
+	int err;
+
+	if (gather && !skb_tailroom(gather)) {
+		err = kproxy_gather_feed(dir);
+		if (err)
+			return err;
+		if (kproxy_strp_held(dir))
+			return 0;
+		gather = parser->gather;
+		if (gather && !skb_tailroom(gather))
+			return -ENOMEM;	/* the strparser could not clone */
+	}
+	if (!gather) {
+		gather = kproxy_copy_skb(dir, NULL);
+		if (!gather)
+			return -ENOMEM;
+		parser->gather = gather;
+		parser->gather_fed = 0;
+	}
+	n = min_t(size_t, len, skb_tailroom(gather));
+	if (skb_copy_bits(skb, offset, skb_put(gather, n), n))
+		return -EFAULT;
+	return n;
 }
 
 /*
@@ -211,22 +352,82 @@ int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
 		    unsigned int offset, size_t len)
 {
 	struct kproxy_parser *parser = dir->bpf.parser;
-	int used;
+	int err;
 
-	if (dir->queued >= KPROXY_QUEUE_MAX) {
+	if (kproxy_queue_full(dir)) {
 		strp_pause(&parser->strp);
 		return 0;
 	}
 	parser->strp.paused = 0;
-	used = strp_process(&parser->strp, skb, offset, len, KPROXY_MSG_MAX,
-			    LONG_MAX);
-	if (parser->error) {
-		int err = parser->error;
+	if (kproxy_copy_worthy(skb, len))
+		return kproxy_gather(dir, skb, offset, len);
 
-		parser->error = 0;
+	err = kproxy_gather_feed(dir);
+	if (err)
 		return err;
+	if (kproxy_strp_held(dir))
+		return 0;
+	if (parser->gather && parser->gather_fed < parser->gather->len)
+		return -ENOMEM;		/* the strparser could not clone */
+	return kproxy_strp_process(dir, skb, offset, len);
+}
+
+/*
+ * Whether the message in progress has a known length that its bytes and
+ * @more do not reach: then more bytes are needed before it can complete.
+ */
+static bool kproxy_msg_short(struct kproxy_parser *parser, u32 more)
+{
+	struct sk_buff *head = parser->strp.skb_head;
+	struct strp_msg *stm;
+
+	if (!head)
+		return false;
+	stm = strp_msg(head);
+	/* head->len counts at least the bytes accumulated, so this never
+	 * waits for bytes the message does not need.
+	 */
+	return stm->full_len &&
+	       stm->full_len > (int)(head->len - stm->offset) + (int)more;
+}
+
+/*
+ * End of a read: give the strparser what the gather buffer holds, unless
+ * the message in progress cannot complete with it yet. 0 or -errno.
+ */
+int kproxy_bpf_flush(struct kproxy_dir *dir)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+	int err;
+
+	while (dir->bpf.strp_on && parser->gather &&
+	       parser->gather->len > parser->gather_fed) {
+		if (kproxy_queue_full(dir) ||
+		    (!dir->eof && skb_tailroom(parser->gather) &&
+		     kproxy_msg_short(parser, parser->gather->len -
+						parser->gather_fed)))
+			return 0;
+		parser->strp.paused = 0;
+		err = kproxy_gather_feed(dir);
+		if (err)
+			return err;
+		if (!dir->bpf.switching)
+			return 0;
+		kproxy_bpf_adopt(dir);
 	}
-	return used;
+	/* A parser detached at this boundary: the bytes are plain again. */
+	if (!dir->bpf.strp_on)
+		kproxy_gather_to_queue(dir);
+	return 0;
+}
+
+/* Whether the gather buffer holds bytes the parser has not had. */
+bool kproxy_bpf_pending(const struct kproxy_dir *dir)
+{
+	const struct kproxy_parser *parser = dir->bpf.parser;
+
+	return parser && parser->gather &&
+	       parser->gather->len > parser->gather_fed;
 }
 
 /*
@@ -238,11 +439,15 @@ int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
 int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind)
 {
 	struct kproxy_parser *parser;
+	struct mem_cgroup *old;
 
 	lockdep_assert_held(&kproxy_lock);
 	if (kind != KPROXY_BPF_KIND_PARSER || dir->bpf.parser)
 		return 0;
-	parser = kzalloc(sizeof(*parser), GFP_KERNEL);
+	/* Charged, like the rest of the proxy, to its creator. */
+	old = set_active_memcg(kproxy_of(dir)->memcg);
+	parser = kzalloc(sizeof(*parser), GFP_KERNEL_ACCOUNT);
+	set_active_memcg(old);
 	if (!parser)
 		return -ENOMEM;
 	parser->dir = dir;
@@ -266,7 +471,11 @@ struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 	return old;
 }
 
-/* Program id for dumps, 0 when none is wanted. Holds kproxy_lock. */
+/*
+ * Program id for dumps and /proc, 0 when none is wanted. Holds
+ * kproxy_lock, under which kproxy_bpf_release() takes want[] away, or
+ * owns the teardown.
+ */
 u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind)
 {
 	const struct bpf_prog *prog = dir->bpf.want[kind];
@@ -283,16 +492,27 @@ void kproxy_bpf_init(struct kproxy_dir *dir)
 void kproxy_bpf_release(struct kproxy_dir *dir)
 {
 	struct kproxy_bpf *bpf = &dir->bpf;
+	struct bpf_prog *want[2];
 	int k;
 
 	kproxy_strp_stop(bpf);
+	if (bpf->parser)
+		kproxy_gather_drop(bpf->parser);
+
+	/* Dumps and /proc read want[] under kproxy_lock. */
+	mutex_lock(&kproxy_lock);
+	for (k = 0; k < 2; k++) {
+		want[k] = bpf->want[k];
+		bpf->want[k] = NULL;
+	}
+	mutex_unlock(&kproxy_lock);
+
 	for (k = 0; k < 2; k++) {
 		if (bpf->run[k])
 			bpf_prog_put(bpf->run[k]);
-		if (bpf->want[k])
-			bpf_prog_put(bpf->want[k]);
+		if (want[k])
+			bpf_prog_put(want[k]);
 		bpf->run[k] = NULL;
-		bpf->want[k] = NULL;
 	}
 	kfree(bpf->parser);
 	bpf->parser = NULL;

@@ -4,17 +4,26 @@
  *
  * Objects and their rules, stated once here:
  *
- * kproxy_lock (mutex) protects kproxy_idr, every per-netns proxy list and
- * totals, the per-netns dump generation, kproxy_unloading, and the
- * KPROXY_DEAD claim. A proxy found through the idr or a netns list under
- * kproxy_lock stays allocated until kproxy_lock is released: it is freed
- * only by kproxy_destroy(), after it has been unlinked under the lock.
+ * kproxy_lock (mutex) protects kproxy_idr, every per-netns proxy list,
+ * count and totals, the per-netns dump generation, kproxy_unloading, the
+ * KPROXY_DEAD claim and each direction's wanted BPF programs. A proxy
+ * found through the idr or a netns list under kproxy_lock stays allocated
+ * until kproxy_lock is released: it is freed only by kproxy_destroy(),
+ * after it has been unlinked under the lock.
  *
  * Ending a proxy has two steps. kproxy_claim() (under kproxy_lock) marks
- * it DEAD, records the reason and unlinks it, so exactly one caller owns
- * the teardown. The owner then calls kproxy_destroy() from process
- * context, never from one of the proxy's own work items: the data path
- * claims from its work and queues kp->end_work to destroy.
+ * it DEAD and records the reason, so exactly one caller owns the
+ * teardown; lookups no longer find it, but it stays in the idr and its
+ * netns list (ids are not reused, the netns exit waits for it). The owner
+ * then calls kproxy_destroy() from process context, never from one of
+ * the proxy's own work items: the data path claims from its work and
+ * queues kp->end_work to destroy, under kproxy_lock, so that whoever
+ * waits for a netns's proxies to be gone (kproxy_end_all()) also waits
+ * for that destroy.
+ *
+ * A new proxy's works are first queued under kproxy_lock, in the same
+ * critical section that publishes it: once the lock is released anyone
+ * may claim and free it, and its creator touches it no more.
  *
  * Socket callbacks run in softirq under the socket's bh lock. They read
  * sk_user_data under sk_callback_lock (read side) and only queue work.
@@ -30,9 +39,11 @@
  * READ_ONCE on the counters.
  *
  * References: the proxy holds one file reference on each socket (taken
- * by sockfd_lookup() and kept), so the caller may close its descriptors.
- * It holds no reference on its network namespace: the pernet exit ends
- * the namespace's proxies before the namespace goes away.
+ * by sockfd_lookup() and kept), so the caller may close its descriptors,
+ * and one reference on its creator's memory cgroup (kp->memcg), which is
+ * charged for the proxy and the data it holds. It holds no reference on
+ * its network namespace: the pernet exit ends the namespace's proxies,
+ * and waits until the last is destroyed, before the namespace goes away.
  */
 #ifndef _KPROXY_H
 #define _KPROXY_H
@@ -49,6 +60,8 @@
 
 #include "uapi/kproxy.h"
 
+struct mem_cgroup;
+
 /* Direction indices: dir[KPROXY_A_TO_B] reads sock[0] and sends on sock[1]. */
 enum { KPROXY_A_TO_B, KPROXY_B_TO_A };
 
@@ -58,8 +71,15 @@ enum {
 	KPROXY_DEAD,	/* claimed for teardown, see kproxy_claim() */
 };
 
-/* Bytes a direction may hold between reading and sending: the only
- * memory a proxy adds beyond its two sockets' buffers.
+/*
+ * Memory (truesize, not payload) a direction may hold between reading and
+ * sending: the only memory a proxy adds beyond its two sockets' buffers.
+ * An skb that would cross it waits in the socket, unless the queue is
+ * empty (a single skb larger than the bound passes alone). Once it is
+ * reached the direction stops reading, bytes wait in the source's receive
+ * queue, and TCP closes the window. Small segments are copied into shared
+ * buffers (stream.c), so a peer sending one byte per segment cannot make
+ * each byte pin an skb.
  */
 #define KPROXY_QUEUE_MAX	(256 * 1024)
 
@@ -72,6 +92,9 @@ struct kproxy;
 struct kproxy_parser {
 	struct strparser strp;		/* general mode, while a parser runs */
 	struct kproxy_dir *dir;
+	struct sk_buff *gather;		/* small segments, copied, see bpf.c */
+	u32 gather_fed;			/* bytes of gather given to strp */
+	u32 pieces;			/* skbs the message in strp holds */
 	int error;			/* from the parser, ends the proxy */
 };
 
@@ -88,11 +111,10 @@ struct kproxy_bpf {
 };
 
 struct kproxy_dir {
-	struct sock *src;
-	struct sock *dst;
-	struct sk_buff_head queue;	/* clones read from src, not yet sent */
+	struct sk_buff_head queue;	/* read from src, not yet sent */
 	struct work_struct work;
 	u32 queued;			/* payload bytes in queue */
+	u32 held;			/* truesize of queue, see KPROXY_QUEUE_MAX */
 	u8 idx;				/* its index in kproxy->dir, see kproxy_of() */
 	bool eof;			/* src's FIN has been read */
 	bool shut;			/* FIN forwarded to dst */
@@ -105,10 +127,13 @@ struct kproxy_dir {
 	struct kproxy_bpf bpf;
 };
 
+/* What joining changed on a socket, put back when it is handed back. */
 struct kproxy_saved_cb {
 	void (*data_ready)(struct sock *sk);
 	void (*write_space)(struct sock *sk);
 	void (*state_change)(struct sock *sk);
+	int rcvlowat;
+	bool urginline;
 };
 
 /* Fields ordered so that the whole stays within kmalloc-1k. */
@@ -120,6 +145,7 @@ struct kproxy {
 	struct kproxy_dir dir[2];
 	unsigned long flags;
 	u64 created_ns;
+	struct mem_cgroup *memcg;	/* the creator's, charged; may be NULL */
 	struct work_struct end_work;
 	u32 id;
 	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
@@ -129,6 +155,18 @@ struct kproxy {
 static inline struct kproxy *kproxy_of(struct kproxy_dir *dir)
 {
 	return container_of(dir - dir->idx, struct kproxy, dir[0]);
+}
+
+/* The socket a direction reads. */
+static inline struct sock *kproxy_src(struct kproxy_dir *dir)
+{
+	return kproxy_of(dir)->sock[dir->idx]->sk;
+}
+
+/* The socket a direction sends on. */
+static inline struct sock *kproxy_dst(struct kproxy_dir *dir)
+{
+	return kproxy_of(dir)->sock[!dir->idx]->sk;
 }
 
 /* Totals of one netns since the module was loaded (kproxy_lock). */
@@ -144,7 +182,8 @@ struct kproxy_totals {
 };
 
 struct kproxy_net {
-	struct list_head proxies;
+	struct list_head proxies;	/* live and claimed, until destroyed */
+	u32 count;			/* entries of proxies */
 	struct kproxy_totals totals;	/* of ended proxies; live ones add theirs */
 	u32 gen;			/* bumped on every change, for dumps */
 };
@@ -153,6 +192,11 @@ extern struct mutex kproxy_lock;
 extern struct idr kproxy_idr;
 extern struct workqueue_struct *kproxy_wq;
 extern bool kproxy_unloading;
+/* Wakes kproxy_end_all() when a proxy has been destroyed. */
+extern wait_queue_head_t kproxy_destroyed_wq;
+/* Module parameters, see main.c. */
+extern unsigned int kproxy_max_proxies;
+extern bool kproxy_userns_admin;
 /*
  * struct kproxy objects allocated and not yet freed, module-wide; read by
  * tests through debugfs (kproxy/objects) to prove nothing is leaked.
@@ -162,9 +206,9 @@ extern atomic_t kproxy_objects;
 struct kproxy_net *kproxy_pernet(struct net *net);
 
 /* proxy.c */
-struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
-			     void (*published)(struct kproxy *kp, void *arg),
-			     void *arg, struct netlink_ext_ack *extack);
+int kproxy_create(struct net *net, int fd_a, int fd_b,
+		  int (*published)(struct kproxy *kp, void *arg), void *arg,
+		  struct netlink_ext_ack *extack);
 struct kproxy *kproxy_find(struct net *net, u32 id);
 bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason);
 void kproxy_destroy(struct kproxy *kp);
@@ -173,16 +217,27 @@ void kproxy_end_all(struct net *net, enum kproxy_reason reason);
 enum kproxy_state kproxy_state(const struct kproxy *kp);
 void kproxy_add_totals(struct kproxy_totals *t, const struct kproxy *kp);
 
+/* sock.c */
+struct socket *kproxy_get_socket(int fd, int idx,
+				 struct netlink_ext_ack *extack);
+int kproxy_hook(struct kproxy *kp, int idx, struct netlink_ext_ack *extack);
+void kproxy_unhook(struct kproxy *kp, int idx);
+void kproxy_hand_back(struct kproxy *kp, int idx);
+
 /* stream.c */
 void kproxy_dir_init(struct kproxy *kp, int d);
 void kproxy_dir_work(struct work_struct *work);
 void kproxy_dir_drain(struct kproxy_dir *dir);
+void kproxy_dir_purge(struct kproxy_dir *dir);
 void kproxy_data_ready(struct sock *sk);
 void kproxy_write_space(struct sock *sk);
 void kproxy_state_change(struct sock *sk);
 
 void kproxy_queue_skb(struct kproxy_dir *dir, struct sk_buff *skb,
 		      u32 offset, u32 len);
+bool kproxy_queue_full(const struct kproxy_dir *dir);
+bool kproxy_copy_worthy(const struct sk_buff *skb, size_t len);
+struct sk_buff *kproxy_copy_skb(struct kproxy_dir *dir, struct sk_buff *tail);
 
 /* bpf.c */
 void kproxy_bpf_init(struct kproxy_dir *dir);
@@ -191,6 +246,8 @@ bool kproxy_bpf_changed(struct kproxy_dir *dir);
 void kproxy_bpf_adopt(struct kproxy_dir *dir);
 int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
 		    unsigned int offset, size_t len);
+int kproxy_bpf_flush(struct kproxy_dir *dir);
+bool kproxy_bpf_pending(const struct kproxy_dir *dir);
 int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind);
 struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 				 struct bpf_prog *prog);

@@ -4,16 +4,38 @@
  */
 #include <linux/debugfs.h>
 #include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/wait.h>
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
 
 #include "kproxy.h"
 
+/* The rules of these objects are in kproxy.h. */
 DEFINE_MUTEX(kproxy_lock);
 DEFINE_IDR(kproxy_idr);
 struct workqueue_struct *kproxy_wq;
 bool kproxy_unloading;	/* no new proxy once set (kproxy_lock) */
 atomic_t kproxy_objects = ATOMIC_INIT(0);
+DECLARE_WAIT_QUEUE_HEAD(kproxy_destroyed_wq);
+
+/*
+ * Live proxies a network namespace may hold: each pins two sockets beyond
+ * its creator's RLIMIT_NOFILE, and up to twice KPROXY_QUEUE_MAX of memory.
+ */
+unsigned int kproxy_max_proxies = 65536;
+module_param_named(max_proxies, kproxy_max_proxies, uint, 0644);
+MODULE_PARM_DESC(max_proxies, "Live proxies allowed per network namespace (default 65536)");
+
+/*
+ * Whether the root of a user namespace (CAP_NET_ADMIN over a network
+ * namespace it owns, but not over the initial one) may manage proxies.
+ * Off by default: Debian lets every user make such a namespace, and a
+ * proxy pins sockets and memory beyond that user's limits.
+ */
+bool kproxy_userns_admin;
+module_param_named(userns_admin, kproxy_userns_admin, bool, 0644);
+MODULE_PARM_DESC(userns_admin, "Let a user namespace's root manage proxies in the network namespaces it owns (default N)");
 
 static struct dentry *kproxy_debugfs;
 

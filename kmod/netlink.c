@@ -153,24 +153,45 @@ struct kproxy_new_reply {
 
 /* kproxy_create()'s @published: under kproxy_lock, before anything can
  * end the new proxy, so the reply and proxy-new-ntf describe a live proxy
- * and the notification comes before any proxy-del-ntf of it.
+ * and the notification comes before any proxy-del-ntf of it. A reply
+ * that cannot be built undoes the creation.
  */
-static void kproxy_nl_new_published(struct kproxy *kp, void *arg)
+static int kproxy_nl_new_published(struct kproxy *kp, void *arg)
 {
 	struct kproxy_new_reply *r = arg;
+	int err;
 
-	r->err = kproxy_fill(r->skb, kp, r->info->snd_portid, r->info->snd_seq,
-			     0, KPROXY_CMD_PROXY_NEW, NULL);
-	if (!r->err)
+	err = kproxy_fill(r->skb, kp, r->info->snd_portid, r->info->snd_seq,
+			  0, KPROXY_CMD_PROXY_NEW, NULL);
+	if (!err)
 		kproxy_nl_notify(kp, KPROXY_CMD_PROXY_NEW_NTF);
+	return err;
+}
+
+/*
+ * Who may change proxies, beyond the family's GENL_UNS_ADMIN_PERM
+ * (CAP_NET_ADMIN over the request's netns): CAP_NET_ADMIN in the initial
+ * user namespace, or a user namespace's root when userns_admin allows.
+ * proxy-new also needs it over each socket's netns (kproxy_get_socket()).
+ */
+static int kproxy_nl_may_mutate(struct sk_buff *skb, struct genl_info *info)
+{
+	if (READ_ONCE(kproxy_userns_admin) || netlink_capable(skb, CAP_NET_ADMIN))
+		return 0;
+	NL_SET_ERR_MSG(info->extack,
+		       "kproxy needs CAP_NET_ADMIN in the initial user namespace (module parameter userns_admin lets a user namespace's root)");
+	return -EPERM;
 }
 
 int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct net *net = genl_info_net(info);
 	struct kproxy_new_reply r = { .info = info };
-	struct kproxy *kp;
+	int err;
 
+	err = kproxy_nl_may_mutate(skb, info);
+	if (err)
+		return err;
 	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_A) ||
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_B))
 		return -EINVAL;
@@ -179,13 +200,12 @@ int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 	if (!r.skb)
 		return -ENOMEM;
 
-	kp = kproxy_create(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_A]),
-			   nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_B]),
-			   kproxy_nl_new_published, &r, info->extack);
-	/* kp may be gone already: only r is used from here on. */
-	if (IS_ERR(kp) || r.err) {
+	err = kproxy_create(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_A]),
+			    nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_B]),
+			    kproxy_nl_new_published, &r, info->extack);
+	if (err) {
 		nlmsg_free(r.skb);
-		return IS_ERR(kp) ? PTR_ERR(kp) : r.err;
+		return err;
 	}
 	return genlmsg_reply(r.skb, info);
 }
@@ -193,7 +213,11 @@ int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 int kproxy_nl_proxy_del_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct kproxy *kp;
+	int err;
 
+	err = kproxy_nl_may_mutate(skb, info);
+	if (err)
+		return err;
 	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID))
 		return -EINVAL;
 
@@ -298,8 +322,11 @@ int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct bpf_prog *prog, *old[2] = {};
 	struct kproxy *kp;
-	int kind, first, last, d, err = 0;
+	int kind, first, last, d, err;
 
+	err = kproxy_nl_may_mutate(skb, info);
+	if (err)
+		return err;
 	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID) ||
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_PROG_FD) ||
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_KIND) ||
@@ -359,8 +386,11 @@ int kproxy_nl_bpf_detach_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct bpf_prog *old[2] = {};
 	struct kproxy *kp;
-	int kind, first, last, d, err = 0;
+	int kind, first, last, d, err;
 
+	err = kproxy_nl_may_mutate(skb, info);
+	if (err)
+		return err;
 	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_ID) ||
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_KIND) ||
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_DIRECTION))

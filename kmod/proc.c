@@ -85,10 +85,8 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 	int d;
 
 	if (v == &kn->proxies) {
-		seq_puts(seq, "id state a_local a_remote b_local b_remote "
-			 "ab_bytes ab_skbs ab_msgs ab_drops ab_queued "
-			 "ba_bytes ba_skbs ba_msgs ba_drops ba_queued created "
-			 "ab_parser ab_verdict ba_parser ba_verdict\n");
+		seq_puts(seq,
+			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict\n");
 		return 0;
 	}
 

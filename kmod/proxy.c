@@ -4,6 +4,8 @@
  * Locking and reference rules are in kproxy.h.
  */
 #include <linux/file.h>
+#include <linux/memcontrol.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/timekeeping.h>
 #include <net/inet_connection_sock.h>
@@ -13,112 +15,21 @@
 #include "kproxy.h"
 #include "netlink-gen.h"
 
-/* Extack messages must be string literals on 6.1: one per socket. */
-#define KPROXY_FD_ERR(extack, idx, what)				\
-	do {								\
-		if (idx)						\
-			NL_SET_ERR_MSG(extack, "fd-b " what);		\
-		else							\
-			NL_SET_ERR_MSG(extack, "fd-a " what);		\
-	} while (0)
-
-/* Look the descriptor up and check it is a TCP socket; keeps its file ref. */
-static struct socket *kproxy_get_socket(int fd, int idx,
-					struct netlink_ext_ack *extack)
-{
-	struct socket *sock;
-	struct sock *sk;
-	int err;
-
-	sock = sockfd_lookup(fd, &err);
-	if (!sock) {
-		if (err == -ENOTSOCK)
-			KPROXY_FD_ERR(extack, idx, "is not a socket");
-		else
-			KPROXY_FD_ERR(extack, idx, "is not an open file descriptor");
-		return ERR_PTR(err);
-	}
-
-	sk = sock->sk;
-	if (!sk || sk->sk_type != SOCK_STREAM ||
-	    sk->sk_protocol != IPPROTO_TCP ||
-	    (sk->sk_family != AF_INET && sk->sk_family != AF_INET6)) {
-		KPROXY_FD_ERR(extack, idx, "is not a TCP socket");
-		sockfd_put(sock);
-		return ERR_PTR(-EPROTONOSUPPORT);
-	}
-	return sock;
-}
-
-/*
- * Take the socket over: check under its lock that it is connected and
- * that no one else (a proxy, sockmap, KCM, a ULP such as kTLS) owns it,
- * then install our callbacks.
- */
-static int kproxy_hook(struct kproxy *kp, int idx,
-		       struct netlink_ext_ack *extack)
-{
-	struct sock *sk = kp->sock[idx]->sk;
-	int err = 0;
-
-	lock_sock(sk);
-	write_lock_bh(&sk->sk_callback_lock);
-
-	if (sk->sk_state == TCP_LISTEN) {
-		KPROXY_FD_ERR(extack, idx, "is a listening socket");
-		err = -ENOTCONN;
-	} else if (sk->sk_state != TCP_ESTABLISHED &&
-		   sk->sk_state != TCP_CLOSE_WAIT) {
-		KPROXY_FD_ERR(extack, idx, "is not connected");
-		err = -ENOTCONN;
-	} else if (sk->sk_data_ready == kproxy_data_ready) {
-		KPROXY_FD_ERR(extack, idx, "is already in a proxy");
-		err = -EBUSY;
-	} else if (sk->sk_user_data || inet_csk(sk)->icsk_ulp_ops) {
-		KPROXY_FD_ERR(extack, idx, "is owned by another kernel user (sockmap, KCM or a ULP such as kTLS)");
-		err = -EBUSY;
-	} else {
-		kp->saved[idx].data_ready = sk->sk_data_ready;
-		kp->saved[idx].write_space = sk->sk_write_space;
-		kp->saved[idx].state_change = sk->sk_state_change;
-		sk->sk_user_data = kp;
-		WRITE_ONCE(sk->sk_data_ready, kproxy_data_ready);
-		WRITE_ONCE(sk->sk_write_space, kproxy_write_space);
-		WRITE_ONCE(sk->sk_state_change, kproxy_state_change);
-	}
-
-	write_unlock_bh(&sk->sk_callback_lock);
-	release_sock(sk);
-	return err;
-}
-
-/* After this returns no callback of the socket can reach the proxy. */
-static void kproxy_unhook(struct kproxy *kp, int idx)
-{
-	struct sock *sk = kp->sock[idx]->sk;
-
-	write_lock_bh(&sk->sk_callback_lock);
-	WRITE_ONCE(sk->sk_data_ready, kp->saved[idx].data_ready);
-	WRITE_ONCE(sk->sk_write_space, kp->saved[idx].write_space);
-	WRITE_ONCE(sk->sk_state_change, kp->saved[idx].state_change);
-	sk->sk_user_data = NULL;
-	write_unlock_bh(&sk->sk_callback_lock);
-}
-
 static void kproxy_end_work(struct work_struct *work)
 {
 	kproxy_destroy(container_of(work, struct kproxy, end_work));
 }
 
 /*
- * @published runs under kproxy_lock as soon as the proxy is in the idr and
- * RUNNING: the one moment its creator may describe it, since ending it
- * takes kproxy_lock (kproxy_claim()) and it may end, and be freed, as soon
- * as the lock is released.
+ * @published runs under kproxy_lock once the proxy has its id, just
+ * before it is made visible: the one moment its creator may describe it,
+ * since ending it takes kproxy_lock (kproxy_claim()) and it may end, and
+ * be freed, as soon as the lock is released. An error from @published
+ * undoes the creation, so an error always means no proxy was made.
  */
-struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
-			     void (*published)(struct kproxy *kp, void *arg),
-			     void *arg, struct netlink_ext_ack *extack)
+int kproxy_create(struct net *net, int fd_a, int fd_b,
+		  int (*published)(struct kproxy *kp, void *arg), void *arg,
+		  struct netlink_ext_ack *extack)
 {
 	struct kproxy_net *kn = kproxy_pernet(net);
 	struct kproxy *kp;
@@ -127,11 +38,12 @@ struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
 	/* An idle proxy costs one kmalloc-512 object (lock debugging aside). */
 	BUILD_BUG_ON(!IS_ENABLED(CONFIG_DEBUG_SPINLOCK) &&
 		     !IS_ENABLED(CONFIG_LOCKDEP) && sizeof(*kp) > 512);
-	kp = kzalloc(sizeof(*kp), GFP_KERNEL);
+	kp = kzalloc(sizeof(*kp), GFP_KERNEL_ACCOUNT);
 	if (!kp)
-		return ERR_PTR(-ENOMEM);
+		return -ENOMEM;
 	atomic_inc(&kproxy_objects);
 	kp->net = net;
+	kp->memcg = get_mem_cgroup_from_mm(current->mm);
 	INIT_LIST_HEAD(&kp->net_node);
 	INIT_WORK(&kp->end_work, kproxy_end_work);
 	kp->created_ns = ktime_get_real_ns();
@@ -168,23 +80,33 @@ struct kproxy *kproxy_create(struct net *net, int fd_a, int fd_b,
 		err = -ESHUTDOWN;
 		goto err_unlock;
 	}
+	if (kn->count >= READ_ONCE(kproxy_max_proxies)) {
+		NL_SET_ERR_MSG(extack,
+			       "this network namespace has reached its limit of proxies (module parameter max_proxies)");
+		err = -ENOSPC;
+		goto err_unlock;
+	}
 	id = idr_alloc_cyclic(&kproxy_idr, kp, 1, INT_MAX, GFP_KERNEL);
 	if (id < 0) {
 		err = id;
 		goto err_unlock;
 	}
 	kp->id = id;
+	err = published(kp, arg);
+	if (err) {
+		idr_remove(&kproxy_idr, id);
+		goto err_unlock;
+	}
 	list_add_tail(&kp->net_node, &kn->proxies);
+	WRITE_ONCE(kn->count, kn->count + 1);
 	kn->totals.created++;
 	kn->gen++;
 	set_bit(KPROXY_RUNNING, &kp->flags);
-	published(kp, arg);
-	mutex_unlock(&kproxy_lock);
-
 	/* Bytes may be queued already, and a FIN with them. */
 	queue_work(kproxy_wq, &kp->dir[0].work);
 	queue_work(kproxy_wq, &kp->dir[1].work);
-	return kp;
+	mutex_unlock(&kproxy_lock);
+	return 0;
 
 err_unlock:
 	mutex_unlock(&kproxy_lock);
@@ -199,9 +121,11 @@ err_put_b:
 err_put_a:
 	sockfd_put(kp->sock[0]);
 err_free:
+	mem_cgroup_put(kp->memcg);
 	kfree(kp);
 	atomic_dec(&kproxy_objects);
-	return ERR_PTR(err);
+	wake_up_all(&kproxy_destroyed_wq);	/* an unload may be waiting */
+	return err;
 }
 
 /* Caller holds kproxy_lock. */
@@ -228,8 +152,9 @@ enum kproxy_state kproxy_state(const struct kproxy *kp)
 
 /*
  * Caller holds kproxy_lock. Returns true if the caller now owns the
- * teardown; the proxy stays in the idr (so ids are not reused while it
- * ends) but is no longer found by lookups.
+ * teardown. The proxy stays in the idr (so ids are not reused while it
+ * ends) and counted in its netns, but is no longer found by lookups;
+ * kproxy_destroy() unlinks it.
  */
 bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason)
 {
@@ -242,16 +167,17 @@ bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason)
 	return true;
 }
 
-/* From the data path: end the proxy from a work item of its own. */
+/*
+ * From the data path: end the proxy from a work item of its own. The
+ * destroy is queued under the lock that claims: once it is released, a
+ * netns exit or an unload may wait for the proxy, never miss it.
+ */
 void kproxy_end_async(struct kproxy *kp, enum kproxy_reason reason)
 {
-	bool claimed;
-
 	mutex_lock(&kproxy_lock);
-	claimed = kproxy_claim(kp, reason);
-	mutex_unlock(&kproxy_lock);
-	if (claimed)
+	if (kproxy_claim(kp, reason))
 		queue_work(kproxy_wq, &kp->end_work);
+	mutex_unlock(&kproxy_lock);
 }
 
 /* Add a proxy's counters to @t; the data path may still be counting. */
@@ -284,30 +210,45 @@ void kproxy_destroy(struct kproxy *kp)
 
 	for (i = 0; i < 2; i++) {
 		if (abort)
-			__skb_queue_purge(&kp->dir[i].queue);
+			kproxy_dir_purge(&kp->dir[i]);
 		else
 			kproxy_dir_drain(&kp->dir[i]);
 		kproxy_bpf_release(&kp->dir[i]);
 	}
-	if (abort)
-		for (i = 0; i < 2; i++)
+	for (i = 0; i < 2; i++) {
+		if (abort)
 			tcp_abort(kp->sock[i]->sk, ECONNRESET);
+		else
+			kproxy_hand_back(kp, i);
+	}
 
 	kproxy_nl_notify(kp, KPROXY_CMD_PROXY_DEL_NTF);
 
 	mutex_lock(&kproxy_lock);
 	kn = kproxy_pernet(kp->net);
 	list_del(&kp->net_node);
+	WRITE_ONCE(kn->count, kn->count - 1);
 	idr_remove(&kproxy_idr, kp->id);
 	kn->totals.ended[kp->reason]++;
 	kproxy_add_totals(&kn->totals, kp);
 	kn->gen++;
 	mutex_unlock(&kproxy_lock);
+	/* From here on kp->net may be gone: kproxy_end_all() may return. */
 
 	sockfd_put(kp->sock[0]);
 	sockfd_put(kp->sock[1]);
+	mem_cgroup_put(kp->memcg);
 	kfree(kp);
 	atomic_dec(&kproxy_objects);
+	wake_up_all(&kproxy_destroyed_wq);
+}
+
+/* Whether every proxy of @net (of all, when NULL) has been destroyed. */
+static bool kproxy_none_left(struct net *net)
+{
+	if (!net)
+		return !atomic_read(&kproxy_objects);
+	return !READ_ONCE(kproxy_pernet(net)->count);
 }
 
 /*
@@ -334,5 +275,6 @@ void kproxy_end_all(struct net *net, enum kproxy_reason reason)
 		kp = list_first_entry(&mine, struct kproxy, net_node);
 		kproxy_destroy(kp);
 	}
-	flush_workqueue(kproxy_wq);
+	/* Those claimed by others, by the data path or by proxy-del. */
+	wait_event(kproxy_destroyed_wq, kproxy_none_left(net));
 }

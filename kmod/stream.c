@@ -1,10 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The data path: each direction reads its source socket with
- * tcp_read_sock() into a bounded queue of skb clones (no copy) and sends
- * them on the destination with skb_send_sock_locked(), from a work item.
- * Locking rules are in kproxy.h.
+ * tcp_read_sock() into a bounded queue and sends it on the destination
+ * with skb_send_sock_locked(), from a work item. The queue holds clones
+ * of what TCP received (no copy), except for small segments: a clone
+ * pins its whole skb, so segments that would pin more than twice their
+ * bytes are copied into shared page-sized buffers instead, and the bound
+ * (KPROXY_QUEUE_MAX) counts the memory held, not the payload. Memory is
+ * charged to the proxy's creator. Locking rules are in kproxy.h.
  */
+#include <linux/delay.h>
+#include <linux/memcontrol.h>
+#include <linux/sched/mm.h>
 #include <linux/skbuff.h>
 #include <net/sock.h>
 #include <net/tcp.h>
@@ -14,10 +21,20 @@
 /* Loop passes one work run may make before yielding the worker. */
 #define KPROXY_WORK_BUDGET	64
 
-/* Where a queued clone's unsent payload starts and how long it is. */
+/* Segments shorter than this may be copied rather than cloned. */
+#define KPROXY_COPY_MAX		2048
+
+/* Payload of a copy buffer: its data and skb_shared_info fill a page. */
+#define KPROXY_COPY_SIZE	SKB_WITH_OVERHEAD(PAGE_SIZE)
+
+/* How long a direction short of memory waits before it tries again. */
+#define KPROXY_NOMEM_WAIT_MS	20
+
+/* Where a queued skb's unsent payload starts and how long it is. */
 struct kproxy_skb_cb {
 	u32 offset;
 	u32 len;
+	bool copy;		/* a copy buffer of ours: may be appended to */
 };
 
 static struct kproxy_skb_cb *kproxy_cb(struct sk_buff *skb)
@@ -31,8 +48,6 @@ void kproxy_dir_init(struct kproxy *kp, int d)
 	struct kproxy_dir *dir = &kp->dir[d];
 
 	dir->idx = d;
-	dir->src = kp->sock[d]->sk;
-	dir->dst = kp->sock[!d]->sk;
 	skb_queue_head_init(&dir->queue);
 	INIT_WORK(&dir->work, kproxy_dir_work);
 	kproxy_bpf_init(dir);
@@ -43,21 +58,81 @@ void kproxy_queue_skb(struct kproxy_dir *dir, struct sk_buff *skb,
 {
 	kproxy_cb(skb)->offset = offset;
 	kproxy_cb(skb)->len = len;
+	kproxy_cb(skb)->copy = false;
 	__skb_queue_tail(&dir->queue, skb);
 	WRITE_ONCE(dir->queued, dir->queued + len);
+	WRITE_ONCE(dir->held, dir->held + skb->truesize);
+}
+
+static void kproxy_unqueue_skb(struct kproxy_dir *dir, struct sk_buff *skb)
+{
+	__skb_unlink(skb, &dir->queue);
+	WRITE_ONCE(dir->held, dir->held - skb->truesize);
+	consume_skb(skb);
+}
+
+bool kproxy_queue_full(const struct kproxy_dir *dir)
+{
+	return READ_ONCE(dir->held) >= KPROXY_QUEUE_MAX;
+}
+
+/* Whether a clone of @skb for @len of its bytes would pin over twice them. */
+bool kproxy_copy_worthy(const struct sk_buff *skb, size_t len)
+{
+	return len < KPROXY_COPY_MAX && len * 2 < skb->truesize;
+}
+
+/*
+ * A copy buffer with room: @tail when it is one, else a new one (NULL
+ * when memory is short). Charged to the active memory cgroup.
+ */
+struct sk_buff *kproxy_copy_skb(struct kproxy_dir *dir, struct sk_buff *tail)
+{
+	struct sk_buff *skb;
+
+	if (tail && kproxy_cb(tail)->copy && skb_tailroom(tail))
+		return tail;
+	skb = alloc_skb(KPROXY_COPY_SIZE, GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+	if (skb)
+		kproxy_cb(skb)->copy = true;
+	return skb;
+}
+
+/* Copy up to @len bytes at @offset of @skb to the queue's copy buffer. */
+static int kproxy_queue_copy(struct kproxy_dir *dir, struct sk_buff *skb,
+			     unsigned int offset, size_t len)
+{
+	struct sk_buff *tail = skb_peek_tail(&dir->queue);
+	struct sk_buff *buf;
+	size_t n;
+
+	buf = kproxy_copy_skb(dir, tail);
+	if (!buf)
+		return -ENOMEM;
+	if (buf != tail) {
+		kproxy_queue_skb(dir, buf, 0, 0);
+		kproxy_cb(buf)->copy = true;
+	}
+	n = min_t(size_t, len, skb_tailroom(buf));
+	if (skb_copy_bits(skb, offset, skb_put(buf, n), n))
+		return -EFAULT;
+	kproxy_cb(buf)->len += n;
+	WRITE_ONCE(dir->queued, dir->queued + n);
+	return n;
 }
 
 /*
  * tcp_read_sock() actor: without a parser, queue a clone of
- * [offset, offset + len); with one, feed the bytes to it. Consumes less
- * when the queue is full; tcp_read_sock() leaves the rest in the socket.
+ * [offset, offset + len), or a copy of a small segment; with one, feed
+ * the bytes to it. Consumes less when the queue is full (and stops the
+ * read); tcp_read_sock() leaves the rest in the socket.
  */
 static int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 			     unsigned int offset, size_t len)
 {
 	struct kproxy_dir *dir = desc->arg.data;
 	struct sk_buff *clone;
-	size_t done = 0, n;
+	size_t done = 0;
 	int used;
 
 	WRITE_ONCE(dir->skbs, dir->skbs + 1);
@@ -74,8 +149,10 @@ static int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 				kproxy_bpf_adopt(dir);
 				continue;
 			}
-			/* Stopped short without pausing: out of memory. */
-			if (done < len && !dir->bpf.parser->strp.paused)
+			if (used)
+				continue;
+			/* Stopped without pausing: out of memory. */
+			if (!dir->bpf.parser->strp.paused)
 				desc->error = -ENOMEM;
 			break;
 		}
@@ -84,51 +161,103 @@ static int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 			kproxy_bpf_adopt(dir);
 			continue;
 		}
-		n = min_t(size_t, len - done, desc->count);
-		if (!n)
+		if (kproxy_queue_full(dir))
 			break;
-		clone = skb_clone(skb, GFP_KERNEL | __GFP_NOWARN);
+		if (kproxy_copy_worthy(skb, len - done)) {
+			used = kproxy_queue_copy(dir, skb, offset + done,
+						 len - done);
+			if (used < 0) {
+				desc->error = used;
+				break;
+			}
+			done += used;
+			continue;
+		}
+		/* A clone pins the whole skb: take it whole or not yet. */
+		if (dir->held && dir->held + skb->truesize > KPROXY_QUEUE_MAX)
+			break;
+		clone = skb_clone(skb, GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 		if (!clone) {
 			desc->error = -ENOMEM;
 			break;
 		}
-		kproxy_queue_skb(dir, clone, offset + done, n);
+		kproxy_queue_skb(dir, clone, offset + done, len - done);
 		WRITE_ONCE(dir->msgs, dir->msgs + 1);
-		desc->count -= n;
-		done += n;
+		done = len;
 	}
+	if (kproxy_queue_full(dir))
+		desc->count = 0;
 	return done;
+}
+
+/*
+ * tcp_read_sock() stops for good at the urgent mark (only tcp_recvmsg()
+ * moves past it). The socket is SO_OOBINLINE while joined (sock.c), so
+ * the urgent byte is an ordinary byte of the stream: clear the mark once
+ * reading has reached it, as tcp_recvmsg() does, and read on.
+ */
+static bool kproxy_pass_urgent_mark(struct sock *sk)
+{
+	struct tcp_sock *tp = tcp_sk(sk);
+
+	if (!(tp->urg_data & TCP_URG_VALID) || tp->urg_seq != tp->copied_seq)
+		return false;
+	WRITE_ONCE(tp->urg_data, 0);
+	tcp_fast_path_check(sk);
+	return true;
 }
 
 /* Read what the queue has room for; the socket lock of src is held. */
 static int kproxy_read(struct kproxy_dir *dir)
 {
-	read_descriptor_t desc = {
-		.arg.data = dir,
-		.count = KPROXY_QUEUE_MAX - dir->queued,
-	};
-	int ret;
+	struct sock *src = kproxy_src(dir);
+	read_descriptor_t desc;
+	int ret, total = 0;
 
 	/* No message in progress: start with the wanted programs. */
 	if (!dir->bpf.in_msg && kproxy_bpf_changed(dir))
 		kproxy_bpf_adopt(dir);
 
-	ret = tcp_read_sock(dir->src, &desc, kproxy_recv_actor);
-	if (desc.error)
-		return desc.error;
-	return ret;
+	do {
+		desc = (read_descriptor_t){ .arg.data = dir, .count = 1 };
+		ret = tcp_read_sock(src, &desc, kproxy_recv_actor);
+		if (desc.error)
+			return desc.error;
+		if (ret > 0)
+			total += ret;
+	} while (kproxy_pass_urgent_mark(src));
+
+	ret = kproxy_bpf_flush(dir);
+	return ret < 0 ? ret : total;
+}
+
+/*
+ * Whether @dst can take data. TCP's sendmsg on a socket that is shut or
+ * failed raises SIGPIPE in the calling task, which may be the netlink
+ * caller or rmmod (kproxy_dir_drain()): look first, under its lock, when
+ * the socket's state cannot change.
+ */
+static bool kproxy_can_send(struct sock *dst)
+{
+	return !READ_ONCE(dst->sk_err) &&
+	       !(READ_ONCE(dst->sk_shutdown) & SEND_SHUTDOWN) &&
+	       ((1 << READ_ONCE(dst->sk_state)) &
+		(TCPF_ESTABLISHED | TCPF_CLOSE_WAIT));
 }
 
 /* Send the queue; the socket lock of dst is held. 0 or -errno. */
 static int kproxy_send(struct kproxy_dir *dir)
 {
+	struct sock *dst = kproxy_dst(dir);
 	struct sk_buff *skb;
 	int ret;
 
 	while ((skb = skb_peek(&dir->queue))) {
 		struct kproxy_skb_cb *cb = kproxy_cb(skb);
 
-		ret = skb_send_sock_locked(dir->dst, skb, cb->offset, cb->len);
+		if (!kproxy_can_send(dst))
+			return -EPIPE;
+		ret = skb_send_sock_locked(dst, skb, cb->offset, cb->len);
 		WRITE_ONCE(dir->sends, dir->sends + 1);
 		if (ret <= 0)
 			return ret ? ret : -EAGAIN;
@@ -139,8 +268,7 @@ static int kproxy_send(struct kproxy_dir *dir)
 		WRITE_ONCE(dir->bytes, dir->bytes + ret);
 		if (cb->len)
 			continue;
-		__skb_unlink(skb, &dir->queue);
-		consume_skb(skb);
+		kproxy_unqueue_skb(dir, skb);
 	}
 	return 0;
 }
@@ -159,7 +287,8 @@ static enum kproxy_reason kproxy_err_reason(int err)
 /* A socket error on either side ends the proxy; the other side is aborted. */
 static bool kproxy_check_errors(struct kproxy_dir *dir)
 {
-	int err = READ_ONCE(dir->src->sk_err) ?: READ_ONCE(dir->dst->sk_err);
+	int err = READ_ONCE(kproxy_src(dir)->sk_err) ?:
+		  READ_ONCE(kproxy_dst(dir)->sk_err);
 
 	if (!err)
 		return false;
@@ -172,39 +301,42 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 {
 	struct kproxy *kp = kproxy_of(dir);
 
-	if (!dir->eof || dir->shut || !skb_queue_empty(&dir->queue))
+	if (!dir->eof || dir->shut || !skb_queue_empty(&dir->queue) ||
+	    kproxy_bpf_pending(dir))
 		return;
 
-	kernel_sock_shutdown(dir->dst->sk_socket, SHUT_WR);
+	kernel_sock_shutdown(kproxy_dst(dir)->sk_socket, SHUT_WR);
 	WRITE_ONCE(dir->shut, true);
 	if (atomic_inc_return(&kp->shut_dirs) == 2)
 		kproxy_end_async(kp, KPROXY_REASON_CLOSED);
 }
 
-void kproxy_dir_work(struct work_struct *work)
+/* Whether a direction should read: not at its end, room in its queue. */
+static bool kproxy_may_read(struct kproxy_dir *dir)
 {
-	struct kproxy_dir *dir = container_of(work, struct kproxy_dir, work);
+	return (!dir->eof || kproxy_bpf_pending(dir)) &&
+	       !kproxy_queue_full(dir);
+}
+
+static void kproxy_dir_run(struct kproxy_dir *dir)
+{
+	struct sock *src = kproxy_src(dir), *dst = kproxy_dst(dir);
 	struct kproxy *kp = kproxy_of(dir);
 	int budget = KPROXY_WORK_BUDGET;
 	bool progress;
 	int err;
 
-	if (!test_bit(KPROXY_RUNNING, &kp->flags) ||
-	    test_bit(KPROXY_DEAD, &kp->flags))
-		return;
-	WRITE_ONCE(dir->runs, dir->runs + 1);
-
 	do {
 		u32 before;
 
 		progress = false;
-		if (!dir->eof && dir->queued < KPROXY_QUEUE_MAX) {
-			lock_sock(dir->src);
+		if (kproxy_may_read(dir)) {
+			lock_sock(src);
 			err = kproxy_read(dir);
 			if (err > 0)
 				progress = true;
-			if ((dir->src->sk_shutdown & RCV_SHUTDOWN) &&
-			    skb_queue_empty(&dir->src->sk_receive_queue)) {
+			if ((src->sk_shutdown & RCV_SHUTDOWN) &&
+			    skb_queue_empty(&src->sk_receive_queue)) {
 				/*
 				 * Only a FIN (SOCK_DONE) is an end of stream
 				 * to forward. A reset shuts the receive side
@@ -212,18 +344,19 @@ void kproxy_dir_work(struct work_struct *work)
 				 * taken by the other direction's send: it
 				 * must never reach the other peer as a FIN.
 				 */
-				if (sock_flag(dir->src, SOCK_DONE))
+				if (sock_flag(src, SOCK_DONE))
 					dir->eof = true;
 				else
 					err = -ECONNRESET;
 			}
-			release_sock(dir->src);
+			release_sock(src);
 			if (err == -ECONNRESET) {
 				kproxy_end_async(kp, KPROXY_REASON_RESET);
 				return;
 			}
 			if (err == -ENOMEM) {
-				/* Memory is short: retry later, data stays in src. */
+				/* Data stays in src: wait for memory, not spin. */
+				msleep(KPROXY_NOMEM_WAIT_MS);
 				queue_work(kproxy_wq, &dir->work);
 				return;
 			}
@@ -236,9 +369,9 @@ void kproxy_dir_work(struct work_struct *work)
 
 		if (!skb_queue_empty(&dir->queue)) {
 			before = dir->queued;	/* sending drains it */
-			lock_sock(dir->dst);
+			lock_sock(dst);
 			err = kproxy_send(dir);
-			release_sock(dir->dst);
+			release_sock(dst);
 			if (dir->queued < before)
 				progress = true;
 			if (err && err != -EAGAIN) {
@@ -249,6 +382,9 @@ void kproxy_dir_work(struct work_struct *work)
 
 		if (kproxy_check_errors(dir))
 			return;
+		/* Ended by someone else: its destroy waits for this work. */
+		if (test_bit(KPROXY_DEAD, &kp->flags))
+			return;
 	} while (progress && --budget);
 
 	kproxy_forward_fin(dir);
@@ -258,30 +394,66 @@ void kproxy_dir_work(struct work_struct *work)
 		queue_work(kproxy_wq, &dir->work);
 }
 
+void kproxy_dir_work(struct work_struct *work)
+{
+	struct kproxy_dir *dir = container_of(work, struct kproxy_dir, work);
+	struct kproxy *kp = kproxy_of(dir);
+	struct mem_cgroup *old;
+
+	if (!test_bit(KPROXY_RUNNING, &kp->flags) ||
+	    test_bit(KPROXY_DEAD, &kp->flags))
+		return;
+	WRITE_ONCE(dir->runs, dir->runs + 1);
+
+	/* What the direction allocates is charged to the proxy's creator. */
+	old = set_active_memcg(kp->memcg);
+	kproxy_dir_run(dir);
+	set_active_memcg(old);
+}
+
+/* Drop what is queued, e.g. when the proxy is aborted. */
+void kproxy_dir_purge(struct kproxy_dir *dir)
+{
+	__skb_queue_purge(&dir->queue);
+	WRITE_ONCE(dir->queued, 0);
+	WRITE_ONCE(dir->held, 0);
+}
+
 /*
  * Send what is still queued before the sockets are handed back: those
  * bytes have left the source's receive queue, so they must reach the
- * destination even when its send buffer is full (a stalled peer). The
- * send buffer is raised for the time of the send by what the queue may
- * cost (bounded by KPROXY_QUEUE_MAX), then put back; TCP sends the extra
- * as the peer reads, and the owner's own writes wait until it has.
+ * destination even when its send buffer is full (a stalled peer) or its
+ * owner asked TCP to hold little unsent data (TCP_NOTSENT_LOWAT). Both
+ * limits are lifted for the time of the send, the buffer by what the
+ * queue holds (at most KPROXY_QUEUE_MAX and one skb), then put back; TCP
+ * sends the extra as the peer reads, and the owner's own writes wait
+ * until it has. A FIN the source had sent follows the bytes: the proxy
+ * took it in, so it delivers it.
  */
 void kproxy_dir_drain(struct kproxy_dir *dir)
 {
-	struct sock *dst = dir->dst;
-	int sndbuf;
+	struct sock *dst = kproxy_dst(dir);
+	struct tcp_sock *tp = tcp_sk(dst);
+	int sndbuf, err = 0;
+	u32 lowat;
 
 	if (!skb_queue_empty(&dir->queue)) {
 		lock_sock(dst);
 		sndbuf = READ_ONCE(dst->sk_sndbuf);
-		/* Twice the payload: the skbs' truesize is more than their bytes. */
-		WRITE_ONCE(dst->sk_sndbuf, sndbuf + 2 * dir->queued + SKB_TRUESIZE(0));
-		kproxy_send(dir);
+		lowat = READ_ONCE(tp->notsent_lowat);
+		WRITE_ONCE(dst->sk_sndbuf,
+			   min_t(s64, (s64)sndbuf + 2 * (s64)dir->held, INT_MAX));
+		WRITE_ONCE(tp->notsent_lowat, UINT_MAX);
+		err = kproxy_send(dir);
+		WRITE_ONCE(tp->notsent_lowat, lowat);
 		WRITE_ONCE(dst->sk_sndbuf, sndbuf);
 		release_sock(dst);
 	}
-	__skb_queue_purge(&dir->queue);
-	WRITE_ONCE(dir->queued, 0);
+	if (!err && dir->eof && !dir->shut) {
+		kernel_sock_shutdown(dst->sk_socket, SHUT_WR);
+		WRITE_ONCE(dir->shut, true);
+	}
+	kproxy_dir_purge(dir);
 }
 
 /*
