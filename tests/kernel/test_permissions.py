@@ -52,6 +52,7 @@ from util import (  # noqa: F401 - kp is a fixture
     kp,
     listed_ids,
     make_chain,
+    module_param,
     proc_ids,
     recv_exact,
     tcp_pair,
@@ -225,7 +226,15 @@ def _userns_root(ch: Channel, fid: int, target: int, prog_fd: int) -> dict:
 
 
 def test_userns_root_manages_proxies_only_in_the_netns_it_owns(kp, victim):  # noqa: F811
+    """With the module parameter userns_admin set (off by default, see
+    test_hardening.py), a user namespace's root manages proxies of its own
+    network namespace and nothing else."""
     ch, prog = victim
+    with module_param("userns_admin", "Y"):
+        _userns_root_in_its_netns(kp, ch, prog)
+
+
+def _userns_root_in_its_netns(kp, ch, prog) -> None:  # noqa: F811
     before = read_totals()
     child = Child(_userns_root, kp.family_id, ch.proxy.id, prog.fd)
     try:

@@ -258,6 +258,26 @@ def live_objects() -> int:
         return int(f.read())
 
 
+# The module's parameters (README "Limits"), writable by root.
+PARAMS_DIR = "/sys/module/kproxy/parameters"
+
+
+@contextlib.contextmanager
+def module_param(name: str, value: str) -> Iterator[None]:
+    """Set a module parameter for the time of a `with` block."""
+    path = os.path.join(PARAMS_DIR, name)
+    assert os.path.exists(path), f"kproxy has no {name} parameter ({path} missing)"
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write(value)
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+
+
 def closed_fd_number() -> int:
     """An fd number that is not open in this process."""
     fd = os.open("/dev/null", os.O_RDONLY)
