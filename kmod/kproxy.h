@@ -81,7 +81,7 @@ enum {
  * buffers (stream.c), so a peer sending one byte per segment cannot make
  * each byte pin an skb.
  */
-#define KPROXY_QUEUE_MAX	(256 * 1024)
+#define KPROXY_QUEUE_MAX	(512 * 1024)
 
 struct kproxy;
 

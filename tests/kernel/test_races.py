@@ -250,7 +250,7 @@ def test_reset_from_far_end_mid_transfer(kp, dmesg, say):
     reps = long_or(100, 6)
     total = 2 * MiB
     # 64 KiB buffers: at most ~1 MiB is in flight between s2 and c1 (four
-    # socket buffers, doubled by the kernel, and the proxy's 256 KiB queue),
+    # socket buffers, doubled by the kernel, and the proxy's 512 KiB queue),
     # so a reset after < 768 KiB always interrupts s2's 2 MiB.
     buf = 64 * KiB
     base = settled_baseline(kp)
