@@ -31,7 +31,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import KproxyError
 
@@ -655,6 +655,23 @@ def load(spec: str, *, any_type: bool = False) -> Program:
         raise BpfError(errno.ENOENT, f"'{spec}': no such file, nor a shipped program "
                                      f"({', '.join(SHIPPED)})")
     raise BpfError(errno.ENOENT, f"{path if sep and path else spec}: no such file")
+
+
+def load_configured(spec: str, *, prefix: bytes | str | None = None,
+                    offset: int | None = None,
+                    loader: Callable[[str], Any] | None = None) -> Program:
+    """The one way kpctl loads a program the user named: `loader(spec)`
+    (default load()), then, for a drop-prefix verdict, its prefix at
+    `offset` (default PREFIX_DEFAULT_OFFSET). The program is closed again
+    when configuring it fails."""
+    prog = (loader or load)(spec)
+    try:
+        if prefix is not None:
+            prog.set_prefix(prefix, PREFIX_DEFAULT_OFFSET if offset is None else offset)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
 
 
 def load_insns(prog_type: str | int, insns: bytes, *, name: str = "kproxy_raw",
