@@ -16,11 +16,14 @@ import errno
 import os
 import socket
 import threading
+from typing import Callable, TypeVar
 
 from .errors import KproxyError
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
 
 
 def netns_path(name: str) -> str:
@@ -39,24 +42,53 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def socket_in_netns(name: str, family: int, type: int, proto: int = 0) -> socket.socket:
-    """Create socket(family, type, proto) in the network namespace `name`."""
+def _open_netns(name: str) -> int:
     path = netns_path(name)
     try:
-        nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise KproxyError(errno.ENOENT, f"network namespace {name!r} not found") from None
         raise KproxyError(e.errno or errno.EIO, f"cannot open {path}: {e.strerror}") from None
 
-    result: list[socket.socket] = []
+
+def _entry_error(name: str, e: OSError) -> KproxyError:
+    return KproxyError(e.errno or errno.EIO,
+                       f"cannot enter network namespace {name!r}: {e.strerror}")
+
+
+def enter(name: str) -> None:
+    """Move the calling thread into the network namespace `name`, for good.
+
+    For a thread of its own that makes many sockets there (a service's
+    loop): it enters once instead of once per socket. /proc/thread-self/net
+    then shows that namespace too.
+    """
+    nsfd = _open_netns(name)
+    try:
+        _setns(nsfd)
+    except OSError as e:
+        raise _entry_error(name, e) from None
+    finally:
+        os.close(nsfd)
+
+
+def run_in(name: str, fn: Callable[[], T]) -> T:
+    """fn() run in the network namespace `name`, by a short-lived thread
+    that enters it: the caller's own thread stays where it is."""
+    nsfd = _open_netns(name)
+    result: list[T] = []
     failure: list[BaseException] = []
 
     def worker() -> None:
         # This thread ends right after, so its netns is never restored.
         try:
             _setns(nsfd)
-            result.append(socket.socket(family, type, proto))
+        except OSError as e:
+            failure.append(_entry_error(name, e))
+            return
+        try:
+            result.append(fn())
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             failure.append(e)
 
@@ -67,10 +99,10 @@ def socket_in_netns(name: str, family: int, type: int, proto: int = 0) -> socket
     finally:
         os.close(nsfd)
     if failure:
-        e = failure[0]
-        if isinstance(e, OSError):
-            raise KproxyError(
-                e.errno or errno.EIO, f"cannot enter network namespace {name!r}: {e.strerror}"
-            ) from None
-        raise e
+        raise failure[0]
     return result[0]
+
+
+def socket_in_netns(name: str, family: int, type: int, proto: int = 0) -> socket.socket:
+    """Create socket(family, type, proto) in the network namespace `name`."""
+    return run_in(name, lambda: socket.socket(family, type, proto))
