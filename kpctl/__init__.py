@@ -1,10 +1,12 @@
 """kpctl: manage kproxy, the in-kernel joiner of two TCP sockets.
 
-The library (this package minus cli.py and shell/) needs only pyroute2 and
-PyYAML; it never imports the shell's dependencies.
+The library (this package minus cli.py and shell/) needs nothing beyond
+the standard library: its netlink is kpctl.wire, the family definition
+kpctl/family.py (generated from schema/kproxy.yaml).  PyYAML is imported
+only to read a schema named by $KPROXY_SCHEMA, pyroute2 only by
+kpctl.pyroute2_msgs, for outside clients.
 
-Names are imported on first use so that `kpctl --help` does not pay for
-pyroute2.
+Names are imported on first use so that `kpctl --help` pays for none of it.
 """
 
 from __future__ import annotations

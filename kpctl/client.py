@@ -1,13 +1,15 @@
 """Kproxy: the library's handle on the kproxy generic-netlink family.
 
-pyroute2 does the netlink work (framing, sequence numbers, acks, extended
-ack); the message classes come from the schema (spec.py).  This module only
-chooses flags, turns replies into model values and errors into KproxyError.
+Plain AF_NETLINK sockets and struct (kpctl.wire): the family is resolved
+with the controller's CTRL_CMD_GETFAMILY, every request and the monitor use
+sockets of our own, and a refusal becomes a KproxyError naming the
+attribute the kernel points at.  No pyroute2 here: its import alone costs
+more than a `kpctl list`, and its message classes cost several times the
+kernel's own work per request.
 
-A Kproxy is not meant to be used by several threads at once (pyroute2's
-sync sockets keep per-thread state); calls are serialised by a lock, and a
-program that wants parallel requests opens one Kproxy per thread.  Monitors
-are separate sockets and may be read in any thread.
+A Kproxy serialises its calls with a lock (one request socket, one receive
+buffer); a program that wants parallel requests opens one Kproxy per
+thread.  Monitors are separate sockets and may be read in any thread.
 """
 
 from __future__ import annotations
@@ -16,35 +18,20 @@ import errno
 import os
 import select
 import socket
-import struct
 import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Iterator
-
-from pyroute2.netlink import (
-    NETLINK_ADD_MEMBERSHIP,
-    NETLINK_EXT_ACK,
-    NLM_F_ACK,
-    NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
-    NLM_F_MULTI,
-    NLM_F_REQUEST,
-    SOL_NETLINK,
-    genlmsg,
-    nlmsgerr,
-)
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic import GenericNetlinkSocket
+from typing import Any, Callable, Iterator
 
 from . import spec as spec_mod
 from . import wire
-from .errors import KproxyError, from_netlink
-from .model import DirStats, Endpoint, Event, Proxy, SockInfo
+from .decode import ProxyReader, event_from_attrs, proxy_from_attrs
+from .errors import KproxyError
+from .model import Event, Proxy
 from .netns import socket_in_netns
 
-NETLINK_GENERIC = 16
+__all__ = ["Kproxy", "Monitor", "proxy_from_attrs", "event_from_attrs", "MONITOR_RCVBUF"]
 
 # How often a dump raced by changes (NLM_F_DUMP_INTR) is restarted before
 # giving up: each retry is a full dump, and a steady churn of proxies could
@@ -53,11 +40,12 @@ DUMP_RETRIES = 8
 
 # A dump's datagrams are at most 32 KiB (netlink_dump's largest skb); the
 # kernel answers at once, so a silent socket means something is badly wrong.
-DUMP_RECV_SIZE = 64 << 10
-DUMP_TIMEOUT = 60.0
+RECV_SIZE = 64 << 10
+REPLY_TIMEOUT = 60.0
 
 # Notifications come in bursts (an unload or a netns exit ends every proxy
-# at once); a large receive buffer keeps a monitor from losing them.
+# at once); a large receive buffer keeps a monitor, or a handle receiving
+# its proxies' ends, from losing them.
 MONITOR_RCVBUF = 8 << 20
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; not exported by the socket module
 
@@ -86,95 +74,15 @@ def _prog_fd(prog: Any) -> int:
     return int(fd)
 
 
-# --- replies -> model ----------------------------------------------------
+def _os_error(e: OSError) -> KproxyError:
+    return KproxyError(e.errno or errno.EIO, e.strerror or str(e))
 
 
-def _sock_info(nest: dict[str, Any] | None) -> SockInfo:
-    if not nest:
-        empty = Endpoint("0.0.0.0", 0)
-        return SockInfo(socket.AF_UNSPEC, empty, empty, None)
-    family = nest.get("family") or socket.AF_UNSPEC
-
-    def endpoint(addr_attr: str, port_attr: str) -> Endpoint:
-        raw = nest.get(addr_attr)
-        port = nest.get(port_attr) or 0
-        if not raw:
-            return Endpoint("::" if family == socket.AF_INET6 else "0.0.0.0", port)
-        return Endpoint.from_bytes(raw, port)
-
-    return SockInfo(
-        family=family,
-        local=endpoint("local-addr", "local-port"),
-        remote=endpoint("remote-addr", "remote-port"),
-        tcp_state=nest.get("tcp-state"),
-    )
-
-
-def _dir_stats(nest: dict[str, Any] | None) -> DirStats:
-    if not nest:
-        return DirStats()
-    return DirStats(
-        bytes=nest.get("bytes") or 0,
-        skbs=nest.get("skbs") or 0,
-        msgs=nest.get("msgs") or 0,
-        drops=nest.get("drops") or 0,
-        queued=nest.get("queued") or 0,
-        shut=bool(nest.get("shut")),
-        parser_id=nest.get("parser-id") or None,
-        verdict_id=nest.get("verdict-id") or None,
-    )
-
-
-def proxy_from_attrs(attrs: dict[str, Any], spec: spec_mod.Spec) -> Proxy:
-    """A Proxy from the decoded attributes of a reply or notification."""
-    state = attrs.get("state")
-    return Proxy(
-        id=attrs.get("id") or 0,
-        state=spec.enums["state"].label(state) if state is not None else "active",
-        created_ns=attrs.get("create-time") or 0,
-        a=_sock_info(attrs.get("sock-a")),
-        b=_sock_info(attrs.get("sock-b")),
-        a_to_b=_dir_stats(attrs.get("a-to-b")),
-        b_to_a=_dir_stats(attrs.get("b-to-a")),
-    )
-
-
-def event_from_attrs(
-    cmd: int, attrs: dict[str, Any], spec: spec_mod.Spec, timestamp: float | None = None
-) -> Event | None:
-    """An Event from a notification's command and attributes; None for a
-    command that is not a notification we know."""
-    kind = {"proxy-new-ntf": "new", "proxy-del-ntf": "del"}.get(spec.command_names.get(cmd, ""))
-    if kind is None:
-        return None
-    reason = attrs.get("reason")
-    return Event(
-        kind=kind,
-        proxy=proxy_from_attrs(attrs, spec),
-        reason=spec.enums["reason"].label(reason) if reason is not None else None,
-        timestamp=time.time() if timestamp is None else timestamp,
-    )
-
-
-def _msg_attrs(msg: genlmsg, decoder: wire.Decoder) -> dict[str, Any]:
-    """The attributes of a message pyroute2 has read, decoded by ours, so
-    that every path builds its model values the same way."""
-    start = msg.offset + wire.NLMSGHDR.size + wire.GENLMSGHDR.size
-    return decoder.attrs(msg.data, start, msg.offset + msg["header"]["length"])
-
-
-def proxy_from_msg(msg: genlmsg, spec: spec_mod.Spec | None = None) -> Proxy:
-    """Decode a proxy-get/proxy-new reply or a notification into a Proxy."""
-    spec = spec or spec_mod.default()
-    return proxy_from_attrs(_msg_attrs(msg, wire.decoder(spec)), spec)
-
-
-def event_from_msg(
-    msg: genlmsg, spec: spec_mod.Spec | None = None, timestamp: float | None = None
-) -> Event | None:
-    """Decode a notification; None for a command that is not one we know."""
-    spec = spec or spec_mod.default()
-    return event_from_attrs(msg["cmd"], _msg_attrs(msg, wire.decoder(spec)), spec, timestamp)
+def _big_rcvbuf(sock: socket.socket, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 # --- the monitor ---------------------------------------------------------
@@ -187,9 +95,7 @@ class Monitor:
     cleanly.  get(timeout) waits at most `timeout` seconds.
     """
 
-    def __init__(
-        self, sock: socket.socket, family_id: int, spec: spec_mod.Spec
-    ) -> None:
+    def __init__(self, sock: socket.socket, family_id: int, spec: spec_mod.Spec) -> None:
         self._sock = sock
         self._spec = spec
         self._family_id = family_id
@@ -251,7 +157,7 @@ class Monitor:
                 raise KproxyError(
                     errno.ENOBUFS, "monitor fell behind: notifications were lost"
                 ) from None
-            raise KproxyError(e.errno or errno.EIO, e.strerror) from None
+            raise _os_error(e) from None
         now = time.time()
         for msg in self._decoder.messages(data, self._family_id):
             if msg.attrs is None:
@@ -275,136 +181,11 @@ class Monitor:
             os.close(self._wake_w)
 
 
-# --- errors --------------------------------------------------------------
-
-
-class _ExtAck(nlmsgerr):
-    """nlmsgerr with the extended-ack attributes pyroute2 leaves undecoded.
-
-    Numbers are the kernel's enum nlmsgerr_attrs (uapi/linux/netlink.h),
-    a stable ABI, not ours.
-    """
-
-    # pyroute2 caches a compiled nla table per class and finds the parent's
-    # "compiled" mark through inheritance; this class needs its own table.
-    _nlmsg_base__compiled_nla = False
-    _nlmsg_base__t_nla_map = None
-    _nlmsg_base__r_nla_map = None
-
-    nla_map = (
-        (0, "NLMSGERR_ATTR_UNUSED", "none"),
-        (1, "NLMSGERR_ATTR_MSG", "asciiz"),
-        (2, "NLMSGERR_ATTR_OFFS", "uint32"),
-        (3, "NLMSGERR_ATTR_COOKIE", "hex"),
-        (4, "NLMSGERR_ATTR_POLICY", "hex"),
-        (5, "NLMSGERR_ATTR_MISS_TYPE", "uint32"),
-        (6, "NLMSGERR_ATTR_MISS_NEST", "uint32"),
-    )
-
-
-_NLMSGHDR_LEN = 16
-_GENLHDR_LEN = 4
-_NLA_HDR = struct.Struct("HH")
-_NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
-
-
-def _attr_at(
-    spec: spec_mod.Spec, request: bytes, offset: int, set_name: str
-) -> str | None:
-    """Name the attribute of `request` at byte `offset` (NLMSGERR_ATTR_OFFS).
-
-    The kernel points at the offending attribute by its offset in our own
-    request (echoed back in the error); walking the attribute headers turns
-    that into a name such as "sock-a.family" or "attribute 99".
-    """
-    names = {a.value: a for a in spec.attr_sets.get(set_name, {}).values()}
-    pos = _NLMSGHDR_LEN + _GENLHDR_LEN
-    prefix = ""
-    end = len(request)
-    while pos + _NLA_HDR.size <= end:
-        length, typ = _NLA_HDR.unpack_from(request, pos)
-        if length < _NLA_HDR.size:
-            return None
-        typ &= _NLA_TYPE_MASK
-        attr = names.get(typ)
-        label = prefix + (attr.name if attr else f"attribute {typ}")
-        if pos <= offset < pos + length:
-            inner = pos + _NLA_HDR.size
-            if attr is not None and attr.nested and offset >= inner:
-                # Descend into the nest and keep walking its attributes.
-                names = {a.value: a for a in spec.attr_sets[attr.nested].values()}
-                prefix = label + "."
-                end = pos + length
-                pos = inner
-                continue
-            return label
-        pos += (length + 3) & ~3
-    return None
-
-
-def _attr_detail(
-    spec: spec_mod.Spec, root_set: str, request: bytes, offset: int | None, missing: int | None
-) -> str | None:
-    """What the extended ack points at, by schema name: "attribute fd-a"
-    (NLMSGERR_ATTR_OFFS) or "missing attribute id" (NLMSGERR_ATTR_MISS_TYPE)."""
-    if offset is not None:
-        name = _attr_at(spec, request, offset, root_set)
-        if name:
-            return f"attribute {name}" if not name.startswith("attribute") else name
-    elif missing is not None:
-        attr = {a.value: a.name for a in spec.attr_sets[root_set].values()}.get(missing)
-        return f"missing attribute {attr or missing}"
-    return None
-
-
-def _with_detail(base: KproxyError, detail: str | None) -> KproxyError:
-    if detail and detail.split(" ", 1)[-1] not in base.message:
-        return KproxyError(base.errno, f"{base.message} ({detail})")
-    return base
-
-
-def _translate(spec: spec_mod.Spec, root_set: str, err: Any, msg: Any) -> KproxyError:
-    """pyroute2's exception_factory: a KproxyError that names the attribute."""
-    base = from_netlink(err)
-    if not isinstance(msg, nlmsgerr) or getattr(msg, "data", None) is None:
-        return base
-    try:
-        ext = _ExtAck(msg.data, offset=msg.offset)
-        ext.decode()
-        start = msg.offset + _NLMSGHDR_LEN + 4  # the echoed request
-        (orig_len,) = struct.unpack_from("I", msg.data, start)
-        request = bytes(msg.data[start : start + orig_len])
-        detail = _attr_detail(spec, root_set, request, ext.get_attr("NLMSGERR_ATTR_OFFS"),
-                              ext.get_attr("NLMSGERR_ATTR_MISS_TYPE"))
-        return _with_detail(base, detail)
-    except Exception:  # noqa: BLE001 - never hide the kernel's error behind ours
-        return base
-
-
 # --- the client ----------------------------------------------------------
 
-
-def _keep_reading_until_done(nl: GenericNetlinkSocket) -> None:
-    """Make pyroute2 read a reply up to NLMSG_DONE / the ack, not less.
-
-    pyroute2 stops reading a request's answer at the first message without
-    NLM_F_MULTI.  Dump messages built with genlmsg_iput() (the YNL-era
-    helper) do not carry that flag, so a dump longer than one datagram
-    would be cut short and its tail left in the socket.  Marking our
-    family's messages as multipart makes pyroute2 read on until NLMSG_DONE
-    (dumps) or the ack (do requests, which therefore always ask for one).
-    """
-    marshal = nl.asyncore.marshal
-    family_id = nl.prid
-    original = marshal.fix_message
-
-    def fix_message(msg: Any) -> None:
-        if msg["header"].get("type") == family_id:
-            msg["header"]["flags"] |= NLM_F_MULTI
-        original(msg)
-
-    marshal.fix_message = fix_message
-
+# What a reply loop does with each message of its request:
+# handle(buf, off, length, type, flags) -> None.
+Handler = Callable[[bytearray, int, int, int, int], None]
 
 
 class Kproxy:
@@ -419,55 +200,72 @@ class Kproxy:
         self._netns = netns
         self._lock = threading.RLock()
         self._monitors: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
-        self._version: int | None = None
-        self._nl: GenericNetlinkSocket | None = None
-        self._do_sock: socket.socket | None = None
+        self._decoder = wire.decoder(self._spec)
+        self._reader = ProxyReader(self._spec)
+        self._buf = bytearray(RECV_SIZE)
         self._seq = 0
-        nl: GenericNetlinkSocket | None = None
+        self._ends: deque[Event] = deque()
+        self._ends_lost = False
+        self._ends_rcvbuf = False
+        self._sock: socket.socket | None = None
+        self._family: wire.FamilyInfo | None = None
         try:
-            if netns is None:
-                nl = GenericNetlinkSocket(ext_ack=True)
-            else:
-                raw = self._raw_socket(socket.SOCK_DGRAM)
-                # pyroute2 sets socket options only on sockets it creates.
-                raw.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-                nl = GenericNetlinkSocket(ext_ack=True, use_socket=raw)
-            # We report a missing family ourselves; keep pyroute2 quiet.
-            nl.asyncore.module_err_level = "debug"
-            nl.bind(self._spec.family, self._spec.msg_class)
-            _keep_reading_until_done(nl)
-            root = self._spec.root_set
-            nl.asyncore.exception_factory = lambda err, msg: _translate(
-                self._spec, root, err, msg
-            )
-        except NetlinkError as e:
-            if nl is not None:
-                nl.close()
-            if e.code == errno.ENOENT:
+            # Opened now, not on first use: a socket appearing later would
+            # take an fd number the caller may have just seen free.
+            self._sock = self._netlink_socket()
+        except OSError as e:
+            raise _os_error(e) from None
+        try:
+            self._family = self._resolve()
+        except BaseException:
+            self.close()
+            raise
+
+    def _raw_socket(self) -> socket.socket:
+        if self._netns is None:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, wire.NETLINK_GENERIC)
+        return socket_in_netns(self._netns, socket.AF_NETLINK, socket.SOCK_RAW,
+                               wire.NETLINK_GENERIC)
+
+    def _netlink_socket(self) -> socket.socket:
+        sock = self._raw_socket()
+        try:
+            sock.setsockopt(wire.SOL_NETLINK, wire.NETLINK_EXT_ACK, 1)
+            sock.settimeout(REPLY_TIMEOUT)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _dump_socket(self) -> socket.socket:
+        self._info()  # refuse on a closed handle before opening anything
+        try:
+            return self._netlink_socket()
+        except OSError as e:
+            raise _os_error(e) from None
+
+    def _resolve(self) -> wire.FamilyInfo:
+        """The family's id, version and groups (CTRL_CMD_GETFAMILY)."""
+        found: list[wire.FamilyInfo] = []
+
+        def on_reply(buf: bytearray, off: int, length: int, mtype: int, flags: int) -> None:
+            if mtype == wire.GENL_ID_CTRL:
+                found.append(wire.parse_family(buf, off, off + length))
+
+        seq = self._next_seq()
+        try:
+            self._exchange(self._request_socket(), wire.getfamily_request(self._spec.family, seq),
+                           seq, wire.GENL_ID_CTRL, on_reply, dump=False)
+        except KproxyError as e:
+            if e.errno == errno.ENOENT:
                 raise KproxyError(
                     errno.ENOENT,
                     f"kproxy module not loaded (family '{self._spec.family}' not found)",
                 ) from None
-            raise from_netlink(e) from None
-        except OSError as e:
-            if nl is not None:
-                nl.close()
-            raise KproxyError(e.errno or errno.EIO, e.strerror) from None
-        self._nl = nl
-        try:
-            # Opened now, not on first use: a socket appearing later would
-            # take an fd number the caller may have just seen free.
-            self._do_sock = self._raw_socket(socket.SOCK_RAW)
-            self._do_sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            self._do_sock.settimeout(DUMP_TIMEOUT)
-        except OSError as e:
-            self.close()
-            raise KproxyError(e.errno or errno.EIO, e.strerror) from None
-
-    def _raw_socket(self, type: int) -> socket.socket:
-        if self._netns is None:
-            return socket.socket(socket.AF_NETLINK, type, NETLINK_GENERIC)
-        return socket_in_netns(self._netns, socket.AF_NETLINK, type, NETLINK_GENERIC)
+            raise
+        if not found or not found[0].id:
+            raise KproxyError(errno.EPROTO, "the controller did not describe the family")
+        return found[0]
 
     # context manager / lifetime
 
@@ -481,12 +279,10 @@ class Kproxy:
         for mon in list(self._monitors):
             mon.close()
         with self._lock:
-            if self._nl is not None:
-                self._nl.close()
-                self._nl = None
-            if self._do_sock is not None:
-                self._do_sock.close()
-                self._do_sock = None
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            self._family = None
 
     @property
     def spec(self) -> spec_mod.Spec:
@@ -496,123 +292,224 @@ class Kproxy:
     def netns(self) -> str | None:
         return self._netns
 
-    def _sock(self) -> GenericNetlinkSocket:
-        if self._nl is None:
+    def _info(self) -> wire.FamilyInfo:
+        if self._family is None:
             raise KproxyError(errno.EBADF, "Kproxy handle is closed")
-        return self._nl
+        return self._family
 
     @property
     def family_id(self) -> int:
-        return int(self._sock().prid)
+        return self._info().id
 
     @property
     def version(self) -> int:
         """The family version the running module registered."""
-        if self._version is None:
-            with self._lock:
-                try:
-                    reply = self._sock().discovery(self._spec.family)
-                except NetlinkError as e:
-                    raise from_netlink(e) from None
-                self._version = int(reply.get_attr("CTRL_ATTR_VERSION") or 0)
-        return self._version
+        return self._info().version
+
+    @property
+    def mcast_groups(self) -> dict[str, int]:
+        """The family's multicast groups by name, with their ids."""
+        return dict(self._info().mcast_groups)
+
+    def fileno(self) -> int:
+        """The request socket, where the ends of proxies made with
+        notify_end=True arrive: readable means ended() has news."""
+        return self._request_socket().fileno()
+
+    # the exchange of one request
+
+    def _request_socket(self) -> socket.socket:
+        if self._sock is None:
+            raise KproxyError(errno.EBADF, "Kproxy handle is closed")
+        return self._sock
+
+    def _next_seq(self) -> int:
+        with self._lock:
+            # 0 is what notifications carry: never a request's.
+            self._seq = self._seq % 0xFFFFFFFF + 1
+            return self._seq
+
+    def _exchange(self, sock: socket.socket, req: bytes, seq: int, msg_type: int,
+                  handle: Handler, *, dump: bool) -> None:
+        """Send `req` and hand each message of its answer to `handle` until
+        the ack (do) or NLMSG_DONE (dump); a refusal raises KproxyError.
+
+        Unicast notifications (seq 0) met on the way are kept for ended();
+        messages of another seq were left by a request an exception
+        interrupted, and are skipped.
+        """
+        buf = self._buf
+        header = wire.NLMSGHDR.unpack_from
+        ends = self._family.id if self._family is not None else None
+        with self._lock:
+            try:
+                sock.send(req)
+                while True:
+                    try:
+                        n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
+                    except OSError as e:
+                        if e.errno != errno.ENOBUFS:
+                            raise
+                        self._ends_lost = True  # ends were dropped; the reply was not
+                        continue
+                    if n > len(buf):
+                        raise KproxyError(errno.EMSGSIZE, f"a {n}-byte netlink message")
+                    off = 0
+                    while off + 16 <= n:
+                        length, mtype, flags, mseq, _pid = header(buf, off)
+                        if length < 16 or off + length > n:
+                            break
+                        if mseq == seq:
+                            if mtype == msg_type:
+                                handle(buf, off, length, mtype, flags)
+                            elif mtype == wire.NLMSG_ERROR:
+                                m = wire.error_message(buf, off, length, flags, mseq)
+                                if m.error:
+                                    raise KproxyError(m.error, wire.error_text(self._spec, m, req))
+                                if not dump:
+                                    return
+                            elif mtype == wire.NLMSG_DONE:
+                                code = wire.done_errno(buf, off, length)
+                                if code:
+                                    raise KproxyError(code)
+                                return
+                        elif mseq == 0 and mtype == ends:
+                            self._keep_end(buf, off, length)
+                        off += (length + 3) & ~3
+            except OSError as e:
+                raise _os_error(e) from None
+
+    def _keep_end(self, buf: bytearray, off: int, length: int) -> None:
+        cmd = wire.GENLMSGHDR.unpack_from(buf, off + 16)[0]
+        attrs = self._decoder.attrs(buf, off + wire.HEADERS, off + length)
+        ev = event_from_attrs(cmd, attrs, self._spec)
+        if ev is not None and ev.kind == "del":
+            self._ends.append(ev)
+
+    def _messages(self, cmd: str, body: bytes, dump: bool) -> list[wire.Message]:
+        """Every message of our family answering one request."""
+        out: list[wire.Message] = []
+        decode = self._decoder.attrs
+
+        def keep(buf: bytearray, off: int, length: int, mtype: int, flags: int) -> None:
+            _len, _t, _f, seq, _pid = wire.NLMSGHDR.unpack_from(buf, off)
+            out.append(wire.Message(mtype, flags, seq, wire.GENLMSGHDR.unpack_from(buf, off + 16)[0],
+                                    decode(buf, off + wire.HEADERS, off + length)))
+
+        seq = self._next_seq()
+        flags = wire.NLM_F_REQUEST | (wire.NLM_F_DUMP if dump else wire.NLM_F_ACK)
+        req = wire.request(self.family_id, self._spec.cmd(cmd), self._spec.version, flags, seq, body)
+        if dump:
+            # A dump on a socket of its own: one abandoned half-way (an
+            # exception) would leave the request socket refusing the next
+            # dump with EBUSY.
+            with self._dump_socket() as sock:
+                self._exchange(sock, req, seq, self.family_id, keep, dump=True)
+        else:
+            self._exchange(self._request_socket(), req, seq, self.family_id, keep, dump=False)
+        return out
+
+    def _encode(self, attrs: dict[str, Any] | None) -> bytes:
+        try:
+            return wire.encode_attrs(self._spec, attrs or {})
+        except wire.EncodeError as e:
+            raise KproxyError(e.errno, str(e)) from None
 
     # requests
 
-    def _request(self, cmd: str, attrs: dict[str, Any] | None, flags: int) -> list[genlmsg]:
-        msg = self._spec.new_msg(cmd, attrs)
-        with self._lock:
-            nl = self._sock()
-            try:
-                return list(nl.nlm_request(msg, msg_type=nl.prid, msg_flags=flags))
-            except NetlinkError as e:  # the exception_factory missed it
-                raise from_netlink(e) from None
-
     def request(
         self, cmd: str, attrs: dict[str, Any] | None = None, *, dump: bool = False
-    ) -> list[genlmsg]:
-        """Send any operation of the spec, attributes by YAML name; raw replies.
+    ) -> list[wire.Message]:
+        """Send any operation of the spec, attributes by YAML name (nests as
+        dicts); the replies of our family, decoded (not the ack).
 
         For tools and tests that need a message the typed API will not build
-        (e.g. a request missing an attribute).  The reply list may end with
-        the ack (an nlmsgerr with error 0).
+        (e.g. a request missing an attribute).
         """
-        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
-        return self._request(cmd, attrs, flags)
+        return self._messages(cmd, self._encode(attrs), dump)
 
-    def send_raw(self, msg: genlmsg, *, dump: bool = False) -> list[genlmsg]:
-        """Send a message built by the caller (tests of malformed requests).
+    def send_raw(self, cmd: str, body: bytes, *, dump: bool = False) -> list[wire.Message]:
+        """Send attributes built by the caller (wire.nla(): tests of
+        malformed requests).  Errors are translated as for every request."""
+        return self._messages(cmd, body, dump)
 
-        Errors are translated as for every other request.
-        """
-        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
-        with self._lock:
-            nl = self._sock()
-            try:
-                return list(nl.nlm_request(msg, msg_type=nl.prid, msg_flags=flags))
-            except NetlinkError as e:
-                raise from_netlink(e) from None
-
-    def _do(self, cmd: str, attrs: dict[str, int]) -> dict[str, Any] | None:
+    def _do(self, cmd: str, attrs: dict[str, Any]) -> dict[str, Any] | None:
         """A do request of the typed API: the reply's attributes, or None
-        when the kernel only acked.
+        when the kernel only acked."""
+        replies = self._messages(cmd, self._encode(attrs), dump=False)
+        return replies[-1].attrs if replies else None
 
-        Sent and read on a plain socket of the handle's own, encoded and
-        decoded by kpctl.wire: pyroute2's message classes cost several
-        times the kernel's own work per request, which a proxy service
-        pays on every connection.
-        """
-        fid = self.family_id
-        try:
-            body = wire.encode_attrs(self._spec, attrs)
-        except ValueError as e:
-            raise KproxyError(errno.ERANGE, str(e)) from None
-        decoder = wire.decoder(self._spec)
-        with self._lock:
-            self._seq = self._seq % 0xFFFFFFFF + 1
-            seq = self._seq
-            req = wire.request(fid, self._spec.cmd(cmd), self._spec.version,
-                               NLM_F_REQUEST | NLM_F_ACK, seq, body)
-            reply: dict[str, Any] | None = None
-            try:
-                sock = self._do_socket()
-                sock.send(req)
-                while True:
-                    for m in decoder.messages(sock.recv(DUMP_RECV_SIZE), fid):
-                        if m.seq != seq:
-                            continue  # left by a request an exception interrupted
-                        if m.type == wire.NLMSG_ERROR:
-                            if m.error:
-                                raise self._refused(m, req)
-                            return reply
-                        if m.attrs is not None:
-                            reply = m.attrs
-            except OSError as e:
-                raise KproxyError(e.errno or errno.EIO, e.strerror or str(e)) from None
-
-    def _do_socket(self) -> socket.socket:
-        if self._do_sock is None:
-            raise KproxyError(errno.EBADF, "Kproxy handle is closed")
-        return self._do_sock
-
-    def _refused(self, m: wire.Message, request: bytes) -> KproxyError:
-        base = KproxyError(m.error, m.error_msg or None)
-        detail = _attr_detail(self._spec, self._spec.root_set, request,
-                              m.error_offset, m.error_missing)
-        return _with_detail(base, detail)
-
-    def _proxy_reply(self, cmd: str, attrs: dict[str, int]) -> Proxy:
+    def _proxy_reply(self, cmd: str, attrs: dict[str, Any]) -> Proxy:
         reply = self._do(cmd, attrs)
         if reply is None:
             raise KproxyError(errno.EPROTO, f"{cmd}: no reply from the kernel")
         return proxy_from_attrs(reply, self._spec)
 
-    def create(self, sock_a: Any, sock_b: Any) -> Proxy:
+    def create(self, sock_a: Any, sock_b: Any, *, notify_end: bool = False) -> Proxy:
         """Join two connected TCP sockets (socket objects or fds of ours).
 
         The proxy takes its own references: the caller may close its fds.
+        notify_end=True: the kernel sends this proxy's end to this handle
+        (see fileno() and ended()), whoever ends it.
         """
-        return self._proxy_reply("proxy-new", {"fd-a": _fd(sock_a), "fd-b": _fd(sock_b)})
+        attrs: dict[str, Any] = {"fd-a": _fd(sock_a), "fd-b": _fd(sock_b)}
+        if notify_end:
+            if "notify" not in self._spec.attr_sets[self._spec.root_set]:
+                raise KproxyError(errno.EOPNOTSUPP, "this schema has no notify attribute")
+            attrs["notify"] = True
+            with self._lock:
+                if not self._ends_rcvbuf:
+                    # A burst of ends must not crowd out a request's reply.
+                    _big_rcvbuf(self._request_socket(), MONITOR_RCVBUF)
+                    self._ends_rcvbuf = True
+        return self._proxy_reply("proxy-new", attrs)
+
+    def ended(self, timeout: float | None = 0.0) -> list[Event]:
+        """The ends (Events of kind "del") of the proxies this handle made
+        with notify_end=True, received since the last call.  Waits up to
+        `timeout` seconds (None: until one comes) when there is none yet;
+        0 only reads what is there."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            sock = self._request_socket()
+            while True:
+                self._drain(sock)
+                if self._ends_lost:
+                    self._ends_lost = False
+                    raise KproxyError(errno.ENOBUFS, "ends of proxies were lost (receive buffer full)")
+                if self._ends:
+                    out = list(self._ends)
+                    self._ends.clear()
+                    return out
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return []
+                # Unlocked while waiting would let a request steal the
+                # datagram; a caller that waits owns the handle meanwhile.
+                select.select([sock], [], [], left)
+
+    def _drain(self, sock: socket.socket) -> None:
+        """Read every datagram waiting on the request socket, keeping ends."""
+        buf = self._buf
+        fid = self.family_id
+        while True:
+            try:
+                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._ends_lost = True
+                    continue
+                raise _os_error(e) from None
+            off = 0
+            while off + 16 <= n:
+                length, mtype, _flags, mseq, _pid = wire.NLMSGHDR.unpack_from(buf, off)
+                if length < 16 or off + length > n:
+                    break
+                if mseq == 0 and mtype == fid:
+                    self._keep_end(buf, off, length)
+                off += (length + 3) & ~3
 
     def get(self, proxy_id: int) -> Proxy:
         return self._proxy_reply("proxy-get", {"id": int(proxy_id)})
@@ -624,45 +521,36 @@ class Kproxy:
     def list(self) -> list[Proxy]:
         """All proxies of this handle's netns, from one consistent dump."""
         for _ in range(DUMP_RETRIES):
-            attrs, interrupted = self._dump("proxy-get")
+            proxies, interrupted = self._dump_proxies()
             # The kernel flags a dump that raced a change (NLM_F_DUMP_INTR);
             # the only remedy is to redo it.
             if not interrupted:
-                return [proxy_from_attrs(a, self._spec) for a in attrs]
+                return proxies
         raise KproxyError(
             errno.EINTR, f"dump interrupted by concurrent changes {DUMP_RETRIES} times"
         )
 
-    def _dump(self, cmd: str) -> tuple[list[dict[str, Any]], bool]:
-        """The attributes of every message of one dump, and whether the
-        kernel flagged it as interrupted.
-
-        A dump is read on a socket of its own and decoded by kpctl.wire:
-        pyroute2's parser would spend seconds on 10,000 proxies.
-        """
-        fid = self.family_id
-        decoder = wire.decoder(self._spec)
-        out: list[dict[str, Any]] = []
+    def _dump_proxies(self) -> tuple[list[Proxy], bool]:
+        """Every proxy of one proxy-get dump (the layout route of
+        kpctl.decode), and whether the kernel flagged it as interrupted."""
+        out: list[Proxy] = []
+        append = out.append
+        decode = self._reader.decode
         interrupted = False
-        sock = self._raw_socket(socket.SOCK_RAW)
-        try:
-            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            sock.settimeout(DUMP_TIMEOUT)
-            sock.send(wire.request(fid, self._spec.cmd(cmd), self._spec.version,
-                                   NLM_F_REQUEST | NLM_F_DUMP, seq=1))
-            while True:
-                for m in decoder.messages(sock.recv(DUMP_RECV_SIZE), fid):
-                    interrupted |= bool(m.flags & NLM_F_DUMP_INTR)
-                    if m.type == wire.NLMSG_DONE:
-                        return out, interrupted
-                    if m.type == wire.NLMSG_ERROR:
-                        raise KproxyError(m.error, m.error_msg or os.strerror(m.error))
-                    if m.attrs is not None:
-                        out.append(m.attrs)
-        except OSError as e:
-            raise KproxyError(e.errno or errno.EIO, e.strerror or str(e)) from None
-        finally:
-            sock.close()
+        attrs_at = wire.HEADERS
+
+        def keep(buf: bytearray, off: int, length: int, mtype: int, flags: int) -> None:
+            nonlocal interrupted
+            if flags & wire.NLM_F_DUMP_INTR:
+                interrupted = True
+            append(decode(buf, off + attrs_at, off + length))
+
+        seq = self._next_seq()
+        req = wire.request(self.family_id, self._spec.cmd("proxy-get"), self._spec.version,
+                           wire.NLM_F_REQUEST | wire.NLM_F_DUMP, seq)
+        with self._dump_socket() as sock:
+            self._exchange(sock, req, seq, self.family_id, keep, dump=True)
+        return out, interrupted
 
     def attach(self, proxy_id: int, kind: str, prog: Any, direction: str = "both") -> None:
         """Attach (or replace) a BPF program on a direction of a proxy.
@@ -707,18 +595,18 @@ class Kproxy:
         Events that happened before this call are not seen: open the
         monitor first, then act.
         """
-        groups = self._sock().mcast_groups
+        groups = self._info().mcast_groups
         group = self._spec.mcast_groups[0] if self._spec.mcast_groups else "monitor"
         if group not in groups:
             raise KproxyError(errno.ENOENT, f"multicast group {group!r} not registered")
-        sock = self._raw_socket(socket.SOCK_RAW)
         try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, MONITOR_RCVBUF)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MONITOR_RCVBUF)
+            sock = self._raw_socket()
+        except OSError as e:
+            raise _os_error(e) from None
+        try:
+            _big_rcvbuf(sock, MONITOR_RCVBUF)
             sock.bind((0, 0))
-            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[group])
+            sock.setsockopt(wire.SOL_NETLINK, wire.NETLINK_ADD_MEMBERSHIP, groups[group])
         except OSError as e:
             sock.close()
             raise KproxyError(e.errno or errno.EIO, f"cannot join {group!r}: {e.strerror}") from None

@@ -30,19 +30,3 @@ class KproxyError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"errno": self.errno, "errno_name": self.errno_name, "message": self.message}
-
-
-def from_netlink(exc: BaseException) -> KproxyError:
-    """Translate a pyroute2 NetlinkError (or an OSError) into a KproxyError.
-
-    pyroute2 fills the message with the NLMSGERR_ATTR_MSG text when the
-    socket has extended ack on, and with strerror otherwise.
-    """
-    code = getattr(exc, "code", None) or getattr(exc, "errno", None) or _errno.EIO
-    msg: str | None = None
-    args = getattr(exc, "args", ())
-    if len(args) >= 2 and isinstance(args[1], str):
-        msg = args[1]
-    elif isinstance(exc, OSError) and exc.strerror:
-        msg = exc.strerror
-    return KproxyError(code, msg)

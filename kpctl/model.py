@@ -11,15 +11,27 @@ import ipaddress
 import socket
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 STATES: tuple[str, ...] = ("active", "half-closed", "closing")
 REASONS: tuple[str, ...] = ("user", "closed", "reset", "error", "netns-exit", "unload")
 
+# The kernel's TCP states (include/net/tcp_states.h) by the names `ss` and
+# `ip -j` print; the JSON form of SockInfo.tcp_state.
+TCP_STATES: dict[int, str] = {
+    1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait-1",
+    5: "fin-wait-2", 6: "time-wait", 7: "close", 8: "close-wait",
+    9: "last-ack", 10: "listen", 11: "closing", 12: "new-syn-recv",
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An address and port, printed as iproute2 does: 10.0.0.1:80, [::1]:80."""
+    """An address and port, printed as iproute2 does: 10.0.0.1:80, [::1]:80.
+
+    That string is also its JSON form (the to_dict() of what holds it):
+    addresses are never {"host", "port"} objects.
+    """
 
     host: str
     port: int
@@ -62,9 +74,6 @@ class Endpoint:
             raise ValueError(f"an address is 4 or 16 bytes, not {len(raw)}")
         return cls(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw), port)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port}
-
 
 @dataclass(frozen=True)
 class SockInfo:
@@ -82,7 +91,7 @@ class SockInfo:
             ),
             "local": str(self.local),
             "remote": str(self.remote),
-            "tcp_state": self.tcp_state,
+            "tcp_state": None if self.tcp_state is None else TCP_STATES.get(self.tcp_state),
         }
 
 
@@ -104,8 +113,17 @@ class DirStats:
         return asdict(self)
 
 
+# The fields a deferred Proxy makes on first access.
+_NESTED = ("a", "b", "a_to_b", "b_to_a")
+
+
 @dataclass(frozen=True)
 class Proxy:
+    """One proxy.  A list of thousands comes from deferred_proxy(): its
+    sockets and counters are built from the decoded values when first
+    read (by attribute, ==, repr, to_dict or dataclasses.replace), which a
+    caller that only counts or filters by id never pays for."""
+
     id: int
     state: str
     created_ns: int
@@ -113,6 +131,18 @@ class Proxy:
     b: SockInfo
     a_to_b: DirStats
     b_to_a: DirStats
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for a name not in the instance: the nested fields of
+        # a deferred Proxy before their first use.
+        pending = self.__dict__.get("_nested") if name in _NESTED else None
+        if pending is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        nested, values = pending
+        d = self.__dict__
+        d["a"], d["b"], d["a_to_b"], d["b_to_a"] = nested(values)
+        d.pop("_nested", None)  # another thread may have got here first
+        return d[name]
 
     @property
     def age(self) -> float:
@@ -129,6 +159,22 @@ class Proxy:
             "a_to_b": self.a_to_b.to_dict(),
             "b_to_a": self.b_to_a.to_dict(),
         }
+
+
+Nested = Callable[[Any], tuple[SockInfo, SockInfo, DirStats, DirStats]]
+
+
+def deferred_proxy(id: int, state: str, created_ns: int, nested: Nested, values: Any,
+                   _new: Callable[[type], Any] = object.__new__) -> Proxy:
+    """A Proxy whose a, b, a_to_b and b_to_a are nested(values), made when
+    first read.  (Called once per proxy of a dump: kept to the bone.)"""
+    p = _new(Proxy)
+    d = p.__dict__
+    d["id"] = id
+    d["state"] = state
+    d["created_ns"] = created_ns
+    d["_nested"] = (nested, values)
+    return p
 
 
 @dataclass(frozen=True)

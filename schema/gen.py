@@ -13,6 +13,9 @@ per-op).  Outputs, relative to the repository root:
     kmod/uapi/<uapi-header>   enums and defines, valid for userspace
     kmod/netlink-gen.h        handler prototypes, mcast group ids, family
     kmod/netlink-gen.c        per-op policies, ops table, mcast groups, family
+    kpctl/family.py           the parsed spec as a Python literal: what kpctl
+                              reads at run time (an installed kpctl has no
+                              YAML file and needs no YAML parser)
 
 The names follow the conventions of the kernel's tools/net/ynl/ynl-gen-c.py
 (so that the C looks like any other YNL-generated family), but the C is
@@ -27,6 +30,7 @@ Only PyYAML is needed.
 import argparse
 import difflib
 import os
+import pprint
 import sys
 
 import yaml
@@ -769,6 +773,24 @@ def render_src(family, spec_rel):
 
 
 # --------------------------------------------------------------------------
+# Python table
+
+
+def render_py(family, spec_rel):
+    """The spec as kpctl.spec reads it: the YAML's own structure, so kpctl
+    derives numbers by the same rules from the same data as from the file."""
+    marker = MARKER.format(spec=spec_rel)
+    return '\n'.join([
+        f'# SPDX-License-Identifier: {family.license}',
+        f'# {marker}',
+        f'"""The {family.name} family as {spec_rel} describes it (see kpctl/spec.py)."""',
+        '',
+        f'FAMILY = {pprint.pformat(family.yaml, indent=1, width=100, sort_dicts=False)}',
+        '',
+    ])
+
+
+# --------------------------------------------------------------------------
 # Driver
 
 
@@ -786,6 +808,7 @@ def generate(spec=None, root=ROOT):
         os.path.join('kmod', 'uapi', family.uapi_file): render_uapi(family, spec_rel),
         os.path.join('kmod', 'netlink-gen.h'): render_hdr(family, spec_rel),
         os.path.join('kmod', 'netlink-gen.c'): render_src(family, spec_rel),
+        os.path.join('kpctl', 'family.py'): render_py(family, spec_rel),
     }
 
 

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SPEC = os.path.join(REPO, 'schema', 'kproxy.yaml')
 GEN = os.path.join(REPO, 'schema', 'gen.py')
-OUTPUTS = ['kmod/uapi/kproxy.h', 'kmod/netlink-gen.h', 'kmod/netlink-gen.c']
+OUTPUTS = ['kmod/uapi/kproxy.h', 'kmod/netlink-gen.h', 'kmod/netlink-gen.c', 'kpctl/family.py']
 MARKER = 'generated from schema/kproxy.yaml by schema/gen.py \u2014 do not edit'
 
 
@@ -151,8 +151,17 @@ def test_check_mode_on_the_repository():
 def test_outputs_start_with_spdx_and_marker(files, rel):
     first, second = files[rel].splitlines()[:2]
     assert 'SPDX-License-Identifier: ' in first
-    assert first.startswith('// ' if rel.endswith('.c') else '/* ')
+    assert first.startswith({'.c': '// ', '.h': '/* ', '.py': '# '}[os.path.splitext(rel)[1]])
     assert MARKER in second
+
+
+def test_python_table_is_the_parsed_spec(spec):
+    """kpctl/family.py holds exactly what the YAML says: kpctl reads the
+    same data at run time as the C tables were made from."""
+    ns = {}
+    with open(os.path.join(REPO, 'kpctl', 'family.py')) as f:
+        exec(compile(f.read(), 'family.py', 'exec'), ns)
+    assert ns['FAMILY'] == spec
 
 
 # -- uapi --------------------------------------------------------------------

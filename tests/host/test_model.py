@@ -9,10 +9,9 @@ import socket
 import time
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
 
 from kpctl import DirStats, Endpoint, Event, KproxyError, Proxy, SockInfo, Totals
-from kpctl.errors import from_netlink
+from kpctl.model import TCP_STATES
 
 
 def test_endpoint_str_and_parse() -> None:
@@ -48,7 +47,9 @@ def test_to_dict_is_json() -> None:
     ev = Event("del", p, "reset", 12.5)
     d = json.loads(json.dumps(ev.to_dict()))
     assert d["kind"] == "del" and d["reason"] == "reset"
-    assert d["proxy"]["a"] == {"family": "inet", "local": "127.0.0.1:1", "remote": "127.0.0.1:2", "tcp_state": 1}
+    assert d["proxy"]["a"] == {"family": "inet", "local": "127.0.0.1:1", "remote": "127.0.0.1:2",
+                               "tcp_state": "established"}
+    assert d["proxy"]["b"]["tcp_state"] is None
     assert d["proxy"]["b"]["family"] == "inet6" and d["proxy"]["b"]["local"] == "[::1]:3"
     assert d["proxy"]["a_to_b"]["bytes"] == 5 and d["proxy"]["b_to_a"]["shut"] is True
     t = Totals(active=1, bytes=10)
@@ -66,12 +67,18 @@ def test_error_format() -> None:
     assert KproxyError(4095).errno_name == "E4095"
 
 
-def test_from_netlink() -> None:
-    e = from_netlink(NetlinkError(errno.EBUSY, "fd-a is already in use"))
-    assert (e.errno, e.message, str(e)) == (errno.EBUSY, "fd-a is already in use", "fd-a is already in use (EBUSY)")
-    e = from_netlink(NetlinkError(errno.ENOENT))
-    assert e.message == "No such file or directory"
-    assert from_netlink(OSError(errno.EBADF, "Bad file descriptor")).errno == errno.EBADF
+def test_tcp_states_are_the_names_ss_prints() -> None:
+    assert [TCP_STATES[n] for n in range(1, 13)] == [
+        "established", "syn-sent", "syn-recv", "fin-wait-1", "fin-wait-2", "time-wait",
+        "close", "close-wait", "last-ack", "listen", "closing", "new-syn-recv"]
+    unknown = SockInfo(socket.AF_INET, Endpoint("1.2.3.4", 1), Endpoint("1.2.3.4", 2), 99)
+    assert unknown.to_dict()["tcp_state"] is None
+
+
+def test_error_json_shape() -> None:
+    e = KproxyError(errno.ENOENT, "no such proxy")
+    assert json.loads(json.dumps({"error": e.to_dict()})) == {
+        "error": {"errno": 2, "errno_name": "ENOENT", "message": "no such proxy"}}
 
 
 def test_library_does_not_import_shell() -> None:

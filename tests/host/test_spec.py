@@ -1,4 +1,6 @@
-"""The pyroute2 classes built from schema/kproxy.yaml encode and decode."""
+"""The spec kpctl runs on (kpctl/family.py, or a YAML file), and the
+pyroute2 classes built from it (kpctl.pyroute2_msgs) as an outside
+implementation that kpctl.wire must agree with."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import pytest
 import yaml
 from pyroute2.netlink import NLA_F_NESTED
 
+from kpctl import pyroute2_msgs, wire
 from kpctl import spec as spec_mod
-from kpctl.client import _attr_at, event_from_msg, proxy_from_msg
+from kpctl.client import event_from_attrs, proxy_from_attrs
 
 SPEC = spec_mod.default()
+MSG_CLASS = pyroute2_msgs.message_class(SPEC)
 
 
 def raw_yaml() -> dict:
@@ -22,6 +26,8 @@ def raw_yaml() -> dict:
 
 def test_schema_found_in_checkout() -> None:
     assert spec_mod.schema_path().name == "kproxy.yaml"
+    assert SPEC.path.name == "family.py"  # the generated table, not the YAML
+    assert SPEC.raw == raw_yaml()
     assert SPEC.family == "kproxy"
     assert SPEC.version == 1
     assert SPEC.mcast_groups == ("monitor",)
@@ -75,8 +81,13 @@ def test_explicit_values_and_types() -> None:
     s = spec_mod.build(raw, spec_mod.schema_path())
     assert s.enums["e"].by_name == {"a": 3, "b": 4}
     assert s.enums["f"].by_name == {"p": 1, "q": 2}
-    assert s.msg_class.nla_map == ((1, "a", "be16"), (7, "b", "asciiz"), (8, "c", "int32"))
+    assert [(a.value, a.big_endian) for a in s.attr_sets["s"].values()] == [(1, True), (7, False), (8, False)]
+    assert pyroute2_msgs.message_class(s).nla_map == ((1, "a", "be16"), (7, "b", "asciiz"), (8, "c", "int32"))
     assert s.commands == {"op": 5, "op2": 6}
+    # ... and kpctl.wire encodes them the same way.
+    body = wire.encode_attrs(s, {"a": 0x1234, "b": "hi", "c": -1})
+    assert body == b"\x06\x00\x01\x00\x12\x34\0\0" + b"\x07\x00\x07\x00hi\0\0" + struct.pack("=HHi", 8, 8, -1)
+    assert wire.decoder(s).attrs(body, 0, len(body)) == {"a": 0x1234, "b": "hi", "c": -1}
 
 
 def test_unknown_type_refused() -> None:
@@ -88,6 +99,35 @@ def test_unknown_type_refused() -> None:
     }
     with pytest.raises(spec_mod.SpecError, match="bitfield32"):
         spec_mod.build(raw, spec_mod.schema_path())
+    raw["attribute-sets"][0]["attributes"][0] = {"name": "a", "type": "u32", "multi-attr": True}
+    with pytest.raises(spec_mod.SpecError, match="multi-attr"):
+        spec_mod.build(raw, spec_mod.schema_path())
+
+
+def test_kproxy_schema_env_reads_a_yaml_file(tmp_path, monkeypatch) -> None:
+    changed = raw_yaml()
+    changed["version"] = 7
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    monkeypatch.setenv("KPROXY_SCHEMA", str(path))
+    spec_mod.default.cache_clear()
+    try:
+        s = spec_mod.default()
+        assert (s.path, s.version) == (path, 7)
+    finally:
+        monkeypatch.delenv("KPROXY_SCHEMA")
+        spec_mod.default.cache_clear()
+    assert spec_mod.default().version == 1
+
+
+def test_library_imports_neither_yaml_nor_pyroute2_nor_rich() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, kpctl.client, kpctl.spec, kpctl.model, kpctl.procfs; kpctl.spec.default();"
+            "print(sorted(m for m in ('yaml', 'pyroute2', 'rich', 'prompt_toolkit') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def sock_nest(local: str, lport: int, remote: str, rport: int, family: int) -> dict:
@@ -104,7 +144,8 @@ def sock_nest(local: str, lport: int, remote: str, rport: int, family: int) -> d
 
 
 def reply_bytes(cmd: str, reason: str | None = None) -> bytes:
-    msg = SPEC.new_msg(cmd)
+    """A reply as pyroute2 encodes it (an outside implementation)."""
+    msg = pyroute2_msgs.new_msg(SPEC, cmd, cls=MSG_CLASS)
     msg["attrs"] = [
         ["id", 42],
         ["state", SPEC.enums["state"].value("half-closed")],
@@ -123,9 +164,18 @@ def reply_bytes(cmd: str, reason: str | None = None) -> bytes:
 
 
 def decode(data: bytes):
-    m = SPEC.msg_class(data)
+    m = MSG_CLASS(data)
     m.decode()
     return m
+
+
+def wire_attrs(data: bytes) -> dict:
+    (m,) = wire.decoder(SPEC).messages(data, 0x1234)
+    return m.attrs
+
+
+def wire_cmd(data: bytes) -> int:
+    return wire.GENLMSGHDR.unpack_from(data, 16)[0]
 
 
 def test_nests_carry_nla_f_nested() -> None:
@@ -143,7 +193,7 @@ def test_nests_carry_nla_f_nested() -> None:
 
 
 def test_reply_round_trip_to_proxy() -> None:
-    p = proxy_from_msg(decode(reply_bytes("proxy-get")), SPEC)
+    p = proxy_from_attrs(wire_attrs(reply_bytes("proxy-get")), SPEC)
     assert p.id == 42
     assert p.state == "half-closed"
     assert p.created_ns == 1_700_000_000_123_456_789
@@ -159,34 +209,59 @@ def test_reply_round_trip_to_proxy() -> None:
 
 
 def test_notification_to_event() -> None:
-    ev = event_from_msg(decode(reply_bytes("proxy-del-ntf", "netns-exit")), SPEC, 1.5)
+    data = reply_bytes("proxy-del-ntf", "netns-exit")
+    ev = event_from_attrs(wire_cmd(data), wire_attrs(data), SPEC, 1.5)
     assert ev is not None
     assert (ev.kind, ev.reason, ev.timestamp, ev.proxy.id) == ("del", "netns-exit", 1.5, 42)
-    ev = event_from_msg(decode(reply_bytes("proxy-new-ntf")), SPEC)
+    data = reply_bytes("proxy-new-ntf")
+    ev = event_from_attrs(wire_cmd(data), wire_attrs(data), SPEC)
     assert ev is not None and ev.kind == "new" and ev.reason is None
-    assert event_from_msg(decode(reply_bytes("proxy-get")), SPEC) is None
+    data = reply_bytes("proxy-get")
+    assert event_from_attrs(wire_cmd(data), wire_attrs(data), SPEC) is None
 
 
-def test_request_encoding() -> None:
-    msg = SPEC.new_msg("proxy-new", {"fd-a": 3, "fd-b": 4})
+def test_request_encoding_agrees_with_pyroute2() -> None:
+    msg = pyroute2_msgs.new_msg(SPEC, "proxy-new", {"fd-a": 3, "fd-b": 4}, cls=MSG_CLASS)
     msg["header"]["type"] = 0x1234
     msg["header"]["flags"] = 1
+    msg["header"]["sequence_number"] = 5
     msg.encode()
-    m = decode(bytes(msg.data))
+    ours = wire.request(0x1234, SPEC.cmd("proxy-new"), SPEC.version, 1, 5,
+                        wire.encode_attrs(SPEC, {"fd-a": 3, "fd-b": 4}))
+    assert bytes(msg.data) == ours
+    m = decode(ours)
     assert m["cmd"] == SPEC.cmd("proxy-new")
     assert m.get_attr("fd-a") == 3 and m.get_attr("fd-b") == 4
+
+
+def test_nests_encode_as_pyroute2_encodes_them() -> None:
+    """wire's generic encoder (nests as dicts) gives pyroute2's bytes."""
+    data = reply_bytes("proxy-get")
+    assert wire.encode_attrs(SPEC, wire_attrs(data)) == data[20:]
+
+
+def test_pyroute2_classes_are_compiled_each_for_itself() -> None:
+    # A second class with a changed map decodes by its own map, not by a
+    # table cached on a class it shares a base with.
+    fd_a = SPEC.attr("proxy", "fd-a").value
+    bogus = pyroute2_msgs.message_class(SPEC, extra=((fd_a, "fd-a", "uint16"),))
+    for cls, size in ((MSG_CLASS, 8), (bogus, 6)):
+        msg = pyroute2_msgs.new_msg(SPEC, "proxy-new", {"fd-a": 3}, cls=cls)
+        msg["header"]["type"] = 0x1234
+        msg.encode()
+        assert struct.unpack_from("=H", msg.data, 20)[0] == size
 
 
 def test_error_offset_names_attribute() -> None:
     data = reply_bytes("proxy-get")
     # Offset 20 is the first attribute (id); find sock-b's family inside the nest.
-    assert _attr_at(SPEC, data, 20, "proxy") == "id"
+    assert wire.attr_at(SPEC, data, 20, "proxy") == "id"
     pos, target = 20, SPEC.attr("proxy", "sock-b").value
     while True:
         length, typ = struct.unpack_from("HH", data, pos)
         if typ & 0x3FFF == target:
             break
         pos += (length + 3) & ~3
-    assert _attr_at(SPEC, data, pos, "proxy") == "sock-b"
-    assert _attr_at(SPEC, data, pos + 4, "proxy") == "sock-b.family"
-    assert _attr_at(SPEC, data, 10_000, "proxy") is None
+    assert wire.attr_at(SPEC, data, pos, "proxy") == "sock-b"
+    assert wire.attr_at(SPEC, data, pos + 4, "proxy") == "sock-b.family"
+    assert wire.attr_at(SPEC, data, 10_000, "proxy") is None

@@ -29,11 +29,31 @@ def netns():
 
 
 def test_family_resolves():
+    """pyroute2 (an outside client) and kpctl's own CTRL_CMD_GETFAMILY agree."""
+    from kpctl import Kproxy
+
     with GenericNetlinkSocket() as s:
         s.bind("kproxy", genlmsg)
         assert s.prid > 0
         assert "monitor" in s.mcast_groups
         assert s.discovery("kproxy").get_attr("CTRL_ATTR_VERSION") == 1
+        with Kproxy() as kp:
+            assert kp.family_id == s.prid
+            assert kp.version == 1
+            assert kp.mcast_groups == dict(s.mcast_groups)
+
+
+def test_library_reports_a_missing_module():
+    from kpctl import Kproxy, KproxyError
+
+    unload()
+    try:
+        with pytest.raises(KproxyError) as ei:
+            Kproxy()
+        assert ei.value.errno == 2
+        assert str(ei.value) == "kproxy module not loaded (family 'kproxy' not found) (ENOENT)"
+    finally:
+        load()
 
 
 def test_genl_ctrl_shows_family():

@@ -1,0 +1,131 @@
+"""Replies and notifications -> model values (Proxy, Event).
+
+Two routes give equal values: proxy_from_attrs() from the general
+decoder's dict, and the layout route (kpctl.layout) that a dump of
+thousands takes, where a Proxy is made from one tuple of values and its
+sockets and counters only when first read (deferred_proxy).  Both go
+through sock_info() and dir_stats(), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable
+
+from . import layout as layout_mod
+from . import spec as spec_mod
+from . import wire
+from .model import DirStats, Endpoint, Event, Proxy, SockInfo, deferred_proxy
+
+_SOCK_FIELDS = ("family", "local-addr", "local-port", "remote-addr", "remote-port", "tcp-state")
+_DIR_FIELDS = ("bytes", "skbs", "msgs", "drops", "queued", "parser-id", "verdict-id")
+_SOCKS = ("sock-a", "sock-b")
+_DIRS = ("a-to-b", "b-to-a")
+
+
+def _endpoint(family: int, raw: bytes | None, port: int) -> Endpoint:
+    if raw is None or len(raw) not in (4, 16):
+        # Absent (or not an address): the unspecified one of the family.
+        return Endpoint("::" if family == socket.AF_INET6 else "0.0.0.0", port)
+    return Endpoint.from_bytes(raw, port)
+
+
+_NO_SOCK = SockInfo(socket.AF_UNSPEC, Endpoint("0.0.0.0", 0), Endpoint("0.0.0.0", 0), None)
+
+
+def sock_info(family: int | None, laddr: bytes | None, lport: int | None,
+              raddr: bytes | None, rport: int | None, tcp_state: int | None) -> SockInfo:
+    """One side, from the sock nest's attributes (None: absent)."""
+    if family is None and laddr is None and lport is None and raddr is None \
+            and rport is None and tcp_state is None:
+        return _NO_SOCK
+    family = family or socket.AF_UNSPEC
+    return SockInfo(family, _endpoint(family, laddr, lport or 0),
+                    _endpoint(family, raddr, rport or 0), tcp_state)
+
+
+def dir_stats(nbytes: int | None, skbs: int | None, msgs: int | None, drops: int | None,
+              queued: int | None, parser_id: int | None, verdict_id: int | None,
+              shut: bool) -> DirStats:
+    """One direction, from the dir nest's attributes (None: absent)."""
+    return DirStats(nbytes or 0, skbs or 0, msgs or 0, drops or 0, queued or 0, shut,
+                    parser_id or None, verdict_id or None)
+
+
+def _state(spec: spec_mod.Spec, value: int | None) -> str:
+    return spec.enums["state"].label(value) if value is not None else "active"
+
+
+def proxy_from_attrs(attrs: dict[str, Any], spec: spec_mod.Spec) -> Proxy:
+    """A Proxy from the decoded attributes of a reply or notification."""
+    socks = [attrs.get(n) or {} for n in _SOCKS]
+    dirs = [attrs.get(n) or {} for n in _DIRS]
+    return Proxy(
+        id=attrs.get("id") or 0,
+        state=_state(spec, attrs.get("state")),
+        created_ns=attrs.get("create-time") or 0,
+        a=sock_info(*(socks[0].get(f) for f in _SOCK_FIELDS)),
+        b=sock_info(*(socks[1].get(f) for f in _SOCK_FIELDS)),
+        a_to_b=dir_stats(*(dirs[0].get(f) for f in _DIR_FIELDS), bool(dirs[0].get("shut"))),
+        b_to_a=dir_stats(*(dirs[1].get(f) for f in _DIR_FIELDS), bool(dirs[1].get("shut"))),
+    )
+
+
+def event_from_attrs(cmd: int, attrs: dict[str, Any], spec: spec_mod.Spec,
+                     timestamp: float | None = None) -> Event | None:
+    """An Event from a notification's command and attributes; None for a
+    command that is not a notification we know."""
+    kind = {"proxy-new-ntf": "new", "proxy-del-ntf": "del"}.get(spec.command_names.get(cmd, ""))
+    if kind is None:
+        return None
+    reason = attrs.get("reason")
+    return Event(
+        kind=kind,
+        proxy=proxy_from_attrs(attrs, spec),
+        reason=spec.enums["reason"].label(reason) if reason is not None else None,
+        timestamp=time.time() if timestamp is None else timestamp,
+    )
+
+
+def _getter(index: dict[layout_mod.Path, int], path: layout_mod.Path) -> Callable[[tuple], Any]:
+    i = index.get(path)
+    if i is None:
+        return lambda v: None
+    return lambda v: v[i]
+
+
+def compile_proxy(lay: layout_mod.Layout, spec: spec_mod.Spec) -> Callable[[tuple], Proxy]:
+    """The maker of a deferred Proxy from the values of one layout."""
+    index = {p: i for i, p in enumerate(lay.paths)}
+    socks = [[_getter(index, (s, f)) for f in _SOCK_FIELDS] for s in _SOCKS]
+    dirs = [([_getter(index, (d, f)) for f in _DIR_FIELDS], (d, "shut") in lay.flags) for d in _DIRS]
+
+    def nested(v: tuple) -> tuple[SockInfo, SockInfo, DirStats, DirStats]:
+        (a, b), (ab, ba) = socks, dirs
+        return (sock_info(*(g(v) for g in a)), sock_info(*(g(v) for g in b)),
+                dir_stats(*(g(v) for g in ab[0]), ab[1]), dir_stats(*(g(v) for g in ba[0]), ba[1]))
+
+    i_id, i_state, i_time = (index.get((n,)) for n in ("id", "state", "create-time"))
+    label = spec.enums["state"].label
+    deferred = deferred_proxy
+    if i_id is None or i_state is None or i_time is None:
+        # Not what the kernel sends, but a layout all the same.
+        get_id, get_state, get_time = (_getter(index, (n,)) for n in ("id", "state", "create-time"))
+        return lambda v: deferred(get_id(v) or 0, _state(spec, get_state(v)),
+                                  get_time(v) or 0, nested, v)
+    # The kernel's shape: the three top-level values are always there.
+    return lambda v: deferred(v[i_id], label(v[i_state]), v[i_time], nested, v)
+
+
+class ProxyReader:
+    """Proxies from the messages of one spec: the layout route, falling
+    back to the general decoder."""
+
+    def __init__(self, spec: spec_mod.Spec) -> None:
+        layouts: layout_mod.Layouts[Proxy] = layout_mod.Layouts(
+            wire.decoder(spec), lambda lay: compile_proxy(lay, spec),
+            lambda attrs: proxy_from_attrs(attrs, spec))
+        # decode(buf, off, end): the Proxy of the attributes in buf[off:end]
+        # (a message's, from wire.HEADERS on); bound once, called per proxy.
+        self.decode = layouts.decode
