@@ -451,9 +451,11 @@ class Bench:
             el_ss = time.perf_counter() - t
             nss = len(r.stdout.splitlines())
             self.add(scen, "ss -tn", "time", "ms", el_ss * 1e3)
+            # issue 17's goal: the library within 1.5x of ss listing the sockets
+            self.add(scen, "kproxy (library) / ss -tn", "ratio", "x", el / el_ss)
             log(f"  dump: library {el * 1e3:.0f} ms ({len(got)}), netlink {el_raw * 1e3:.0f} ms ({nraw}),"
                 f" /proc {el_proc * 1e3:.0f} ms ({len(proc.splitlines())} lines),"
-                f" ss -tn {el_ss * 1e3:.0f} ms ({nss} sockets)")
+                f" ss -tn {el_ss * 1e3:.0f} ms ({nss} sockets), library/ss {el / el_ss:.2f}x")
         t = time.monotonic()
         for pid in ids:
             kp.destroy(pid)

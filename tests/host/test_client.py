@@ -1,0 +1,100 @@
+"""Kproxy against a fake family (fake_netlink): family resolution, do and
+dump requests, refusals in the kernel's words, unicast ends."""
+
+from __future__ import annotations
+
+import errno
+import select
+
+import pytest
+
+import fake_netlink as fake
+from kpctl import Kproxy, KproxyError
+
+
+@pytest.fixture
+def kernel(monkeypatch) -> fake.FakeKernel:
+    k = fake.FakeKernel([fake.proxy_attrs(1), fake.proxy_attrs(2, v6=True)])
+    monkeypatch.setattr(Kproxy, "_raw_socket", lambda self: k.socket())
+    return k
+
+
+@pytest.fixture
+def kp(kernel) -> Kproxy:
+    with Kproxy(spec=fake.SPEC) as k:
+        yield k
+
+
+def test_family_resolved_by_the_controller(kp) -> None:
+    assert (kp.family_id, kp.version, kp.mcast_groups) == (fake.FAMILY_ID, 1, {"monitor": fake.MONITOR_GROUP})
+
+
+def test_module_not_loaded(monkeypatch) -> None:
+    k = fake.FakeKernel(loaded=False)
+    monkeypatch.setattr(Kproxy, "_raw_socket", lambda self: k.socket())
+    with pytest.raises(KproxyError) as ei:
+        Kproxy(spec=fake.SPEC)
+    assert str(ei.value) == "kproxy module not loaded (family 'kproxy' not found) (ENOENT)"
+    assert all(s.closed for s in k.sockets)
+
+
+def test_get_list_destroy(kp, kernel) -> None:
+    p = kp.get(2)
+    assert (p.id, str(p.a.local), p.a.to_dict()["tcp_state"]) == (2, "[::1]:40000", "established")
+    assert [x.id for x in kp.list()] == [1, 2]
+    assert kp.list() == [kp.get(1), kp.get(2)]
+    kp.destroy(1)
+    assert [x.id for x in kp.list()] == [2]
+
+
+def test_refusals_name_the_attribute(kp) -> None:
+    with pytest.raises(KproxyError) as ei:
+        kp.get(99)
+    assert (ei.value.errno, ei.value.message) == (errno.ENOENT, "no such proxy (attribute id)")
+    with pytest.raises(KproxyError) as ei:
+        kp.request("proxy-new", {"fd-a": 3})
+    assert ei.value.message == "Missing attribute (missing attribute fd-b)"
+    with pytest.raises(KproxyError) as ei:
+        kp.request("proxy-get", {"id": 1, "sock-a": 5})
+    assert ei.value.errno == errno.EINVAL and "dict" in ei.value.message
+
+
+def test_unicast_ends_are_kept_for_ended(kp, kernel) -> None:
+    assert kp.ended() == []
+    mine = kp.create(5, 6, notify_end=True)
+    other = kp.create(7, 8)
+    kernel.end(mine.id, 2)  # reset, by the peer: arrives with nobody reading
+    assert select.select([kp.fileno()], [], [], 0)[0] == [kp.fileno()]
+    kernel.end(other.id, 1)  # not asked for: never seen here
+    (ev,) = kp.ended()
+    assert (ev.kind, ev.reason, ev.proxy.id) == ("del", "reset", mine.id)
+    assert kp.ended() == []
+    # An end that arrives while a request waits for its reply is kept too.
+    third = kp.create(9, 10, notify_end=True)
+    kp.destroy(third.id)
+    assert [(e.proxy.id, e.reason) for e in kp.ended(timeout=1.0)] == [(third.id, "user")]
+    # and while a dump runs
+    fourth = kp.create(11, 12, notify_end=True)
+    kernel.end(fourth.id, 1)
+    assert fourth.id not in [p.id for p in kp.list()]
+    assert [e.proxy.id for e in kp.ended()] == [fourth.id]
+
+
+def test_notify_end_needs_the_attribute_in_the_schema(kernel) -> None:
+    from kpctl import spec as spec_mod
+
+    plain = spec_mod.default()
+    if "notify" in plain.attr_sets[plain.root_set]:
+        pytest.skip("the schema has the notify attribute")
+    with Kproxy(spec=plain) as k:
+        with pytest.raises(KproxyError) as ei:
+            k.create(1, 2, notify_end=True)
+    assert ei.value.errno == errno.EOPNOTSUPP
+
+
+def test_closed_handle_refuses(kernel) -> None:
+    k = Kproxy(spec=fake.SPEC)
+    k.close()
+    with pytest.raises(KproxyError) as ei:
+        k.list()
+    assert ei.value.errno == errno.EBADF
