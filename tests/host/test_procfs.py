@@ -81,3 +81,19 @@ def test_read_files(tmp_path) -> None:
     s = tmp_path / "stat"
     s.write_text("active 3\ncreated 4\n")
     assert read_totals(str(s)) == Totals(active=3, created=4)
+
+
+def test_live_ids(tmp_path) -> None:
+    from kpctl.procfs import live_ids
+
+    f = tmp_path / "kproxy"
+    f.write_text(HEADER + "\n"
+                 "3 active 127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 127.0.0.1:4 0 0 0 0 0 0 0 0 0 0 1\n"
+                 "12 closing [::1]:1 [::1]:2 [::1]:3 [::1]:4 0 0 0 0 0 0 0 0 0 0 1\n")
+    assert live_ids(str(f)) == [3, 12]
+    f.write_text(HEADER + "\n")
+    assert live_ids(str(f)) == []
+    assert live_ids(str(tmp_path / "absent")) == []  # module not loaded
+    f.write_text("state id\nactive 3\n")
+    with pytest.raises(ProcFormatError):
+        live_ids(str(f))
