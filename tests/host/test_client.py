@@ -81,12 +81,14 @@ def test_unicast_ends_are_kept_for_ended(kp, kernel) -> None:
 
 
 def test_notify_end_needs_the_attribute_in_the_schema(kernel) -> None:
+    import copy
+
     from kpctl import spec as spec_mod
 
-    plain = spec_mod.default()
-    if "notify" in plain.attr_sets[plain.root_set]:
-        pytest.skip("the schema has the notify attribute")
-    with Kproxy(spec=plain) as k:
+    raw = copy.deepcopy(dict(fake.SPEC.raw))
+    root = next(s for s in raw["attribute-sets"] if s["name"] == fake.SPEC.root_set)
+    root["attributes"] = [a for a in root["attributes"] if a["name"] != "notify"]
+    with Kproxy(spec=spec_mod.build(raw, fake.SPEC.path)) as k:
         with pytest.raises(KproxyError) as ei:
             k.create(1, 2, notify_end=True)
     assert ei.value.errno == errno.EOPNOTSUPP
