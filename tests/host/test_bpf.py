@@ -457,20 +457,16 @@ def test_model_keeps_its_keys_and_adds_the_ids():
 
 def test_netlink_reply_program_ids():
     from kpctl import spec as spec_mod
-    from kpctl.client import proxy_from_msg
+    from kpctl import wire
+    from kpctl.client import proxy_from_attrs
 
     spec = spec_mod.default()
-    msg = spec.new_msg("proxy-get")
-    msg["attrs"] = [
-        ["id", 9],
-        ["a-to-b", {"attrs": [["bytes", 5], ["msgs", 2], ["parser-id", 31], ["verdict-id", 32]]}],
-        ["b-to-a", {"attrs": [["bytes", 0]]}],
-    ]
-    msg["header"]["type"] = 0x1234
-    msg.encode()
-    m = spec.msg_class(bytes(msg.data))
-    m.decode()
-    p = proxy_from_msg(m, spec)
+    body = wire.encode_attrs(spec, {
+        "id": 9,
+        "a-to-b": {"bytes": 5, "msgs": 2, "parser-id": 31, "verdict-id": 32},
+        "b-to-a": {"bytes": 0},
+    })
+    p = proxy_from_attrs(wire.decoder(spec).attrs(body, 0, len(body)), spec)
     assert (p.a_to_b.parser_id, p.a_to_b.verdict_id) == (31, 32)
     assert (p.b_to_a.parser_id, p.b_to_a.verdict_id) == (None, None)
 
