@@ -37,7 +37,7 @@ help:
 	@echo 'make [all]      build build/<kver>/kproxy.ko for every kernel (KVER=<kver>: one)'
 	@echo 'make deps       install Debian packages and the .venv (no-op when present)'
 	@echo 'make run        load the module and start kpctl (in a VM if this kernel cannot)'
-	@echo 'make test       host tests, then the kernel tests in a VM per kernel'
+	@echo 'make test       host tests, then (after make install) the kernel tests in a VM per kernel, then make uninstall'
 	@echo 'make test-kernel  only the kernel tests (TESTS=<paths>: a subset, e.g. one file)'
 	@echo 'make test-long  the kernel tests at full sizes (slow under emulation)'
 	@echo 'make test-debug the kernel tests on a 6.12 debug kernel (KASAN, lockdep, kmemleak)'
@@ -186,6 +186,11 @@ uninstall:
 # The kernels to build for are found when make reads this file; on a fresh
 # machine they are installed by `deps`, so the build is a second make.
 KVER_OPT := $(if $(KVER),--kver $(KVER))
+# tests/kernel/test_install.py uses the installed product: when it runs (all
+# tests, or TESTS names it), run.py does `make install` on the host before
+# the VMs boot and `make uninstall` after, checking that nothing is left.
+# (It then uninstalls an install made before `make test` too.)
+INSTALL_OPT := $(if $(TESTS),$(if $(findstring test_install,$(TESTS)),--install),--install)
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -193,19 +198,19 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory all checkpatch $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test --host $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
+	$(PY) tests/vm/run.py test --host $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The same suite at the sizes the issues name; longer than CI's budget under TCG.
 test-long: deps
 	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test --long $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
+	$(PY) tests/vm/run.py test --long $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 test-host: deps
 	$(PY) -m pytest tests/host
 
 test-kernel: deps
 	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
+	$(PY) tests/vm/run.py test $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The kernel suite on Debian's 6.12 built with KASAN, lockdep, kmemleak,
 # atomic-sleep and list debugging (tests/vm/debug.config; refcount_t is
