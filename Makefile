@@ -16,14 +16,16 @@ RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
 
 # Installed without their Recommends (which brought in 309 packages, speech
 # recognition and a Ceph client among them), so what the project uses that a
-# package only recommends is named here: man-db (`man -w kpctl` in the install
-# test; dkms, the kernels and clang recommend none of what we use) and
+# package only recommends, or that a minimal system lacks, is named here:
 # ca-certificates (pip and curl over HTTPS; python3 and libcurl4 only
-# recommend it). dkms builds with build-essential and the headers listed.
+# recommend it), man-db (`man -w kpctl` in the install test) and procps
+# (sysctl in the bench VM). dkms only recommends the headers, listed here, and
+# builds with build-essential; what qemu, the kernels and clang recommend
+# (qemu-utils, ovmf, apparmor, firmware, llvm-14-dev) is not used.
 DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
 	linux-headers-6.12-amd64 qemu-system-x86 sparse clang llvm libbpf-dev \
 	bpftool iproute2 dkms build-essential kmod busybox-static \
-	linux-source-6.12 socat python3-venv curl ca-certificates man-db \
+	linux-source-6.12 socat python3-venv curl ca-certificates man-db procps \
 	iperf3 sockperf haproxy python3-matplotlib
 
 # What tests/vm/debug-kernel.sh needs beyond DEB_PKGS to build a kernel.
