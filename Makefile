@@ -14,16 +14,24 @@ VM_OPTS ?=
 TESTS ?=
 RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
 
+# Installed without their Recommends (which brought in 309 packages, speech
+# recognition and a Ceph client among them), so what the project uses that a
+# package only recommends, or that a minimal system lacks, is named here:
+# ca-certificates (pip and curl over HTTPS; python3 and libcurl4 only
+# recommend it), man-db (`man -w kpctl` in the install test) and procps
+# (sysctl in the bench VM). dkms only recommends the headers, listed here, and
+# builds with build-essential; what qemu, the kernels and clang recommend
+# (qemu-utils, ovmf, apparmor, firmware, llvm-14-dev) is not used.
 DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
 	linux-headers-6.12-amd64 qemu-system-x86 sparse clang llvm libbpf-dev \
 	bpftool iproute2 dkms build-essential kmod busybox-static \
-	linux-source-6.12 socat python3-venv curl \
+	linux-source-6.12 socat python3-venv curl ca-certificates man-db procps \
 	iperf3 sockperf haproxy python3-matplotlib
 
 # What tests/vm/debug-kernel.sh needs beyond DEB_PKGS to build a kernel.
 DEBUG_PKGS := flex bison bc libelf-dev libssl-dev cpio
 
-.PHONY: all help deps sparse checkpatch gen bpf docs install uninstall run test test-long test-host test-kernel test-debug bench clean
+.PHONY: all help deps sparse checkpatch gen bpf docs wheel install uninstall run test test-long test-host test-kernel test-debug bench clean
 
 all: $(foreach k,$(KVERS),build/$(k)/kproxy.ko) bpf
 
@@ -31,7 +39,7 @@ help:
 	@echo 'make [all]      build build/<kver>/kproxy.ko for every kernel (KVER=<kver>: one)'
 	@echo 'make deps       install Debian packages and the .venv (no-op when present)'
 	@echo 'make run        load the module and start kpctl (in a VM if this kernel cannot)'
-	@echo 'make test       host tests, then the kernel tests in a VM per kernel'
+	@echo 'make test       host tests, then (after make install) the kernel tests in a VM per kernel, then make uninstall'
 	@echo 'make test-kernel  only the kernel tests (TESTS=<paths>: a subset, e.g. one file)'
 	@echo 'make test-long  the kernel tests at full sizes (slow under emulation)'
 	@echo 'make test-debug the kernel tests on a 6.12 debug kernel (KASAN, lockdep, kmemleak)'
@@ -39,7 +47,8 @@ help:
 	@echo 'make sparse     checkpatch, then sparse (C=2) on every kernel, failing on any warning'
 	@echo 'make checkpatch the kernel'"'"'s checkpatch.pl --strict on kmod/'
 	@echo 'make gen        regenerate kmod/ tables from schema/kproxy.yaml'
-	@echo 'make install    DKMS install for every kernel + kpctl in /opt/kproxy'
+	@echo 'make wheel      build the kpctl wheel (BPF programs, man page, completion inside) into build/dist'
+	@echo 'make install    DKMS install for every kernel + kpctl in /opt/kproxy (again: an upgrade)'
 	@echo 'make uninstall  undo make install'
 
 # --- dependencies -----------------------------------------------------------
@@ -57,7 +66,7 @@ define apt_ensure
 	if grep -qv '^ii' <<<"$$status"; then \
 		echo "deps: installing Debian packages"; \
 		apt-get update; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y $(1); \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(1); \
 	fi
 endef
 
@@ -132,34 +141,58 @@ FORCE:
 # --- install ----------------------------------------------------------------
 DKMS_SRC := /usr/src/kproxy-$(VERSION)
 KPCTL_PREFIX := /opt/kproxy
+WHEEL_DIR := build/dist
+WHEEL := $(WHEEL_DIR)/kpctl-$(VERSION)-py3-none-any.whl
+MAN_PAGE := /usr/local/share/man/man1/kpctl.1
+COMPLETION := /usr/local/share/bash-completion/completions/kpctl
+# uninstall cleans every kernel DKMS may have built for, whatever KVER says.
+ALL_KVERS := $(sort $(patsubst /lib/modules/%/build,%,$(wildcard /lib/modules/*/build)))
+# Every version of kproxy DKMS knows (a checkout of another version may have
+# installed it), from lines like "kproxy/0.1.0, 6.1.0-57-amd64, x86_64: installed".
+DKMS_VERSIONS = $$(dkms status -m kproxy 2>/dev/null | sed -n 's|^kproxy/\([^,:]*\)[,:].*|\1|p' | sort -u)
 
-install: docs bpf
-	rm -rf $(DKMS_SRC)
+# The wheel as `pip wheel .` builds it; setup.py puts the BPF programs, the
+# man page and the completion in it. setuptools reuses build/lib: emptied
+# first, so that a module removed from kpctl/ does not ship.
+wheel: deps
+	rm -rf build/lib $(WHEEL_DIR)
+	$(PY) -m pip wheel -q --no-deps -w $(WHEEL_DIR) .
+
+# Also an upgrade: every registered version is removed before this one is
+# added, and kpctl's venv is made anew from the wheel.
+install: wheel
+	for v in $(DKMS_VERSIONS); do dkms remove -m kproxy -v $$v --all; done
+	rm -rf /usr/src/kproxy-*
 	mkdir -p $(DKMS_SRC)
 	cp -a kmod/. $(DKMS_SRC)/
 	sed 's/@VERSION@/$(VERSION)/' kmod/dkms.conf > $(DKMS_SRC)/dkms.conf
-	dkms status -m kproxy -v $(VERSION) | grep -q . || dkms add -m kproxy -v $(VERSION)
+	dkms add -m kproxy -v $(VERSION)
 	for k in $(KVERS); do \
-		dkms build -m kproxy -v $(VERSION) -k $$k --force && \
-		dkms install -m kproxy -v $(VERSION) -k $$k --force; \
+		dkms install -m kproxy -v $(VERSION) -k $$k; \
+		depmod -a $$k; \
 	done
 	# Debian's system Python is externally managed (PEP 668): kpctl gets its own venv.
-	python3 -m venv $(KPCTL_PREFIX)
-	$(KPCTL_PREFIX)/bin/pip install -q .
-	ln -sf $(KPCTL_PREFIX)/bin/kpctl /usr/local/bin/kpctl
-	install -D -m 644 build/kpctl.1 /usr/local/share/man/man1/kpctl.1
-	install -D -m 644 build/kpctl.bash /usr/local/share/bash-completion/completions/kpctl
-	mkdir -p $(KPCTL_PREFIX)/bpf && cp build/bpf/*.o $(KPCTL_PREFIX)/bpf/
+	python3 -m venv --clear $(KPCTL_PREFIX)
+	$(KPCTL_PREFIX)/bin/pip install -q $(WHEEL)
+	ln -sfn $(KPCTL_PREFIX)/bin/kpctl /usr/local/bin/kpctl
+	# Where man (MANDATORY_MANPATH) and bash-completion look, from the wheel's data files.
+	install -D -m 644 $(KPCTL_PREFIX)/share/man/man1/kpctl.1 $(MAN_PAGE)
+	install -D -m 644 $(KPCTL_PREFIX)/share/bash-completion/completions/kpctl $(COMPLETION)
 
 uninstall:
-	-dkms remove -m kproxy -v $(VERSION) --all
-	rm -rf $(DKMS_SRC) $(KPCTL_PREFIX) /usr/local/bin/kpctl \
-		/usr/local/share/man/man1/kpctl.1 /usr/local/share/bash-completion/completions/kpctl
+	for v in $(DKMS_VERSIONS); do dkms remove -m kproxy -v $$v --all; done
+	rm -rf /usr/src/kproxy-* $(KPCTL_PREFIX) /usr/local/bin/kpctl $(MAN_PAGE) $(COMPLETION)
+	for k in $(ALL_KVERS); do depmod -a $$k; done
 
 # --- run and test -----------------------------------------------------------
 # The kernels to build for are found when make reads this file; on a fresh
 # machine they are installed by `deps`, so the build is a second make.
 KVER_OPT := $(if $(KVER),--kver $(KVER))
+# tests/kernel/test_install.py uses the installed product: when it runs (all
+# tests, or TESTS names it), run.py does `make install` on the host before
+# the VMs boot and `make uninstall` after, checking that nothing is left.
+# (It then uninstalls an install made before `make test` too.)
+INSTALL_OPT := $(if $(TESTS),$(if $(findstring test_install,$(TESTS)),--install),--install)
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -167,19 +200,19 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory all checkpatch $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test --host $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
+	$(PY) tests/vm/run.py test --host $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The same suite at the sizes the issues name; longer than CI's budget under TCG.
 test-long: deps
 	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test --long $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
+	$(PY) tests/vm/run.py test --long $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 test-host: deps
 	$(PY) -m pytest tests/host
 
 test-kernel: deps
 	@$(MAKE) --no-print-directory all $(YNL_DIR)/.stamp
-	$(PY) tests/vm/run.py test $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
+	$(PY) tests/vm/run.py test $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The kernel suite on Debian's 6.12 built with KASAN, lockdep, kmemleak,
 # atomic-sleep and list debugging (tests/vm/debug.config; refcount_t is

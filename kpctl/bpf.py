@@ -5,8 +5,10 @@ direction's stream into messages, a verdict passes (non-zero) or drops (0)
 each whole message.  This module turns what a user names into a loaded
 program's fd:
 
-- the NAME of a program shipped in the tree (`lenprefix`, `lines`,
-  `drop-prefix`, `pass`): `build/bpf/<name>.o`, built by `make`;
+- the NAME of a program shipped with kproxy (`lenprefix`, `lines`,
+  `drop-prefix`, `pass`): `<name>.o` in the package data of an installed
+  kpctl (kpctl/data/bpf/, built into the wheel), or in a checkout's
+  `build/bpf/`, built by `make bpf` (see bpf_dirs());
 - an ELF object, `file.o` (its one program) or `file.o:NAME` (a program
   by its function name, or by its ELF section when that is unique);
 - a program pinned in bpffs (`/sys/fs/bpf/...`), through bpf_obj_get().
@@ -49,8 +51,8 @@ PROG_TYPES = {
 PROG_TYPE_IDS = {v: k for k, v in PROG_TYPES.items()}
 SOCKET_FILTER = 1
 
-# Programs shipped in the tree (kmod/bpf/<name>.bpf.c -> build/bpf/<name>.o)
-# and what each is for.
+# Programs shipped with kproxy (kmod/bpf/<name>.bpf.c -> <name>.o, found
+# through bpf_dirs()) and what each is for.
 SHIPPED = {
     "lenprefix": "parser: 4-byte big-endian length prefix, message = 4 + length",
     "lines": "parser: newline-terminated lines, at most 8 KiB",
@@ -611,26 +613,30 @@ def from_fd(fd: int, *, source: str | None = None) -> Program:
 
 
 def bpf_dirs() -> list[Path]:
-    """Where the shipped programs are looked for, first match wins."""
+    """Where the shipped programs are looked for, first match wins:
+    $KPROXY_BPF_DIR, the package's own data (a wheel or `make install`
+    carries them there), then the checkout's build/bpf (`make bpf`), for an
+    editable install or kpctl run from the source tree."""
     dirs = []
     env = os.environ.get("KPROXY_BPF_DIR")
     if env:
         dirs.append(Path(env))
-    dirs.append(Path(__file__).resolve().parents[1] / "build" / "bpf")  # the source tree
-    dirs.append(Path("/opt/kproxy/bpf"))  # `make install`
+    package = Path(__file__).resolve().parent
+    dirs.append(package / "data" / "bpf")
+    dirs.append(package.parent / "build" / "bpf")
     return dirs
 
 
 def shipped_path(name: str) -> Path:
-    """build/bpf/<name>.o of a program shipped in the tree (BpfError if not built)."""
+    """The object file `<name>.o` of a shipped program (BpfError if none is built)."""
     if name not in SHIPPED:
         raise BpfError(errno.ENOENT, f"no shipped program '{name}' (shipped: {', '.join(SHIPPED)})")
     for d in bpf_dirs():
         p = d / f"{name}.o"
         if p.is_file():
             return p
-    raise BpfError(errno.ENOENT, f"shipped program '{name}' is not built: `make` builds "
-                                 f"build/bpf/{name}.o (looked in "
+    raise BpfError(errno.ENOENT, f"shipped program '{name}' is not built: in a checkout "
+                                 f"`make bpf` builds build/bpf/{name}.o (looked in "
                                  f"{', '.join(str(d) for d in bpf_dirs())})")
 
 

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Boot kernels with virtme-ng and run kproxy's kernel tests inside them.
 
-  run.py test [--host] [--kver K ...]   host tests (optional), then one VM boot
-                                        per kernel running tests/kernel
+  run.py test [--host] [--install] [--kver K ...]
+                                        host tests (optional), then one VM boot
+                                        per kernel running tests/kernel; with
+                                        --install, `make install` before the
+                                        boots (tests/kernel/test_install.py
+                                        uses it) and `make uninstall` after,
+                                        checked to leave nothing behind
   run.py test --debug-kernel DIR        the same on the kernel built in DIR by
                                         tests/vm/debug-kernel.sh (make test-debug)
   run.py run [--kver K]                 load the module and start kpctl: on this
@@ -32,6 +37,11 @@ VENV_BIN = ROOT / ".venv" / "bin"
 # vng runs its helpers (virtme-run, ...) from PATH.
 VM_ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 KVM_PROBE_TIMEOUT = 20  # a working KVM boots `true` in a few seconds
+
+# What `make install` puts on the host besides /usr/src/kproxy-<version> and
+# the DKMS modules: `make uninstall` must take all of it away.
+INSTALLED_PATHS = ("/opt/kproxy", "/usr/local/bin/kpctl", "/usr/local/share/man/man1/kpctl.1",
+                   "/usr/local/share/bash-completion/completions/kpctl", "/var/lib/dkms/kproxy")
 
 
 @dataclass
@@ -246,6 +256,73 @@ def run_host_tests() -> Result:
     return r
 
 
+def run_make(target: str, log: Path, *variables: str) -> int:
+    """`make target` of this checkout, its output in log (DKMS is verbose)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        return subprocess.call(["make", "--no-print-directory", target, *variables], cwd=ROOT,
+                               stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def make_install(kvers: list[str]) -> Result:
+    """`make install` for the kernels about to boot, for test_install.py."""
+    r = Result("install")
+    log = ROOT / "build" / "install.log"
+    print(f"install: make install for {', '.join(kvers)} (log: {log})", flush=True)
+    rc = run_make("install", log, f"KVERS={' '.join(kvers)}")
+    if rc:
+        r.fail(f"make install exited {rc}; the end of {log}:")
+        r.problems += log.read_text(errors="replace").splitlines()[-15:]
+    else:
+        r.passed = 1
+    return r
+
+
+def dkms_status() -> str:
+    """What DKMS has registered of kproxy ('' when nothing, or no DKMS)."""
+    try:
+        return subprocess.run(["dkms", "status", "-m", "kproxy"], capture_output=True,
+                              text=True).stdout.strip()
+    except FileNotFoundError:
+        return ""
+
+
+def install_leftovers(root: Path = Path("/"), dkms: str = "") -> list[str]:
+    """What an install left under root: its paths, kproxy modules anywhere
+    under lib/modules, modules.dep files that list one, and `dkms` (the
+    output of dkms_status()) when it is not empty."""
+    left = [str(root / p.lstrip("/")) for p in INSTALLED_PATHS
+            if os.path.lexists(root / p.lstrip("/"))]
+    left += [str(p) for p in sorted((root / "usr/src").glob("kproxy-*"))]
+    modules = root / "lib/modules"
+    # os.walk does not follow the build/ and source/ links into the headers.
+    for top, _, files in os.walk(modules):
+        left += [os.path.join(top, f) for f in sorted(files) if f.startswith("kproxy.ko")]
+    for dep in sorted(modules.glob("*/modules.dep")):
+        if any(Path(line.split(":")[0]).name.startswith("kproxy.ko")
+               for line in dep.read_text().splitlines()):
+            left.append(f"{dep} still lists kproxy")
+    if dkms:
+        left.append(f"dkms status -m kproxy: {dkms}")
+    return left
+
+
+def make_uninstall() -> Result:
+    """`make uninstall`, then a look for anything the install left."""
+    r = Result("uninstall")
+    log = ROOT / "build" / "uninstall.log"
+    rc = run_make("uninstall", log)
+    if rc:
+        r.fail(f"make uninstall exited {rc} (see {log})")
+    left = install_leftovers(dkms=dkms_status())
+    if left:
+        r.fail("make uninstall left behind:")
+        r.problems += left
+    if not r.failed:
+        r.passed = 1
+    return r
+
+
 def precompile() -> None:
     """Write the bytecode of our sources before the guest (read-only, and
     10-50x slower under TCG) would compile them on every import."""
@@ -260,10 +337,17 @@ def cmd_test(args, vm: VM) -> int:
     if args.debug_kernel:
         targets = [Target.debug(Path(args.debug_kernel))]
     else:
-        targets = [Target.installed(k) for k in args.kver or installed_kernels()]
-    for t in targets:
-        vm.resolve_accel(t.image)
-        results.append(test_kernel(vm, t, args.timeout, args.tests, args.long))
+        kvers = args.kver or installed_kernels()
+        targets = [Target.installed(k) for k in kvers]
+        if args.install:
+            results.append(make_install(kvers))
+    try:
+        for t in targets:
+            vm.resolve_accel(t.image)
+            results.append(test_kernel(vm, t, args.timeout, args.tests, args.long))
+    finally:
+        if args.install:
+            results.append(make_uninstall())
     print()
     for r in results:
         print(r.summary())
@@ -313,6 +397,9 @@ def main() -> int:
     ap.add_argument("--kver", action="append", help="kernel release (repeatable); default: all installed")
     ap.add_argument("--tests", nargs="*", default=[], help="kernel test paths/ids (default: tests/kernel)")
     ap.add_argument("--host", action="store_true", help="run tests/host first (test only)")
+    ap.add_argument("--install", action="store_true",
+                    help="make install before the boots, make uninstall (checked) after; "
+                         "for tests/kernel/test_install.py (test only, not with --debug-kernel)")
     ap.add_argument("--debug-kernel", metavar="DIR",
                     help="boot the kernel built in DIR (tests/vm/debug-kernel.sh) instead")
     ap.add_argument("--long", action="store_true",
@@ -323,6 +410,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=float(os.environ.get("KPROXY_VM_TIMEOUT", "2400")),
                     help="seconds per VM boot, tests included")
     args = ap.parse_args()
+    if args.install and args.debug_kernel:
+        ap.error("--install installs for the kernels in /lib/modules, not a --debug-kernel")
     vm = VM(args.memory, args.cpus, args.accel)
     return cmd_test(args, vm) if args.command == "test" else cmd_run(args, vm)
 
