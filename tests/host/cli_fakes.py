@@ -128,6 +128,7 @@ class Harness:
         self.slept = []
         self.t = NOW
         self.loaded = []  # FakePrograms handed out by load_prog
+        self.server_factory = None  # kpctl.serve.Server unless a test sets one
 
     def load_prog(self, spec):
         from kpctl.bpf import BpfError, SHIPPED
@@ -141,6 +142,10 @@ class Harness:
         self.netns_seen.append(netns)
         self.client.netns = netns
         return self.client
+
+    def read_ids(self):
+        """What /proc/net/kproxy would list: the fake's proxies."""
+        return {pid: p.state for pid, p in self.client.proxies.items()}
 
     def read_totals(self):
         return self.totals.pop(0) if len(self.totals) > 1 else self.totals[0]
@@ -157,8 +162,9 @@ class Harness:
         out, err = io.StringIO(), io.StringIO()
         rc = main(list(argv), client_factory=self.factory, stdout=out, stderr=err,
                   stdin=io.StringIO(stdin), env=env if env is not None else {},
-                  totals_reader=self.read_totals, clock=self.clock, sleep=self.sleep,
-                  width=width, prog_loader=self.load_prog)
+                  totals_reader=self.read_totals, ids_reader=self.read_ids, clock=self.clock,
+                  sleep=self.sleep, width=width, prog_loader=self.load_prog,
+                  server_factory=self.server_factory)
         self.out, self.err = out.getvalue(), err.getvalue()
         return rc
 

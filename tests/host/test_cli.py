@@ -12,7 +12,7 @@ import pytest
 from cli_fakes import NOW, FakeKproxy, Harness, del_event, make_proxy, new_event
 from kpctl.errors import KproxyError
 from kpctl.model import Totals
-from kpctl.shell import commands as C
+from kpctl.shell import table as C
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,7 +31,7 @@ def no_traceback(h):
 def test_every_command_has_help_and_synopsis():
     names = [c.name for c in C.COMMANDS]
     assert names == ["list", "show", "create", "destroy", "attach", "detach", "stats",
-                     "monitor", "top", "serve", "help", "version"]
+                     "monitor", "top", "serve", "jobs", "stop", "help", "version"]
     for c in C.COMMANDS:
         assert c.summary and c.synopsis().startswith(c.name)
         assert c.name in C.command_help(c, prog="kpctl")
@@ -39,13 +39,13 @@ def test_every_command_has_help_and_synopsis():
 
 @pytest.mark.parametrize("word,name", [("l", "list"), ("sh", "show"), ("show", "show"),
                                        ("cr", "create"), ("des", "destroy"), ("det", "detach"),
-                                       ("st", "stats"), ("m", "monitor"), ("t", "top"),
+                                       ("sta", "stats"), ("sto", "stop"), ("j", "jobs"), ("m", "monitor"), ("t", "top"),
                                        ("h", "help"), ("v", "version")])
 def test_unique_prefixes(word, name):
     assert C.resolve(word).name == name
 
 
-@pytest.mark.parametrize("word,cands", [("s", "show, stats, serve"), ("d", "destroy, detach"), ("de", "destroy, detach"),
+@pytest.mark.parametrize("word,cands", [("s", "show, stats, serve, stop"), ("st", "stats, stop"), ("d", "destroy, detach"), ("de", "destroy, detach"),
                                         ("", "list, show")])
 def test_ambiguous_prefix_lists_candidates(h, word, cands):
     rc = h.run(word, "1") if word else h.run("", "1")
@@ -62,13 +62,37 @@ def test_unknown_command(h):
 
 # -- list / show ---------------------------------------------------------------
 
-def test_list_text(h):
+def test_list_off_a_terminal_is_plain_columns(h):
     assert h.run("list") == 0
-    lines = h.out.splitlines()
-    assert "ID" in lines[0] and "STATE" in lines[0] and "A→B" in lines[0]
-    assert any(l.split()[0] == "1" and "2.0 KiB" in l and "3m12s" in l for l in lines)
-    assert any(l.split()[0] == "3" and "half-closed" in l for l in lines)
-    assert "\x1b[" not in h.out  # not a terminal: no colour
+    assert h.out.splitlines() == [
+        "ID  STATE        A-LOCAL         A-REMOTE        B-LOCAL          B-REMOTE         "
+        "A→B  B→A    AGE",
+        " 1  active       127.0.0.1:8000  10.0.0.1:40001  127.0.0.1:50001  127.0.0.1:9000  "
+        "2048   10  3m12s",
+        " 3  half-closed  127.0.0.1:8000  10.0.0.3:40003  127.0.0.1:50003  127.0.0.1:9000  "
+        "   0    0  3m12s",
+    ]
+    # one cell per column: awk and sort -k work
+    assert all(len(line.split()) == 9 for line in h.out.splitlines())
+
+
+def test_list_plain_does_not_import_rich():
+    code = ("import io, sys; sys.path.insert(0, 'tests/host');"
+            "from cli_fakes import Harness, FakeKproxy, make_proxy;"
+            "h = Harness(FakeKproxy([make_proxy(n) for n in range(1, 2001)]));"
+            "assert h.run('list') == 0, h.err;"
+            "print(len(h.out.splitlines()), 'rich' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2001", "False"]
+
+
+def test_list_empty_off_a_terminal_is_the_header():
+    h = Harness(FakeKproxy())
+    assert h.run("list") == 0
+    assert h.out.split() == ["ID", "STATE", "A-LOCAL", "A-REMOTE", "B-LOCAL", "B-REMOTE",
+                             "A→B", "B→A", "AGE"]
 
 
 def test_list_json_is_an_array(h):
@@ -124,14 +148,14 @@ def test_unknown_id_is_kernel_error(h):
 
 def test_unknown_id_json_error(h):
     assert h.run("-j", "show", "42") == 2
-    assert json.loads(h.out) == {"error": {"errno": 2, "name": "ENOENT",
+    assert json.loads(h.out) == {"error": {"errno": 2, "errno_name": "ENOENT",
                                            "message": "no proxy with this id"}}
 
 
 def test_usage_error_json(h):
     assert h.run("-j", "show") == 1
     err = json.loads(h.out)["error"]
-    assert err["name"] == "EINVAL" and "missing ID" in err["message"]
+    assert err["errno"] == 22 and err["errno_name"] == "EINVAL" and "missing ID" in err["message"]
 
 
 def test_open_failure_is_reported():
@@ -260,7 +284,7 @@ def test_attach_errors_from_the_loader_and_the_kernel(hp):
     assert "Error: a verdict needs a parser on its direction (EINVAL)" in hp.err
     assert hp.loaded[-1].closed  # closed on failure too
     assert hp.run("-j", "attach", "9", "parser", "lines") == 2
-    assert json.loads(hp.out)["error"]["name"] == "ENOENT"
+    assert json.loads(hp.out)["error"]["errno_name"] == "ENOENT"
     no_traceback(hp)
 
 
@@ -295,8 +319,8 @@ def test_serve_help_describes_the_programs(hp):
 
 @pytest.mark.parametrize("args,msg", [
     (["--verdict", "pass"], "serve: --verdict: a verdict needs a parser (give --parser too)"),
-    (["--parser", "lenprefix", "--prefix", "x"],
-     "serve: --prefix configures a verdict (drop-prefix), give --verdict"),
+    # ServeOptions.check()'s words (the one check of serve's options)
+    (["--parser", "lenprefix", "--prefix", "x"], "give --verdict"),
     # the same checks, and words, as attach's
     (["--parser", "lenprefix", "--verdict", "drop-prefix", "--offset", "2"],
      "serve: --offset goes with --prefix"),
@@ -571,7 +595,7 @@ def test_batch_json_one_document_per_line(h):
     assert h.run("-j", "-b", "-", stdin="list\nshow 1\nshow 9\n") == 2
     docs = [json.loads(l) for l in h.out.splitlines()]
     assert isinstance(docs[0], list) and docs[1]["id"] == 1
-    assert docs[2]["error"]["name"] == "ENOENT"
+    assert docs[2]["error"]["errno_name"] == "ENOENT"
     assert docs[2]["error"]["message"].startswith("<stdin>:3: ")
 
 
@@ -699,17 +723,21 @@ def test_bash_completion(tmp_path):
     from kpctl.shell import bashcomp
     script = tmp_path / "kpctl.bash"
     script.write_text(bashcomp.render())
-    fake = tmp_path / "kpctl"  # answers `kpctl -j list` like the real one
-    fake.write_text('#!/bin/sh\necho \'[{"id":3,"state":"active"},{"id":12,"state":"active"}]\'\n')
+    proc = tmp_path / "kproxy"  # as /proc/net/kproxy: the ids are its first column
+    proc.write_text("id state a_local a_remote\n3 active 1.1.1.1:1 2.2.2.2:2\n"
+                    "12 active 1.1.1.1:1 2.2.2.2:3\n")
+    fake = tmp_path / "kpctl"  # a kpctl that must not run per TAB
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\n")
     fake.chmod(0o755)
     driver = tmp_path / "driver.sh"
-    driver.write_text(BASH_DRIVER)
+    driver.write_text(f"_kpctl_proc={proc}\n" + BASH_DRIVER)
     r = subprocess.run(["bash", str(driver), str(script), str(fake)], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "ran").exists()
     assert r.stdout.splitlines() == [
         " ".join(c.name for c in C.COMMANDS),
-        "show stats serve",
+        "show stats serve stop",
         "3 12",
         "3 12",
         "-w --interval -c --count",

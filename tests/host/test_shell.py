@@ -16,13 +16,14 @@ class Shell:
     """kpctl's main() with no command, on a pipe input, in a thread, so that
     keys can be sent one step at a time (completion runs asynchronously)."""
 
-    def __init__(self, tmp_path, client=None, totals=None):
+    def __init__(self, tmp_path, client=None, totals=None, server_factory=None):
         self.h = Harness(client or FakeKproxy([make_proxy(3, ab=4096), make_proxy(12)]),
                          totals=totals or [Totals(active=2, created=9, ended_closed=7,
                                                   bytes=3 << 20)])
         self.history = str(tmp_path / "state" / "kpctl" / "history")
         self.out, self.err = io.StringIO(), io.StringIO()
         self.rc = None
+        self.server_factory = server_factory
 
     def __enter__(self):
         self._pipe = create_pipe_input()
@@ -31,9 +32,12 @@ class Shell:
 
         def run():
             self.rc = main([], client_factory=self.h.factory, stdout=self.out, stderr=self.err,
-                           env={}, totals_reader=self.h.read_totals, clock=self.h.clock,
+                           env={}, totals_reader=self.h.read_totals,
+                           ids_reader=self.h.read_ids, clock=self.h.clock,
                            sleep=self.h.sleep, width=120, shell_input=self.inp,
-                           shell_output=DummyOutput(), history_path=self.history)
+                           shell_output=DummyOutput(), history_path=self.history,
+                           prog_loader=self.h.load_prog,
+                           server_factory=self.server_factory)
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         return self
@@ -141,10 +145,11 @@ def test_toolbar(tmp_path):
     h = Harness(FakeKproxy([make_proxy(1)]),
                 totals=[Totals(active=1, created=4, ended_user=1, ended_reset=2, bytes=2048,
                                drops=3)])
-    from kpctl.shell import commands as C
-    ctx = C.Context(client_factory=h.factory, totals_reader=h.read_totals, env={})
+    from kpctl.shell import table as C
+    ctx = C.Context(client_factory=h.factory, totals_reader=h.read_totals,
+                    ids_reader=lambda: {1: "active 10.0.0.1:40001 ⇄ 127.0.0.1:9000"}, env={})
     st = repl.ShellState(ctx)
-    assert "connecting" in st.toolbar()
+    assert "reading /proc/net/kproxy" in st.toolbar()
     st.refresh()
     assert st.ids == {1: "active 10.0.0.1:40001 ⇄ 127.0.0.1:9000"}
     bar = st.toolbar()
@@ -153,11 +158,11 @@ def test_toolbar(tmp_path):
 
 def test_toolbar_when_the_module_is_missing():
     from kpctl.errors import KproxyError
-    from kpctl.shell import commands as C
+    from kpctl.shell import table as C
 
-    def factory(netns):
-        raise KproxyError(2, "generic netlink family kproxy not found (is the module loaded?)")
-    ctx = C.Context(client_factory=factory, totals_reader=lambda: Totals(), env={})
+    def ids():
+        raise FileNotFoundError(2, "No such file or directory", "/proc/net/kproxy")
+    ctx = C.Context(ids_reader=ids, totals_reader=lambda: Totals(), env={})
     st = repl.ShellState(ctx)
     st.refresh()
-    assert "is the module loaded" in st.toolbar()
+    assert "is the kproxy module loaded" in st.toolbar()
