@@ -30,6 +30,7 @@ class UsageError(Exception):
         super().__init__(message)
         self.message = message
         self.command = command
+        self.globals_: dict = {}  # global options given after the command
 
 
 class HelpRequested(Exception):
@@ -294,12 +295,20 @@ def _take_value(cmd: Command, name: str, metavar: str, value: str | None,
 
 
 def parse_args(cmd: Command, tokens: Iterable[str]) -> Namespace:
-    ns = Namespace()
+    """The namespace of `tokens`; a UsageError carries the global options
+    seen (`show -j` reports its missing ID in JSON)."""
+    ns = Namespace(globals_={})
+    try:
+        return _parse(cmd, list(tokens), ns)
+    except UsageError as e:
+        e.globals_ = dict(ns.globals_)
+        raise
+
+
+def _parse(cmd: Command, tokens: list[str], ns: Namespace) -> Namespace:
     for o in cmd.opts:
         ns[o.dest] = [] if o.multi else (o.default if o.takes_value else False)
-    ns["globals_"] = {}
     pos: list[str] = []
-    tokens = list(tokens)
     i = 0
     only_pos = False
     while i < len(tokens):

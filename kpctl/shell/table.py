@@ -341,6 +341,8 @@ def execute(ctx: Context, tokens: Sequence[str], where: str = "") -> int:
         ctx.emit_json({"help": text}) if ctx.json else ctx.write(text)
         return 0
     except UsageError as e:
+        if run_ctx is ctx:
+            run_ctx = ctx.derive(**e.globals_)
         run_ctx.report_usage(e, where)
         return EXIT_USAGE
     except KeyboardInterrupt:

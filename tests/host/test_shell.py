@@ -1,6 +1,7 @@
 """The interactive shell, driven through prompt_toolkit's pipe input."""
 
 import io
+import json
 import threading
 import time
 
@@ -166,3 +167,111 @@ def test_toolbar_when_the_module_is_missing():
     st = repl.ShellState(ctx)
     st.refresh()
     assert "is the kproxy module loaded" in st.toolbar()
+
+
+# -- jobs: serve ... & ------------------------------------------------------------
+
+
+def _job_shell(tmp_path):
+    from cli_fakes import FakeServer
+    FakeServer.made.clear()
+    return Shell(tmp_path, server_factory=FakeServer), FakeServer.made
+
+
+def test_serve_in_the_background_jobs_and_stop(tmp_path):
+    sh, made = _job_shell(tmp_path)
+    with sh:
+        sh.send("serve 127.0.0.1:9000 127.0.0.1:9001 &\r")
+        sh.send("list\r")  # the prompt is back while the job serves
+        sh.send("jobs\r")
+        sh.send("jobs -j\r")
+        sh.send("stop 1 --kill\r")
+        sh.send("jobs\r")
+        sh.send("\x04")
+        assert sh.wait() == 0
+    out = sh.out.getvalue()
+    assert "[1] serving 127.0.0.1:9000 → 127.0.0.1:9001" in out
+    assert ("[1] running   127.0.0.1:9000 → 127.0.0.1:9001  accepted 3  active 2  failed 1  "
+            "refused 0  ↑ 300 B ↓ 4.0 KiB") in out
+    doc = [json.loads(l) for l in out.splitlines() if l.startswith("[{")][0]
+    assert doc[0]["job"] == 1 and doc[0]["state"] == "running"
+    assert doc[0]["counters"]["bytes_b_to_a"] == 4096
+    assert made[0].stops == ["kill"]
+    assert "[1] done      127.0.0.1:9000 → 127.0.0.1:9001  accepted 3  active 0" in out
+    assert out.rstrip().endswith("no jobs ('serve LISTEN TARGET &' starts one)")
+    assert "Traceback" not in sh.err.getvalue()
+
+
+def test_leaving_with_a_job_running_asks(tmp_path):
+    sh, made = _job_shell(tmp_path)
+    with sh:
+        sh.send("serve --background 127.0.0.1:9000 127.0.0.1:9001\r")
+        sh.send("exit\r")
+        sh.send("c\r")  # cancel: still in the shell
+        sh.send("jobs\r")
+        sh.send("\x04")
+        sh.send("x\r")  # not an answer: asked again
+        sh.send("d\r")
+        assert sh.wait() == 0
+    out = sh.out.getvalue()
+    assert out.count("[1] running") == 1
+    assert made[0].stops == ["drain"]
+    assert "[1] done" in out
+
+
+def test_stop_without_a_mode_uses_serves_own(tmp_path):
+    sh, made = _job_shell(tmp_path)
+    with sh:
+        sh.send("serve --drain 127.0.0.1:9000 127.0.0.1:9001 &\r")
+        sh.send("stop %1\r")
+        sh.send("stop 1\r")  # gone once reported
+        sh.send("\x04")
+        assert sh.wait() == 0
+    assert made[0].stops == [None] and made[0].options.on_stop == "drain"
+    assert "stop: no job 1" in sh.err.getvalue()
+
+
+def test_a_job_that_ends_is_announced_before_the_next_prompt(tmp_path):
+    sh, made = _job_shell(tmp_path)
+    with sh:
+        sh.send("serve 127.0.0.1:9000 127.0.0.1:9001 &\r")
+        made[0].stop("leave")  # as if it ended on its own
+        assert made[0].ended.wait(5)
+        time.sleep(0.2)  # its thread's last steps
+        sh.send("\r")
+        sh.send("jobs\r")
+        sh.send("\x04")
+        assert sh.wait() == 0
+    out = sh.out.getvalue()
+    assert "[1] done" in out and "no jobs" in out
+
+
+def test_create_with_listen_in_the_shell_completes_the_new_id(tmp_path):
+    import socket
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(1)
+    la = socket.socket()
+    la.bind(("127.0.0.1", 0))
+    la.listen(1)
+    with target, la, Shell(tmp_path, client=FakeKproxy([make_proxy(12)])) as sh:
+        sh.send(f"create --connect 127.0.0.1:{la.getsockname()[1]} "
+                f"--connect 127.0.0.1:{target.getsockname()[1]}\r")
+        sh.send("show 1\t")  # 12 and 13: their common part only
+        sh.send("3\r")
+        sh.send("\x04")
+        assert sh.wait() == 0
+    assert "proxy 13 created" in sh.out.getvalue()
+    assert "proxy 13" in sh.out.getvalue().split("created", 1)[1]
+
+
+def test_help_and_global_options_in_the_shell(tmp_path):
+    with Shell(tmp_path) as sh:
+        sh.send("help list\r")
+        sh.send("list --help\r")
+        sh.send("list -j\r")
+        sh.send("\x04")
+        assert sh.wait() == 0
+    out = sh.out.getvalue()
+    assert out.count("usage: list") == 2
+    assert [p["id"] for p in json.loads(out.splitlines()[-1])] == [3, 12]
