@@ -131,6 +131,7 @@ class Context:
         self.jobs: Any = None
         self.on_change: Callable[[list[int], list[int]], None] | None = None
         self._client: Any = None
+        self._shares_client = False  # derive(): the client is its parent's
         self._console: Any = None
 
     def _decide_color(self, color: bool | None) -> bool:
@@ -166,7 +167,7 @@ class Context:
         return self._client
 
     def close(self) -> None:
-        if getattr(self, "_shares_client", False):
+        if self._shares_client:
             return
         c, self._client = self._client, None
         if c is not None:

@@ -109,8 +109,7 @@ def _made_sockets(ctx: Context, ns: Namespace) -> tuple[Any, Any]:
     try:
         host, port = ls.getsockname()[:2]
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if not ctx.json:  # where to connect (port 0 picks one)
-            ctx.note(f"waiting for a client on {where}...")
+        ctx.note(f"waiting for a client on {where}...")  # stderr: port 0 picks one
         a = joining.accept_one(ls, where, ns.timeout)
     finally:
         ls.close()  # one client only: nobody else may queue

@@ -179,9 +179,10 @@ def _announce(ctx: Context, job: Job) -> None:
 
 
 def _ask(session: PromptSession, question: str) -> str:
+    # prompt(message) sets the session's message for later prompts too: the
+    # main loop passes PROMPT each time.
     try:
-        return session.prompt(question, completer=None, auto_suggest=None,
-                              bottom_toolbar=None).strip().lower()
+        return session.prompt(question).strip().lower()
     except (EOFError, KeyboardInterrupt):
         return "c"
 
@@ -236,7 +237,7 @@ def run_shell(ctx: Context, *, input=None, output=None, history_path=None) -> in
         for job in ctx.jobs.finished():
             _announce(ctx, job)
         try:
-            line = session.prompt()
+            line = session.prompt(PROMPT)
         except KeyboardInterrupt:
             continue
         except EOFError:
