@@ -4,8 +4,13 @@
     kpctl [OPTIONS] -b FILE|- [--force]   one command a line
     kpctl [OPTIONS]                       the shell (on a terminal)
 
-Exit status: 0 ok, 1 usage error, 2 the kernel refused.  Startup imports
+Exit status: 0 ok, 1 usage error, 2 the kernel refused (or a bug: one
+`Error: internal error: ...` line, never a traceback).  Startup imports
 only the standard library; see kpctl/shell/__init__.py.
+
+Global options come before the command; -j, -p, -n and --no-color may also
+follow it (kpctl/shell/args.py says how a clash with a command's own option
+is resolved).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import os
 import sys
 
-from kpctl.shell import commands as C
+from kpctl.shell import table as T
+from kpctl.shell.args import EXIT_KERNEL, EXIT_USAGE, UsageError
+from kpctl.shell.context import Context, isatty
 
 _FLAGS = {
     "-j": "json", "--json": "json",
@@ -53,7 +60,7 @@ def parse_global(argv):
         if name in _VALUED:
             if not (eq or val):
                 if i + 1 >= len(argv):
-                    raise C.UsageError(f"option {name} needs a value")
+                    raise UsageError(f"option {name} needs a value")
                 val = argv[i + 1]
                 i += 1
             setattr(o, _VALUED[name], val)
@@ -64,7 +71,7 @@ def parse_global(argv):
                 setattr(o, _FLAGS["-" + c], True)
             i += 1
             continue
-        raise C.UsageError(f"unknown option '{t}'; '--help' lists the options")
+        raise UsageError(f"unknown option '{t}'; '--help' lists the options")
     if o.pretty:
         o.json = True
     return o, argv[i:]
@@ -81,19 +88,19 @@ def run_batch(ctx, path, force) -> int:
         try:
             f, name = open(path, encoding="utf-8"), path
         except OSError as e:
-            raise C.UsageError(f"cannot read batch file: {e.strerror}: {path}") from None
+            raise UsageError(f"cannot read batch file: {e.strerror}: {path}") from None
     first_rc = 0
     try:
         for lineno, line in enumerate(f, 1):
             try:
                 tokens = shlex.split(line, comments=True)
             except ValueError as e:
-                ctx.report_usage(C.UsageError(f"{e}"), where=f"{name}:{lineno}: ")
-                rc = C.EXIT_USAGE
+                ctx.report_usage(UsageError(f"{e}"), where=f"{name}:{lineno}: ")
+                rc = EXIT_USAGE
             else:
                 if not tokens:
                     continue
-                rc = C.execute(ctx, tokens, where=f"{name}:{lineno}: ")
+                rc = T.execute(ctx, tokens, where=f"{name}:{lineno}: ")
             if rc:
                 first_rc = first_rc or rc
                 if not ctx.json:
@@ -108,8 +115,9 @@ def run_batch(ctx, path, force) -> int:
 
 
 def main(argv=None, *, client_factory=None, stdout=None, stderr=None, stdin=None,
-         env=None, totals_reader=None, clock=None, sleep=None, width=None,
-         shell_input=None, shell_output=None, history_path=None, prog_loader=None) -> int:
+         env=None, totals_reader=None, ids_reader=None, clock=None, sleep=None, width=None,
+         shell_input=None, shell_output=None, history_path=None, prog_loader=None,
+         server_factory=None, socket_factory=None) -> int:
     """Run kpctl; returns the exit status.  The keyword arguments are for
     tests (a fake client factory, streams, clock)."""
     if argv is None:
@@ -120,43 +128,44 @@ def main(argv=None, *, client_factory=None, stdout=None, stderr=None, stdin=None
     env = env if env is not None else os.environ
     try:
         opts, rest = parse_global(list(argv))
-    except C.UsageError as e:
+    except UsageError as e:
         json_mode = any(a in ("-j", "--json", "-p", "--pretty") for a in argv)
-        ctx = C.Context(json=json_mode, stdout=stdout, stderr=stderr, env=env)
+        ctx = Context(json=json_mode, stdout=stdout, stderr=stderr, env=env)
         ctx.report_usage(e)
-        return C.EXIT_USAGE
+        return EXIT_USAGE
 
-    ctx = C.Context(client_factory=client_factory, netns=opts.netns, json=opts.json,
+    ctx = Context(client_factory=client_factory, netns=opts.netns, json=opts.json,
                     pretty=opts.pretty, color=False if opts.no_color else None,
                     stdout=stdout, stderr=stderr, stdin=stdin, env=env,
-                    totals_reader=totals_reader, clock=clock, sleep=sleep, width=width,
-                    prog_loader=prog_loader)
+                    totals_reader=totals_reader, ids_reader=ids_reader, clock=clock,
+                    sleep=sleep, width=width, prog_loader=prog_loader,
+                    server_factory=server_factory, socket_factory=socket_factory)
     try:
         if opts.help:
             if rest:
-                return C.execute(ctx, ["help", rest[0]])
-            ctx.write(C.overview_help())
+                return T.execute(ctx, ["help", rest[0]])
+            ctx.write(T.overview_help())
             return 0
         if opts.version:
-            return C.execute(ctx, ["version"])
+            return T.execute(ctx, ["version"])
         if opts.batch is not None:
             if rest:
-                raise C.UsageError(f"-b runs the commands of a file; unexpected '{rest[0]}'")
+                raise UsageError(f"-b runs the commands of a file; unexpected '{rest[0]}'")
             return run_batch(ctx, opts.batch, opts.force)
         if opts.force:
-            raise C.UsageError("--force only applies to batch mode (-b)")
+            raise UsageError("--force only applies to batch mode (-b)")
         if rest:
-            return C.execute(ctx, rest)
-        if shell_input is not None or (C._isatty(stdin) and C._isatty(stdout)):
+            return T.execute(ctx, rest)
+        if shell_input is not None or (isatty(stdin) and isatty(stdout)):
             from kpctl.shell.repl import run_shell
             ctx.interactive = True
             return run_shell(ctx, input=shell_input, output=shell_output,
                              history_path=history_path)
-        raise C.UsageError("missing command (the shell needs a terminal); "
+        raise UsageError("missing command (the shell needs a terminal); "
                            "'kpctl --help' lists the commands")
-    except C.UsageError as e:
+    except UsageError as e:
         ctx.report_usage(e)
-        return C.EXIT_USAGE
+        return EXIT_USAGE
     except KeyboardInterrupt:
         stderr.write("\n")
         return 130
@@ -165,9 +174,12 @@ def main(argv=None, *, client_factory=None, stdout=None, stderr=None, stdin=None
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stdout.fileno())
-        except Exception:
+        except Exception:  # noqa: BLE001 - a stream without a file descriptor
             pass
         return 0
+    except Exception as e:  # noqa: BLE001 - a bug: one line and exit 2, no traceback
+        ctx.report_internal(e)
+        return EXIT_KERNEL
     finally:
         ctx.close()
 

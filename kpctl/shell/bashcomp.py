@@ -3,15 +3,16 @@
     python -m kpctl.shell.bashcomp > kpctl.bash    # install as
     /usr/share/bash-completion/completions/kpctl
 
-Live proxy ids come from `kpctl -j list` (as bpftool and devlink complete
-their objects from their own JSON).
+Live proxy ids come from /proc/net/kproxy (the first column): a file read
+per TAB, not a kpctl process and its netlink dump.  With -n NETNS, the
+file is read in that namespace (`ip netns exec`, root only).
 """
 
 from __future__ import annotations
 
 import sys
 
-from kpctl.shell import commands as C
+from kpctl.shell import table as C
 
 _GLOBAL_FLAGS = "-j --json -p --pretty --force --no-color -V --version -h --help"
 _GLOBAL_VALUED = "-b --batch -n --netns"
@@ -67,9 +68,13 @@ _TEMPLATE = r"""# bash completion for kpctl                                  -*-
 
 _kpctl_ids()
 {{
-    # live proxy ids of the netns, from kpctl's own JSON
-    "${{_kpctl_prog:-kpctl}}" ${{_kpctl_netns:+-n "$_kpctl_netns"}} -j list 2>/dev/null \
-        | command grep -o '"id":[0-9]*' | command grep -o '[0-9]*$'
+    # live proxy ids of the netns: the first column of /proc/net/kproxy
+    local proc=${{_kpctl_proc:-/proc/net/kproxy}}
+    if [[ -n $_kpctl_netns ]]; then
+        ip netns exec "$_kpctl_netns" awk 'NR > 1 {{ print $1 }}' "$proc" 2>/dev/null
+    else
+        awk 'NR > 1 {{ print $1 }}' "$proc" 2>/dev/null
+    fi
 }}
 
 _kpctl_commands='{names}'
@@ -97,7 +102,7 @@ _kpctl()
         cur=${{COMP_WORDS[COMP_CWORD]}}; prev=${{COMP_WORDS[COMP_CWORD-1]}}
         words=("${{COMP_WORDS[@]}}"); cword=$COMP_CWORD
     fi
-    local _kpctl_prog=${{words[0]}} _kpctl_netns=
+    local _kpctl_netns=
 
     # global options, up to the command word
     local i=1 cmd=

@@ -2,8 +2,8 @@
 
 Completes command names (and exit/quit), a command's options, the values
 of options with choices, and positional arguments by kind: live proxy ids
-(from a callable the shell refreshes after create/destroy), command names
-(for `help`), files, and choices.
+(from a callable: the shell's reads /proc/net/kproxy, never a netlink
+dump), job numbers, command names (for `help`), files, and choices.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
-from kpctl.shell import commands as C
+from kpctl.shell import table as T
+from kpctl.shell.args import UsageError
 
 
 def _split(text: str):
@@ -30,10 +31,12 @@ def _split(text: str):
 
 
 class KpctlCompleter(Completer):
-    def __init__(self, ids=None, commands=None, shell=True):
-        """ids(): {id: description} of the live proxies."""
+    def __init__(self, ids=None, commands=None, shell=True, jobs=None):
+        """ids(): {id: description} of the live proxies; jobs(): {number:
+        description} of the shell's jobs."""
         self.ids = ids or (lambda: {})
-        self.commands = commands if commands is not None else C.COMMANDS
+        self.jobs = jobs or (lambda: {})
+        self.commands = commands if commands is not None else T.COMMANDS
         self.shell = shell
         self._paths = PathCompleter(expanduser=True)
 
@@ -51,8 +54,8 @@ class KpctlCompleter(Completer):
                     yield Completion(name, -len(word), display_meta=meta)
             return
         try:
-            cmd = C.resolve(before[0])
-        except C.UsageError:
+            cmd = T.resolve(before[0])
+        except UsageError:
             return
         yield from self._complete_args(cmd, before[1:], word, document)
 
@@ -70,7 +73,7 @@ class KpctlCompleter(Completer):
             if not only_pos and w.startswith("-") and len(w) > 1:
                 try:
                     o = cmd.find_opt(w.split("=", 1)[0] if w.startswith("--") else w[:2])
-                except C.UsageError:
+                except UsageError:
                     continue
                 used_opts.add(o.dest)
                 if o.takes_value and "=" not in w and not (not w.startswith("--") and len(w) > 2):
@@ -119,15 +122,15 @@ class KpctlCompleter(Completer):
                 if c.startswith(word) and c not in exclude:
                     yield Completion(c, -len(word))
             return
-        if kind == "id":
+        if kind in ("id", "job"):
             try:
-                ids = self.ids() or {}
-            except Exception:
-                ids = {}
-            for pid in sorted(ids):
-                s = str(pid)
+                known = (self.ids if kind == "id" else self.jobs)() or {}
+            except Exception:  # noqa: BLE001 - no module, no /proc file: nothing to offer
+                known = {}
+            for n in sorted(known):
+                s = str(n)
                 if s.startswith(word) and s not in exclude:
-                    yield Completion(s, -len(word), display_meta=ids[pid] or "")
+                    yield Completion(s, -len(word), display_meta=known[n] or "")
         elif kind == "command":
             for c in self.commands:
                 if c.name.startswith(word):

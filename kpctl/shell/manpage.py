@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from kpctl.shell import commands as C
+from kpctl.shell import table as C
+from kpctl.shell.misc import version_string
 
 
 def _esc(text: str) -> str:
@@ -22,7 +23,7 @@ def _bold_opt(flag: str) -> str:
 
 
 def render(date: str = "", version: str | None = None) -> str:
-    version = version or C.version_string()
+    version = version or version_string()
     o = []
     o.append(f'.TH KPCTL 1 "{date}" "kpctl {_esc(version)}" "User Commands"')
     o.append(".SH NAME")
@@ -56,6 +57,8 @@ def render(date: str = "", version: str | None = None) -> str:
             rendered.append(_bold_opt(name) + (f" \\fI{_esc(meta)}\\fR" if meta else ""))
         o.append(", ".join(rendered))
         o.append(_esc(text))
+    o.append(".PP")
+    o.append(_esc(C.TRAILING_NOTE + " Every command accepts -h and --help."))
     o.append(".SH COMMANDS")
     for c in C.COMMANDS:
         o.append(".TP")
@@ -81,21 +84,33 @@ def render(date: str = "", version: str | None = None) -> str:
             o.append(_esc(opt.help + (f" ({'|'.join(opt.choices)})" if opt.choices else "")))
             o.append(".RE")
     o.append(".SH OUTPUT")
-    o.append(_esc("Tables for people, with colour only on a terminal and never with "
-                  "--no-color or NO_COLOR. With -j the output is JSON: an array for list, "
-                  "an object for show, create, destroy and stats, one object per line for "
-                  "monitor, top and stats -w, and an error as "
-                  '{"error": {"errno": N, "name": "ENOENT", "message": "..."}}. In batch '
-                  "mode with -j, each command prints its own JSON document on its own line."))
+    o.append(_esc("Tables for people on a terminal, with colour only there and never with "
+                  "--no-color or NO_COLOR. Off a terminal, list prints plain columns as ss "
+                  "does: a header line, then one line per proxy, exact byte counts, no "
+                  "space inside a column. With -j the output is JSON: an array for list "
+                  "and jobs, an object for show, create, destroy and stats, one object per "
+                  "line for monitor, top and stats -w, and an error as "
+                  '{"error": {"errno": N, "errno_name": "ENOENT", "message": "..."}} '
+                  "(usage errors: errno 22, EINVAL; an internal error: errno 0, "
+                  "errno_name null). In batch mode with -j, each command prints its own "
+                  "JSON document on its own line."))
     o.append(".SH SHELL")
-    o.append(_esc("Tab completes; arrows recall history; Ctrl-C cancels the line or stops "
-                  "monitor, top and stats -w; Ctrl-D or exit leaves. help COMMAND explains a "
-                  "command. Errors print as Error: MESSAGE (ERRNO) and the shell goes on."))
+    o.append(_esc("Tab completes (live proxy ids from /proc/net/kproxy); arrows recall "
+                  "history; Ctrl-C cancels the line or stops monitor, top and stats -w; "
+                  "Ctrl-D or exit leaves. help COMMAND explains a command. Errors print as "
+                  "Error: MESSAGE (ERRNO) and the shell goes on."))
+    o.append(".PP")
+    o.append(_esc("serve ... & (or serve --background) runs a service as a job of the "
+                  "shell: jobs lists the jobs with their counters, stop N ends one, the "
+                  "status bar shows them. Leaving the shell with jobs running asks what to "
+                  "do: stop them draining, kill their proxies, leave the proxies to the "
+                  "kernel, or cancel."))
     o.append(".SH EXIT STATUS")
     o.append(".TP\n0\nSuccess.\n.TP\n1\nUsage error (a bad command line or batch line).")
     o.append(".TP\n2")
     o.append(_esc("The kernel (or the system) refused: the kernel's own message is printed "
-                  "as Error: MESSAGE (ERRNO)."))
+                  "as Error: MESSAGE (ERRNO). Also a bug in kpctl: Error: internal error: "
+                  "..., never a traceback."))
     o.append(".SH ENVIRONMENT")
     o.append(".TP\n.B NO_COLOR\nWhen set and not empty, no colour.")
     o.append(".TP\n.B XDG_STATE_HOME")

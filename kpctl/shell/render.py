@@ -6,13 +6,14 @@ path of `--help`), since rich costs tens of milliseconds to import.
 
 from __future__ import annotations
 
-import time
-
 from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from kpctl.shell.units import (age_of, fmt_time, human_bytes, human_count,  # noqa: F401
+                              human_duration, human_rate)
 
 STATE_STYLE = {"active": "green", "half-closed": "yellow", "closing": "red"}
 
@@ -40,68 +41,6 @@ def make_console(file, *, color: bool, width=None, env=None) -> Console:
         legacy_windows=False,
         soft_wrap=False,
     )
-
-
-# -- units -----------------------------------------------------------------
-
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-
-
-def human_bytes(n) -> str:
-    n = int(n)
-    if abs(n) < 1024:
-        return f"{n} B"
-    v = float(n)
-    for u in _UNITS:
-        v /= 1024.0
-        if abs(v) < 1024 or u == _UNITS[-1]:
-            return f"{v:.1f} {u}" if abs(v) < 100 else f"{v:.0f} {u}"
-    return f"{n} B"  # pragma: no cover
-
-
-def human_rate(bps) -> str:
-    return human_bytes(int(round(bps))) + "/s"
-
-
-def human_count(n) -> str:
-    n = float(n)
-    if abs(n) < 1000:
-        return f"{n:.0f}" if n == int(n) else f"{n:.1f}"
-    for u in ("k", "M", "G", "T"):
-        n /= 1000.0
-        if abs(n) < 1000 or u == "T":
-            return f"{n:.1f}{u}"
-    return str(n)  # pragma: no cover
-
-
-def human_duration(secs) -> str:
-    s = int(max(0, secs))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    if h < 24:
-        return f"{h}h{m:02d}m"
-    d, h = divmod(h, 24)
-    return f"{d}d{h:02d}h"
-
-
-def age_of(p, now=None) -> float:
-    if now is not None and getattr(p, "created_ns", None):
-        return max(0.0, now - p.created_ns / 1e9)
-    a = getattr(p, "age", None)
-    if a is not None:
-        return a
-    return max(0.0, time.time() - p.created_ns / 1e9)
-
-
-def fmt_time(ts: float, date: bool = True) -> str:
-    lt = time.localtime(ts)
-    ms = int((ts - int(ts)) * 1000)
-    fmt = "%Y-%m-%dT%H:%M:%S" if date else "%H:%M:%S"
-    return time.strftime(fmt, lt) + f".{ms:03d}"
 
 
 def _state(state: str) -> Text:
@@ -176,33 +115,6 @@ def proxy_panel(p, now=None) -> Panel:
                      prog_id_text(getattr(d, "verdict_id", None)))
     return Panel(Group(head, Text(""), socks, Text(""), dirs), title=f"proxy {p.id}",
                  title_align="left", box=box.ROUNDED, expand=False)
-
-
-# -- stats -----------------------------------------------------------------
-
-
-def totals_text(d: dict) -> str:
-    w = max(len(k) for k in d) if d else 0
-    out = []
-    for k, v in d.items():
-        line = f"{k.ljust(w)}  {v:>14}"
-        if k == "bytes":
-            line += f"  ({human_bytes(v)})"
-        out.append(line)
-    return "\n".join(out)
-
-
-def stats_interval_text(ts: float, dt: float, deltas: dict, rates: dict) -> str:
-    w = max(len(k) for k in deltas) if deltas else 0
-    out = [f"# {fmt_time(ts)}  interval {dt:.2f}s"]
-    for k, v in deltas.items():
-        if k in rates:
-            r = rates[k]
-            rs = human_rate(r) if k == "bytes" else f"{r:.1f}/s"
-            out.append(f"{k.ljust(w)}  {('+' + str(v)):>14}  {rs:>12}")
-        else:
-            out.append(f"{k.ljust(w)}  {v:>14}")
-    return "\n".join(out)
 
 
 # -- monitor ---------------------------------------------------------------

@@ -128,6 +128,7 @@ class Harness:
         self.slept = []
         self.t = NOW
         self.loaded = []  # FakePrograms handed out by load_prog
+        self.server_factory = None  # kpctl.serve.Server unless a test sets one
 
     def load_prog(self, spec):
         from kpctl.bpf import BpfError, SHIPPED
@@ -141,6 +142,10 @@ class Harness:
         self.netns_seen.append(netns)
         self.client.netns = netns
         return self.client
+
+    def read_ids(self):
+        """What /proc/net/kproxy would list: the fake's proxies."""
+        return {pid: p.state for pid, p in self.client.proxies.items()}
 
     def read_totals(self):
         return self.totals.pop(0) if len(self.totals) > 1 else self.totals[0]
@@ -157,8 +162,9 @@ class Harness:
         out, err = io.StringIO(), io.StringIO()
         rc = main(list(argv), client_factory=self.factory, stdout=out, stderr=err,
                   stdin=io.StringIO(stdin), env=env if env is not None else {},
-                  totals_reader=self.read_totals, clock=self.clock, sleep=self.sleep,
-                  width=width, prog_loader=self.load_prog)
+                  totals_reader=self.read_totals, ids_reader=self.read_ids, clock=self.clock,
+                  sleep=self.sleep, width=width, prog_loader=self.load_prog,
+                  server_factory=self.server_factory)
         self.out, self.err = out.getvalue(), err.getvalue()
         return rc
 
@@ -169,3 +175,48 @@ def new_event(p, ts=NOW):
 
 def del_event(p, reason="closed", ts=NOW + 1):
     return Event(kind="del", proxy=p, reason=reason, timestamp=ts)
+
+
+class FakeServer:
+    """kpctl.serve.Server as the shell's jobs use it (the contract): open(),
+    run() in a thread until stop(mode), snapshot() from any thread."""
+
+    made = []  # every FakeServer, for the test to inspect
+
+    def __init__(self, client, listen, target, options, *, on_event=None, netns=None,
+                 loader=None):
+        import threading
+        self.client, self.listen, self.target, self.options = client, listen, target, options
+        self.on_event = on_event or (lambda kind, data: None)
+        self.netns, self.loader = netns, loader
+        self.stops = []  # the modes stop() was called with
+        self._stopped = threading.Event()
+        self.ended = threading.Event()  # run() returned
+        self.counters = {"accepted": 3, "created": 3, "active": 2, "pending": 0, "failed": 1,
+                         "refused": 0, "accept_errors": 0, "ended": 1,
+                         "bytes_a_to_b": 300, "bytes_b_to_a": 4096}
+        FakeServer.made.append(self)
+
+    @property
+    def address(self):
+        return self.listen
+
+    def open(self):
+        return self.listen
+
+    def run(self, install_signals=True):
+        assert not install_signals  # a job's thread never takes the signals
+        self.on_event("listening", {"listen": str(self.listen)})
+        self._stopped.wait(30)
+        mode = self.stops[-1] if self.stops and self.stops[-1] else self.options.on_stop
+        if mode == "kill":
+            self.counters = dict(self.counters, active=0, ended=3)
+        self.on_event("stopped", dict(self.counters))
+        self.ended.set()
+
+    def stop(self, mode=None):
+        self.stops.append(mode)
+        self._stopped.set()
+
+    def snapshot(self):
+        return dict(self.counters)

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from cli_fakes import NOW, FakeKproxy, Harness, del_event, make_proxy, new_event
 from kpctl.errors import KproxyError
 from kpctl.model import Totals
-from kpctl.shell import commands as C
+from kpctl.shell import table as C
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,7 +32,7 @@ def no_traceback(h):
 def test_every_command_has_help_and_synopsis():
     names = [c.name for c in C.COMMANDS]
     assert names == ["list", "show", "create", "destroy", "attach", "detach", "stats",
-                     "monitor", "top", "serve", "help", "version"]
+                     "monitor", "top", "serve", "jobs", "stop", "help", "version"]
     for c in C.COMMANDS:
         assert c.summary and c.synopsis().startswith(c.name)
         assert c.name in C.command_help(c, prog="kpctl")
@@ -39,13 +40,13 @@ def test_every_command_has_help_and_synopsis():
 
 @pytest.mark.parametrize("word,name", [("l", "list"), ("sh", "show"), ("show", "show"),
                                        ("cr", "create"), ("des", "destroy"), ("det", "detach"),
-                                       ("st", "stats"), ("m", "monitor"), ("t", "top"),
+                                       ("sta", "stats"), ("sto", "stop"), ("j", "jobs"), ("m", "monitor"), ("t", "top"),
                                        ("h", "help"), ("v", "version")])
 def test_unique_prefixes(word, name):
     assert C.resolve(word).name == name
 
 
-@pytest.mark.parametrize("word,cands", [("s", "show, stats, serve"), ("d", "destroy, detach"), ("de", "destroy, detach"),
+@pytest.mark.parametrize("word,cands", [("s", "show, stats, serve, stop"), ("st", "stats, stop"), ("d", "destroy, detach"), ("de", "destroy, detach"),
                                         ("", "list, show")])
 def test_ambiguous_prefix_lists_candidates(h, word, cands):
     rc = h.run(word, "1") if word else h.run("", "1")
@@ -62,13 +63,37 @@ def test_unknown_command(h):
 
 # -- list / show ---------------------------------------------------------------
 
-def test_list_text(h):
+def test_list_off_a_terminal_is_plain_columns(h):
     assert h.run("list") == 0
-    lines = h.out.splitlines()
-    assert "ID" in lines[0] and "STATE" in lines[0] and "A→B" in lines[0]
-    assert any(l.split()[0] == "1" and "2.0 KiB" in l and "3m12s" in l for l in lines)
-    assert any(l.split()[0] == "3" and "half-closed" in l for l in lines)
-    assert "\x1b[" not in h.out  # not a terminal: no colour
+    assert h.out.splitlines() == [
+        "ID  STATE        A-LOCAL         A-REMOTE        B-LOCAL          B-REMOTE         "
+        "A→B  B→A    AGE",
+        " 1  active       127.0.0.1:8000  10.0.0.1:40001  127.0.0.1:50001  127.0.0.1:9000  "
+        "2048   10  3m12s",
+        " 3  half-closed  127.0.0.1:8000  10.0.0.3:40003  127.0.0.1:50003  127.0.0.1:9000  "
+        "   0    0  3m12s",
+    ]
+    # one cell per column: awk and sort -k work
+    assert all(len(line.split()) == 9 for line in h.out.splitlines())
+
+
+def test_list_plain_does_not_import_rich():
+    code = ("import io, sys; sys.path.insert(0, 'tests/host');"
+            "from cli_fakes import Harness, FakeKproxy, make_proxy;"
+            "h = Harness(FakeKproxy([make_proxy(n) for n in range(1, 2001)]));"
+            "assert h.run('list') == 0, h.err;"
+            "print(len(h.out.splitlines()), 'rich' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2001", "False"]
+
+
+def test_list_empty_off_a_terminal_is_the_header():
+    h = Harness(FakeKproxy())
+    assert h.run("list") == 0
+    assert h.out.split() == ["ID", "STATE", "A-LOCAL", "A-REMOTE", "B-LOCAL", "B-REMOTE",
+                             "A→B", "B→A", "AGE"]
 
 
 def test_list_json_is_an_array(h):
@@ -124,14 +149,14 @@ def test_unknown_id_is_kernel_error(h):
 
 def test_unknown_id_json_error(h):
     assert h.run("-j", "show", "42") == 2
-    assert json.loads(h.out) == {"error": {"errno": 2, "name": "ENOENT",
+    assert json.loads(h.out) == {"error": {"errno": 2, "errno_name": "ENOENT",
                                            "message": "no proxy with this id"}}
 
 
 def test_usage_error_json(h):
     assert h.run("-j", "show") == 1
     err = json.loads(h.out)["error"]
-    assert err["name"] == "EINVAL" and "missing ID" in err["message"]
+    assert err["errno"] == 22 and err["errno_name"] == "EINVAL" and "missing ID" in err["message"]
 
 
 def test_open_failure_is_reported():
@@ -260,7 +285,7 @@ def test_attach_errors_from_the_loader_and_the_kernel(hp):
     assert "Error: a verdict needs a parser on its direction (EINVAL)" in hp.err
     assert hp.loaded[-1].closed  # closed on failure too
     assert hp.run("-j", "attach", "9", "parser", "lines") == 2
-    assert json.loads(hp.out)["error"]["name"] == "ENOENT"
+    assert json.loads(hp.out)["error"]["errno_name"] == "ENOENT"
     no_traceback(hp)
 
 
@@ -295,8 +320,8 @@ def test_serve_help_describes_the_programs(hp):
 
 @pytest.mark.parametrize("args,msg", [
     (["--verdict", "pass"], "serve: --verdict: a verdict needs a parser (give --parser too)"),
-    (["--parser", "lenprefix", "--prefix", "x"],
-     "serve: --prefix configures a verdict (drop-prefix), give --verdict"),
+    # ServeOptions.check()'s words (the one check of serve's options)
+    (["--parser", "lenprefix", "--prefix", "x"], "give --verdict"),
     # the same checks, and words, as attach's
     (["--parser", "lenprefix", "--verdict", "drop-prefix", "--offset", "2"],
      "serve: --offset goes with --prefix"),
@@ -571,7 +596,7 @@ def test_batch_json_one_document_per_line(h):
     assert h.run("-j", "-b", "-", stdin="list\nshow 1\nshow 9\n") == 2
     docs = [json.loads(l) for l in h.out.splitlines()]
     assert isinstance(docs[0], list) and docs[1]["id"] == 1
-    assert docs[2]["error"]["name"] == "ENOENT"
+    assert docs[2]["error"]["errno_name"] == "ENOENT"
     assert docs[2]["error"]["message"].startswith("<stdin>:3: ")
 
 
@@ -699,17 +724,21 @@ def test_bash_completion(tmp_path):
     from kpctl.shell import bashcomp
     script = tmp_path / "kpctl.bash"
     script.write_text(bashcomp.render())
-    fake = tmp_path / "kpctl"  # answers `kpctl -j list` like the real one
-    fake.write_text('#!/bin/sh\necho \'[{"id":3,"state":"active"},{"id":12,"state":"active"}]\'\n')
+    proc = tmp_path / "kproxy"  # as /proc/net/kproxy: the ids are its first column
+    proc.write_text("id state a_local a_remote\n3 active 1.1.1.1:1 2.2.2.2:2\n"
+                    "12 active 1.1.1.1:1 2.2.2.2:3\n")
+    fake = tmp_path / "kpctl"  # a kpctl that must not run per TAB
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\n")
     fake.chmod(0o755)
     driver = tmp_path / "driver.sh"
-    driver.write_text(BASH_DRIVER)
+    driver.write_text(f"_kpctl_proc={proc}\n" + BASH_DRIVER)
     r = subprocess.run(["bash", str(driver), str(script), str(fake)], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "ran").exists()
     assert r.stdout.splitlines() == [
         " ".join(c.name for c in C.COMMANDS),
-        "show stats serve",
+        "show stats serve stop",
         "3 12",
         "3 12",
         "-w --interval -c --count",
@@ -726,3 +755,226 @@ def test_generators_run_as_modules():
         r = subprocess.run([sys.executable, "-m", mod], capture_output=True, text=True,
                            env=env, cwd=REPO)
         assert r.returncode == 0 and len(r.stdout) > 1000, r.stderr
+
+
+# -- --help and global options after the command -----------------------------------
+
+
+@pytest.mark.parametrize("name", [c.name for c in C.COMMANDS])
+def test_every_command_accepts_help(h, name):
+    for flag in ("--help", "-h"):
+        assert h.run(name, flag) == 0, h.err
+        assert h.out.startswith(f"usage: kpctl {name}"), h.out
+        assert h.err == ""
+    assert h.client.calls == []  # nothing ran
+
+
+def test_help_wins_over_bad_arguments(h):
+    assert h.run("show", "x", "--help") == 0  # as git: --help before checking
+    assert h.out.startswith("usage: kpctl show ID")
+
+
+def test_global_options_after_the_command(h):
+    assert h.run("list", "-j") == 0
+    assert [p["id"] for p in json.loads(h.out)] == [1, 3]
+    assert h.run("show", "1", "--pretty") == 0
+    assert h.out.startswith("{\n  ")
+    assert h.run("list", "-n", "blue") == 0 and h.netns_seen[-1] == "blue"
+    assert h.run("list", "--netns=red", "-j") == 0 and h.netns_seen[-1] == "red"
+    assert h.run("show", "9", "-j") == 2
+    assert json.loads(h.out)["error"]["errno_name"] == "ENOENT"
+    assert h.run("show", "-j") == 1  # a usage error in JSON too
+    assert json.loads(h.out)["error"]["errno_name"] == "EINVAL"
+
+
+def test_an_option_value_is_never_a_global_option():
+    hp = Harness(FakeKproxy([make_proxy(3)]))
+    assert hp.run("attach", "3", "parser", "lenprefix") == 0
+    assert hp.run("attach", "3", "verdict", "drop-prefix", "--prefix", "-j") == 0
+    assert hp.loaded[-1].prefix == (b"-j", 4)
+    assert hp.out.startswith("proxy 3: verdict")  # text: -j was the prefix
+
+
+def test_a_commands_own_option_wins_a_clash():
+    cmd = C.find_command("serve")
+    ns = C.parse_args(cmd, ["-j", "127.0.0.1:1", "127.0.0.1:2"])
+    assert ns.json is True and ns.globals_ == {}
+    ns = C.parse_args(C.find_command("list"), ["-j"])
+    assert ns.globals_ == {"json": True}
+
+
+def test_unknown_option_after_the_command(h):
+    assert h.run("list", "-x") == 1 and "list: unknown option '-x'" in h.err
+
+
+# -- create --listen / --connect ------------------------------------------------------
+
+
+class Recording(FakeKproxy):
+    """create() sees the sockets kpctl made: their peers, then closes nothing."""
+
+    def create(self, a, b):
+        self.joined = (a.getpeername(), b.getpeername(), a.getsockname())
+        self.made = (a, b)
+        return super().create(a.fileno(), b.fileno())
+
+
+def _listener():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+    return s
+
+
+def _fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_create_connect_connect_joins_two_outgoing_connections():
+    la, lb = _listener(), _listener()
+    h = Harness(Recording())
+    with la, lb:
+        before = _fds()
+        A, B = "127.0.0.1:%d" % la.getsockname()[1], "127.0.0.1:%d" % lb.getsockname()[1]
+        assert h.run("create", "--connect", A, "--connect", B, "--timeout", "5") == 0, h.err
+        assert h.out == "proxy 1 created\n"
+        assert h.client.joined[:2] == (la.getsockname(), lb.getsockname())
+        assert all(s.fileno() == -1 for s in h.client.made)  # the kernel holds them now
+        assert _fds() == before
+
+
+def test_create_listen_accepts_one_client_and_connects_the_target():
+    import threading
+    from test_serve import _connect_retry, free_port
+    target = _listener()
+    port = free_port()
+    h = Harness(Recording())
+    clients = []
+    t = threading.Thread(target=lambda: clients.append(_connect_retry(port)), daemon=True)
+    t.start()
+    with target:
+        rc = h.run("-j", "create", "--listen", "127.0.0.1:%d" % port, "--connect",
+                   "127.0.0.1:%d" % target.getsockname()[1], "--timeout", "10")
+        t.join(10)
+        assert rc == 0, h.err
+        assert json.loads(h.out)["id"] == 1
+        a_peer, b_peer, a_local = h.client.joined
+        assert a_local == ("127.0.0.1", port) and a_peer == clients[0].getsockname()
+        assert b_peer == target.getsockname()
+        # the listener is gone: one client only
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+    clients[0].close()
+
+
+def test_create_listen_says_where_it_waits():
+    h = Harness(Recording())
+    rc = h.run("create", "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:9",
+               "--timeout", "0.2")
+    assert rc == 2
+    port = int(re.search(r"waiting for a client on 127\.0\.0\.1:(\d+)", h.err).group(1))
+    assert port > 0
+    assert h.err.endswith(f"Error: no client connected to 127.0.0.1:{port} within 0.2 s "
+                          f"(ETIMEDOUT)\n")
+
+
+def test_create_timeout_and_refusal_leave_nothing_open():
+    from test_serve import free_port
+    h = Harness(Recording())
+    before = _fds()
+    port = free_port()
+    assert h.run("create", "--listen", "127.0.0.1:%d" % port, "--connect", "127.0.0.1:9",
+                 "--timeout", "0.1") == 2
+    assert "(ETIMEDOUT)" in h.err
+    with pytest.raises(ConnectionRefusedError):  # not listening any more
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    live = _listener()
+    with live:
+        closed = free_port()
+        assert h.run("create", "--connect", "127.0.0.1:%d" % live.getsockname()[1],
+                     "--connect", "127.0.0.1:%d" % closed) == 2
+        assert h.err == (f"Error: cannot connect to 127.0.0.1:{closed}: Connection refused "
+                         f"(ECONNREFUSED)\n")
+        assert h.run("-j", "create", "--connect", "127.0.0.1:%d" % closed, "--connect",
+                     "127.0.0.1:%d" % closed) == 2
+        assert json.loads(h.out)["error"]["errno_name"] == "ECONNREFUSED"
+    assert _fds() == before
+    assert not any(c[0] == "create" for c in h.client.calls)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--listen", "127.0.0.1:0"], "--listen needs exactly one --connect (the target; got 0)"),
+    (["--connect", "127.0.0.1:1"], "give --connect twice (A then B; got 1)"),
+    (["--listen", ":0", "--connect", "1.1.1.1:1", "--connect", "1.1.1.1:2"], "got 2"),
+    (["--fd", "0", "--connect", "127.0.0.1:1"], "not both"),
+    (["--fd", "0", "--fd", "1", "--timeout", "2"], "--timeout goes with --listen/--connect"),
+    (["--connect", "nohost", "--connect", "1.1.1.1:1"], "missing ':PORT'"),
+    (["--connect", "127.0.0.1:1", "--connect", "127.0.0.1:2", "--timeout", "0"],
+     "positive number of seconds"),
+])
+def test_create_usage_errors(h, args, msg):
+    assert h.run("create", *args) == 1
+    assert msg in h.err, h.err
+    assert "usage: kpctl create --listen LISTEN --connect TARGET" in h.err
+    no_traceback(h)
+
+
+# -- jobs outside the shell ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["serve", "127.0.0.1:0", "127.0.0.1:9", "&"], "needs the shell"),
+    (["serve", "127.0.0.1:0", "127.0.0.1:9&"], "needs the shell"),
+    (["serve", "--background", "127.0.0.1:0", "127.0.0.1:9"], "needs the shell"),
+    (["list", "&"], "list: only serve runs in the background (&)"),
+    (["jobs"], "jobs live in the shell"),
+    (["stop", "1"], "jobs live in the shell"),
+    (["stop", "x"], "'x' is not a job number"),
+    (["stop", "1", "--kill", "--drain"], "exclusive"),
+])
+def test_jobs_are_the_shells(h, args, msg):
+    assert h.run(*args) == 1
+    assert msg in h.err, h.err
+    assert h.client.calls == []
+    no_traceback(h)
+
+
+# -- internal errors --------------------------------------------------------------
+
+
+class Buggy(FakeKproxy):
+    def list(self):
+        raise RuntimeError("a bug")
+
+
+def test_internal_error_is_one_line_and_exit_2():
+    h = Harness(Buggy())
+    assert h.run("list") == 2
+    assert h.err == "Error: internal error: RuntimeError: a bug\n" and h.out == ""
+    assert h.run("-j", "list") == 2
+    assert json.loads(h.out) == {"error": {"errno": 0, "errno_name": None,
+                                           "message": "internal error: RuntimeError: a bug"}}
+
+
+def test_internal_error_outside_a_command_is_caught_by_main():
+    class Exploding:
+        def __iter__(self):
+            raise RuntimeError("stdin broke")
+
+    import io
+    from kpctl.cli import main
+    err = io.StringIO()
+    rc = main(["-b", "-"], stdin=Exploding(), stdout=io.StringIO(), stderr=err, env={})
+    assert rc == 2 and err.getvalue() == "Error: internal error: RuntimeError: stdin broke\n"
+
+
+def test_internal_error_in_a_real_process_has_no_traceback(tmp_path):
+    # a client factory that raises, in a fresh interpreter: what a user sees
+    code = ("import sys; from kpctl.cli import main;"
+            "def f(netns): raise KeyError('x');"
+            "sys.exit(main(['list'], client_factory=f))")
+    r = subprocess.run([sys.executable, "-c", code.replace(";def", "\ndef").replace(
+        ";sys.exit", "\nsys.exit")], capture_output=True, text=True, cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 2
+    assert r.stderr == "Error: internal error: KeyError: 'x'\n"

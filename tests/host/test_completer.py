@@ -21,8 +21,9 @@ def texts(text, ids=IDS):
 
 def test_command_names():
     assert texts("") == ["list", "show", "create", "destroy", "attach", "detach", "stats",
-                         "monitor", "top", "serve", "help", "version", "exit", "quit"]
-    assert complete("s") == [("show", -1), ("stats", -1), ("serve", -1)]
+                         "monitor", "top", "serve", "jobs", "stop", "help", "version", "exit",
+                         "quit"]
+    assert complete("s") == [("show", -1), ("stats", -1), ("serve", -1), ("stop", -1)]
     assert texts("de") == ["destroy", "detach"]
     assert texts("x") == []
 
@@ -54,7 +55,10 @@ def test_options():
     assert texts("stats -") == ["-w", "--interval", "-c", "--count"]
     assert texts("stats --i") == ["--interval"]
     assert texts("stats -w 1 -") == ["-c", "--count"]
-    assert texts("create --fd 3 -") == ["--fd"]  # --fd repeats
+    assert texts("create --fd 3 -") == ["--listen", "--connect", "--timeout", "--fd"]
+    assert texts("create --listen :1 -") == ["--connect", "--timeout", "--fd"]
+    assert texts("create --l") == ["--listen"]
+    assert texts("stop 1 --") == ["--drain", "--kill", "--leave"]
     assert texts("destroy --") == ["--all"]
 
 
@@ -97,3 +101,10 @@ def test_file_completion_for_attach(tmp_path):
 
 def test_open_quote_does_not_crash():
     assert isinstance(texts('show "1'), list)
+
+
+def test_job_numbers():
+    c = KpctlCompleter(ids=lambda: IDS, jobs=lambda: {1: "running :9000 → x", 2: "stopping"})
+    doc = Document("stop ", 5)
+    assert [(x.text, x.display_meta_text) for x in c.get_completions(doc, Mock())][:2] == [
+        ("1", "running :9000 → x"), ("2", "stopping")]

@@ -6,6 +6,7 @@ import pytest
 from rich.console import Console
 
 from cli_fakes import NOW, make_proxy, new_event, del_event
+from kpctl.shell import columns
 from kpctl.shell import render as R
 
 
@@ -104,12 +105,12 @@ def test_event_colour_only_when_asked():
 
 
 def test_totals_text():
-    out = R.totals_text({"active": 2, "bytes": 2048})
+    out = columns.totals_text({"active": 2, "bytes": 2048})
     assert out.splitlines() == ["active               2", "bytes             2048  (2.0 KiB)"]
 
 
 def test_stats_interval_text():
-    out = R.stats_interval_text(NOW, 1.0, {"active": 3, "bytes": 2048, "msgs": 5},
+    out = columns.stats_interval_text(NOW, 1.0, {"active": 3, "bytes": 2048, "msgs": 5},
                                 {"bytes": 2048.0, "msgs": 5.0})
     lines = out.splitlines()
     assert lines[0].startswith("# ") and lines[0].endswith("interval 1.00s")

@@ -127,7 +127,7 @@ def test_create_refused_by_the_kernel_is_exit_2(kp):  # noqa: F811
                   pass_fds=(lst.fileno(), s1.fileno()))
         assert r.returncode == 2
         err = json.loads(r.stdout)["error"]
-        assert err["errno"] > 0 and err["name"].startswith("E") and err["message"]
+        assert err["errno"] > 0 and err["errno_name"].startswith("E") and err["message"]
     finally:
         close_all(lst, c1, s1)
 
@@ -150,9 +150,35 @@ def test_list_text(chain):
     p, _ = chain
     r = kpctl("list", check_rc=0)
     rows = [l.split() for l in r.stdout.splitlines()]
-    assert rows[0][:2] == ["ID", "STATE"]
-    assert any(row[0] == str(p["id"]) and row[1] == "active" for row in rows[1:])
+    assert rows[0] == ["ID", "STATE", "A-LOCAL", "A-REMOTE", "B-LOCAL", "B-REMOTE", "A→B",
+                       "B→A", "AGE"]
+    mine = [row for row in rows[1:] if row[0] == str(p["id"])]
+    assert mine and mine[0][1] == "active" and mine[0][2] == p["a"]["local"]
     assert "\x1b[" not in r.stdout
+    r = kpctl("list", "-j", check_rc=0)  # a global option after the command
+    assert p["id"] in [x["id"] for x in json.loads(r.stdout)]
+
+
+def test_create_connect_connect_joins_two_connections(kp):  # noqa: F811
+    import socket
+    la, lb = socket.socket(), socket.socket()
+    for s in (la, lb):
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+    try:
+        r = kpctl("-j", "create", "--connect", "127.0.0.1:%d" % la.getsockname()[1],
+                  "--connect", "127.0.0.1:%d" % lb.getsockname()[1], "--timeout", "30",
+                  check_rc=0)
+        p = json.loads(r.stdout)
+        a, _ = la.accept()
+        b, _ = lb.accept()
+        with a, b:
+            assert p["a"]["remote"] == "127.0.0.1:%d" % la.getsockname()[1]
+            a.sendall(b"from A's server")
+            assert recv_exact(b, 15) == b"from A's server"
+            assert p["id"] in {x.id for x in kp.list()}
+    finally:
+        close_all(la, lb)
 
 
 def test_show_counts_bytes(chain):
@@ -186,7 +212,7 @@ def test_refused_request_exit_2_with_extack(kp):  # noqa: F811
     r = kpctl("-j", "show", str(missing))
     assert r.returncode == 2
     err = json.loads(r.stdout)["error"]
-    assert err["errno"] == 2 and err["name"] == "ENOENT" and err["message"]
+    assert err["errno"] == 2 and err["errno_name"] == "ENOENT" and err["message"]
 
 
 def test_stats_interval(chain):

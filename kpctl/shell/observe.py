@@ -1,0 +1,106 @@
+"""Handlers that watch: stats (module totals), monitor (events), top."""
+
+from __future__ import annotations
+
+from kpctl.shell.args import Namespace
+from kpctl.shell.context import Context, isatty, totals_dict
+
+GAUGES = ("active",)  # totals that are a level, not a count: shown as is
+
+
+def cmd_stats(ctx: Context, ns: Namespace) -> int:
+    interval = ns.interval
+    if interval is None and ns.count is not None:
+        interval = 1.0
+    first = totals_dict(ctx.read_totals())
+    if interval is None:
+        if ctx.json:
+            ctx.emit_json(first)
+        else:
+            from kpctl.shell.columns import totals_text
+            ctx.write(totals_text(first))
+        return 0
+    n = 0
+    prev, prev_t = first, ctx.clock()
+    try:
+        while ns.count is None or n < ns.count:
+            ctx.sleep(interval)
+            cur, t = totals_dict(ctx.read_totals()), ctx.clock()
+            dt = max(t - prev_t, 1e-9)
+            deltas = {k: (v if k in GAUGES else v - prev.get(k, 0)) for k, v in cur.items()}
+            rates = {k: (deltas[k] / dt) for k in cur if k not in GAUGES}
+            if ctx.json:
+                ctx.emit_json({"timestamp": t, "interval": round(dt, 6),
+                               "deltas": deltas, "rates": rates, "totals": cur})
+            else:
+                from kpctl.shell.columns import stats_interval_text
+                ctx.write(stats_interval_text(t, dt, deltas, rates))
+            prev, prev_t = cur, t
+            n += 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_monitor(ctx: Context, ns: Namespace) -> int:
+    from kpctl.shell.render import event_text
+    n = 0
+    it = ctx.client().monitor()
+    try:
+        for ev in it:
+            if ctx.json:
+                ctx.emit_json(ev.to_dict())
+            else:
+                ctx.console.print(event_text(ev), soft_wrap=True, highlight=False)
+                ctx.stdout.flush()
+            n += 1
+            if ns.count is not None and n >= ns.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close = getattr(it, "close", None)
+        if close:
+            close()
+    return 0
+
+
+def cmd_top(ctx: Context, ns: Namespace) -> int:
+    from kpctl.shell.render import top_rows, top_table
+    kp = ctx.client()
+    prev, prev_t = None, None
+    n = 0
+    live = None
+    use_live = (not ctx.json) and isatty(ctx.stdout) and ctx.console.is_terminal
+    try:
+        while True:
+            proxies, t = list(kp.list()), ctx.clock()
+            rows = top_rows(proxies, prev, (t - prev_t) if prev_t else None, now=t)
+            if ctx.json:
+                ctx.emit_json({"timestamp": t, "proxies": [
+                    dict(r["proxy"].to_dict(), rate_a_to_b=r["rate_ab"], rate_b_to_a=r["rate_ba"])
+                    for r in rows]})
+            else:
+                table = top_table(rows, t)
+                if use_live:
+                    if live is None:
+                        from rich.live import Live
+                        live = Live(table, console=ctx.console, auto_refresh=False,
+                                    transient=False)
+                        live.start()
+                    else:
+                        live.update(table, refresh=True)
+                else:
+                    ctx.console.print(table)
+                    ctx.stdout.flush()
+            prev, prev_t = {p.id: p for p in proxies}, t
+            n += 1
+            if ns.count is not None and n >= ns.count:
+                break
+            ctx.sleep(ns.delay)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+    return 0
