@@ -945,6 +945,48 @@ def test_snapshot_from_another_thread_while_serving():
     assert [d["ended"] for d in seen] == sorted(d["ended"] for d in seen)
 
 
+@pytest.mark.parametrize("open_first", [True, False])
+def test_netns_is_entered_once_by_the_loop_thread(monkeypatch, open_first):
+    """-n NETNS: no thread per connection. The loop's thread enters the
+    namespace once and goes back at the end; only a listener opened before
+    run(), from another thread, is made through socket_in_netns."""
+    import kpctl.netns as netns_mod
+    entered, made_by = [], []
+    monkeypatch.setattr(netns_mod, "enter",
+                        lambda name: entered.append((threading.get_ident(), name)))
+
+    def socket_in_netns(name, family, type, proto=0):
+        made_by.append((threading.get_ident(), name))
+        return socket.socket(family, type, proto)
+
+    monkeypatch.setattr(netns_mod, "socket_in_netns", socket_in_netns)
+    echo = EchoServer()
+    kp = RelayKproxy()
+    server = Server(kp, resolve("127.0.0.1:0", listen=True), echo.addr, netns="blue")
+    if open_first:
+        addr = server.open()
+    result = []
+    t = threading.Thread(target=lambda: result.append(server.run(install_signals=False)))
+    t.start()
+    try:
+        if not open_first:
+            wait_for(lambda: server.address.port != 0, what="listening")
+            addr = server.address
+        for _ in range(3):
+            with socket.create_connection(addr.sockaddr()[:2], timeout=T) as c:
+                c.sendall(b"n")
+                assert c.recv(1) == b"n"
+        wait_for(lambda: server.snapshot()["created"] == 3)
+    finally:
+        server.stop()
+        t.join(T)
+        echo.close()
+    assert not t.is_alive() and result[0].created == 3
+    assert made_by == ([(threading.get_ident(), "blue")] if open_first else [])
+    assert [who for who, _ in entered] == [t.ident, t.ident]
+    assert entered[0][1] == "blue" and entered[1][1].startswith("/proc/self/fd/")
+
+
 # -- BPF programs on every proxy ----------------------------------------------------
 
 class Prog:
