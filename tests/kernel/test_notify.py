@@ -16,6 +16,7 @@ import select
 import socket
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -85,6 +86,7 @@ class Creator:
         self.g = Genl(fid)
         self.fid = fid
         self.ntfs: list[Ntf] = []
+        self.answers: deque[Msg] = deque()
 
     @property
     def sock(self) -> socket.socket:
@@ -99,52 +101,47 @@ class Creator:
             body += nla(A["notify"], b"")
         self.g.conn.send(nlmsg(self.fid, NLM_F_REQUEST | NLM_F_ACK, seq, body))
         pid = None
+        deadline = time.monotonic() + IO_TIMEOUT
         while True:
-            m = self._next(IO_TIMEOUT, "proxy-new")
-            assert m is not None, "proxy-new: no answer"
-            if m.seq != seq:
-                continue  # an end, kept by _next
+            while not self.answers:
+                assert self._pump(deadline - time.monotonic()), "proxy-new: no answer"
+            m = self.answers.popleft()
+            assert m.seq == seq, f"proxy-new: answer for seq {m.seq}, expected {seq}"
             if m.type == NLMSG_ERROR:
                 e = decode_error(m, "proxy-new")
                 assert e.errno == 0, f"proxy-new: errno {e.errno} ({e.msg})"
                 assert pid is not None, "proxy-new: acked without a reply"
                 return pid
-            pid = self._decode(m, "proxy-new reply")["id"]
+            pid = decode_set(m.body[GENLHDR.size:], SPEC.root_set, "proxy-new reply")["id"]
 
-    def _decode(self, m: Msg, what: str) -> dict:
-        return decode_set(m.body[GENLHDR.size:], SPEC.root_set, what)
-
-    def _next(self, timeout: float, what: str) -> Msg | None:
-        """The next answer (seq != 0); notifications go to self.ntfs. None
-        when nothing arrives within timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.g.conn.pending:
-                m = self.g.conn.pending.popleft()
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                    return None
-                self.g.conn.pending.extend(parse_datagram(self.sock.recv(1 << 20)))
-                continue
+    def _pump(self, timeout: float) -> bool:
+        """Read one datagram within `timeout` (False: none came): its
+        notifications (seq 0) go to self.ntfs, answers to self.answers."""
+        if timeout <= 0 or not select.select([self.sock], [], [], timeout)[0]:
+            return False
+        for m in parse_datagram(self.sock.recv(1 << 20)):
             if m.seq == 0 and m.type == self.fid:
                 cmd = GENLHDR.unpack_from(m.body)[0]
-                self.ntfs.append(Ntf(cmd, m.pid, m.seq, self._decode(m, what + ": notification")))
-                continue
-            assert m.pid == self.g.conn.portid, f"{what}: answer for port {m.pid}"
-            return m
+                attrs = decode_set(m.body[GENLHDR.size:], SPEC.root_set, "notification")
+                self.ntfs.append(Ntf(cmd, m.pid, m.seq, attrs))
+            else:
+                assert m.pid == self.g.conn.portid, f"answer for port {m.pid}"
+                self.answers.append(m)
+        return True
 
     def wait_ntfs(self, n: int, timeout: float = IO_TIMEOUT) -> list[Ntf]:
         deadline = time.monotonic() + timeout
         while len(self.ntfs) < n:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{len(self.ntfs)} notifications within {timeout}s, expected {n}"
-            assert self._next(left, "notifications") is None, "an answer nobody asked for"
+            assert self._pump(deadline - time.monotonic()), \
+                f"{len(self.ntfs)} notifications within {timeout}s, expected {n}"
         return self.ntfs
 
     def quiet(self, seconds: float = QUIET) -> list[Ntf]:
         """Whatever arrives within `seconds` (the test expects nothing new)."""
-        assert self._next(seconds, "quiet") is None, "an answer nobody asked for"
+        deadline = time.monotonic() + seconds
+        while self._pump(deadline - time.monotonic()):
+            pass
+        assert not self.answers, "an answer nobody asked for"
         return self.ntfs
 
     def close(self) -> None:
@@ -256,9 +253,12 @@ def join_monitor(fid: int) -> Conn:
 
 
 def monitor_dels(m: Conn, pid: int, timeout: float) -> int:
-    """How many proxy-del-ntf of `pid` the monitor socket reads in `timeout`."""
+    """How many proxy-del-ntf of `pid` the monitor socket reads: waits up to
+    `timeout` for the first, then QUIET for any other."""
     seen, deadline = 0, time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
+        if seen:
+            deadline = min(deadline, time.monotonic() + QUIET)
         if not select.select([m.sock], [], [], left)[0]:
             break
         for msg in parse_datagram(m.sock.recv(1 << 20)):
