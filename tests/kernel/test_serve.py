@@ -573,7 +573,7 @@ def test_short_connections_in_a_row(record_property):
                     assert recv_exact(c, len(payload)) == payload
                     c.shutdown(socket.SHUT_WR)
                     assert c.recv(1) == b""  # the proxy forwarded the echo server's FIN
-            one()  # warm up: the monitor socket, lazy imports
+            one()  # warm up: lazy imports, the first proxy
             wait_no_proxies(echo.port)
             fds_before = fd_count(s.pid)
             t0 = time.monotonic()
