@@ -150,6 +150,16 @@ struct kproxy {
 	u32 id;
 	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
 	enum kproxy_reason reason;	/* set by kproxy_claim() */
+	/*
+	 * Netlink portid, in kp->net, of the socket that sent proxy-new with
+	 * the notify flag (0: none; the kernel's portid is never a creator).
+	 * Written once, under kproxy_lock before the proxy is published, and
+	 * read only by the owner of the teardown: it needs no lock. It holds
+	 * no reference: a socket gone by the end is skipped (ECONNREFUSED),
+	 * and one that reused the portid gets a del ntf that the monitor
+	 * group shows to anyone anyway. Fills the tail padding (512 bytes).
+	 */
+	u32 notify_portid;
 };
 
 static inline struct kproxy *kproxy_of(struct kproxy_dir *dir)
@@ -257,6 +267,7 @@ u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind);
 int kproxy_nl_init(void);
 void kproxy_nl_exit(void);
 void kproxy_nl_notify(struct kproxy *kp, u8 cmd);
+void kproxy_nl_notify_end(struct kproxy *kp);
 
 /* proc.c */
 int kproxy_proc_init(struct net *net);

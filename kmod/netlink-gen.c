@@ -7,9 +7,10 @@
 #include "netlink-gen.h"
 
 /* KPROXY_CMD_PROXY_NEW - do */
-static const struct nla_policy kproxy_proxy_new_nl_policy[KPROXY_A_PROXY_FD_B + 1] = {
+static const struct nla_policy kproxy_proxy_new_nl_policy[KPROXY_A_PROXY_NOTIFY + 1] = {
 	[KPROXY_A_PROXY_FD_A] = { .type = NLA_U32, },
 	[KPROXY_A_PROXY_FD_B] = { .type = NLA_U32, },
+	[KPROXY_A_PROXY_NOTIFY] = { .type = NLA_FLAG, },
 };
 
 /* KPROXY_CMD_PROXY_DEL - do */
@@ -44,7 +45,7 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.validate	= 0,
 		.doit		= kproxy_nl_proxy_new_doit,
 		.policy		= kproxy_proxy_new_nl_policy,
-		.maxattr	= KPROXY_A_PROXY_FD_B,
+		.maxattr	= KPROXY_A_PROXY_NOTIFY,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{

@@ -130,6 +130,41 @@ void kproxy_nl_notify(struct kproxy *kp, u8 cmd)
 				KPROXY_NLGRP_MONITOR, GFP_KERNEL);
 }
 
+/*
+ * proxy-del-ntf: multicast to the monitor group and, when its creator
+ * asked (notify_portid), unicast to the creator's socket, which the
+ * multicast skips so that it reads the message once. Both copies share
+ * one message: the unicast gets its own clone, since the multicast marks
+ * the skb it is given as a group's. Netlink sends from the kernel never
+ * block: a full receive buffer drops the copy and the reader gets
+ * ENOBUFS; a socket gone (ECONNREFUSED) is no error of ours.
+ */
+void kproxy_nl_notify_end(struct kproxy *kp)
+{
+	u32 portid = kp->notify_portid;
+	struct sk_buff *skb, *uskb = NULL;
+	bool mcast;
+
+	mcast = genl_has_listeners(&kproxy_nl_family, kp->net,
+				   KPROXY_NLGRP_MONITOR);
+	if (!mcast && !portid)
+		return;
+	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!skb)
+		return;
+	if (kproxy_fill(skb, kp, 0, 0, 0, KPROXY_CMD_PROXY_DEL_NTF, NULL)) {
+		nlmsg_free(skb);
+		return;
+	}
+	if (portid)
+		uskb = mcast ? skb_clone(skb, GFP_KERNEL) : skb;
+	if (mcast)
+		genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, portid,
+					KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+	if (uskb)
+		genlmsg_unicast(kp->net, uskb, portid);
+}
+
 /* The proxy a request names by id, or NULL with the reason in extack.
  * Caller holds kproxy_lock.
  */
@@ -161,6 +196,8 @@ static int kproxy_nl_new_published(struct kproxy *kp, void *arg)
 	struct kproxy_new_reply *r = arg;
 	int err;
 
+	if (r->info->attrs[KPROXY_A_PROXY_NOTIFY])
+		kp->notify_portid = r->info->snd_portid;
 	err = kproxy_fill(r->skb, kp, r->info->snd_portid, r->info->snd_seq,
 			  0, KPROXY_CMD_PROXY_NEW, NULL);
 	if (!err)

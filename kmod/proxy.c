@@ -222,7 +222,7 @@ void kproxy_destroy(struct kproxy *kp)
 			kproxy_hand_back(kp, i);
 	}
 
-	kproxy_nl_notify(kp, KPROXY_CMD_PROXY_DEL_NTF);
+	kproxy_nl_notify_end(kp);
 
 	mutex_lock(&kproxy_lock);
 	kn = kproxy_pernet(kp->net);

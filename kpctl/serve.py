@@ -1,31 +1,47 @@
 """`kpctl serve`: an L4 proxy service whose data path is the kernel.
 
 The process listens, accepts, connects to the target without blocking,
-hands both connected sockets to kproxy (`create`) and closes its own fds at
-once: from then on the kernel carries every byte and the process only
-counts.  One thread, one `selectors` loop:
+hands both connected sockets to kproxy (`create`, with notify_end) and
+closes its own fds at once: from then on the kernel carries every byte and
+the process only counts.  One thread, one `selectors` loop:
 
     listener readable  -> accept (a batch), refuse beyond --max-conns,
                           start a non-blocking connect to the target
     upstream writable  -> SO_ERROR: failed -> reset the client, count it;
                           connected -> create the proxy, attach the BPF
                           parser and verdict (when given), close both fds
-    monitor readable   -> proxy-del notifications: final counters, slot freed
-    every second       -> kernel counters of our live proxies (one dump)
-    signals            -> through set_wakeup_fd, handled in the loop
+    client readable    -> the kernel's proxy-del of our own proxies, sent to
+                          our netlink socket alone (notify_end): final
+                          counters, reason, the slot freed
+    every second       -> a tick for the status line (counters we keep:
+                          nothing is asked of the kernel)
+    stop(), signals    -> through a wakeup socket, handled in the loop
+
+The work per second does not grow with the number of proxies: no dump, no
+multicast group carrying every process's notifications. Bytes are counted
+when a proxy ends (its final counters); live proxies are not polled. Only
+when the kernel had to drop some of our ends (ENOBUFS on the socket) does
+one dump tell which of our proxies are gone ("gone"; their bytes are lost,
+and counted in `lost`).
 
 Failures never stop the loop: a refused or timed-out target resets that one
 client; accept errors such as EMFILE pause accepting with a growing back-off
 (the pending connections stay in the kernel's backlog).
 
-BPF programs (--parser, --verdict) are loaded once, before listening, and
-stay open for the service's lifetime: every proxy gets the same programs
-(the parser on both directions, then the verdict on both).  A program the
-kernel refuses on one proxy fails that connection (stage "attach"; the
-proxy is destroyed and the client reset); the service goes on.
+BPF programs (--parser, --verdict) are loaded once (kpctl.bpf.load_configured),
+before listening, and stay open for the service's lifetime: every proxy gets
+the same programs (the parser on both directions, then the verdict on both).
+A program the kernel refuses on one proxy fails that connection (stage
+"attach"; the proxy is destroyed and the client reset); the service goes on.
+
+With a network namespace (-n NETNS) the thread that runs the loop enters it
+once (kpctl.netns.enter), before it makes its sockets and, when none was
+given, its kproxy client; it returns to its own namespace when the loop ends.
 
 This module is library code: it reports through an `on_event(kind, data)`
 callback and never imports the shell (kpctl/shell/serve_view.py draws).
+Server.run() may run in any thread; stop() and snapshot() are safe from any
+other (the shell runs services as background jobs).
 
 Events (kind, data):
     listening    listen, target, options, pid, programs (kind -> id, name, source;
@@ -46,7 +62,6 @@ Events (kind, data):
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import selectors
 import signal
@@ -57,6 +72,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from .address import Address, Resolver, ServeError
 from .errors import KproxyError
 
 STOP_MODES = ("leave", "drain", "kill")
@@ -67,6 +83,10 @@ TICK = 1.0
 ACCEPT_BATCH = 64
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
+# How long "kill" waits for the ends of the proxies it destroyed: the kernel
+# sends each before proxy-del returns, but a proxy that was already ending
+# by itself (ENOENT) reports from its own teardown, a moment later.
+KILL_WAIT = 5.0
 # accept(2) errors that mean "out of a resource": stop accepting for a while
 # (the connections wait in the listen backlog) instead of spinning on them.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -75,127 +95,6 @@ TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM,
                               errno.EINTR, errno.ENETDOWN, errno.ENOPROTOOPT,
                               errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
                               errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT})
-
-
-class ServeError(Exception):
-    """A bad LISTEN/TARGET or option (the CLI turns it into a usage error)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-# --------------------------------------------------------------------------
-# Addresses
-
-
-@dataclass(frozen=True)
-class Address:
-    """A resolved, numeric address: what the service binds or connects to."""
-
-    host: str
-    port: int
-    family: int
-    name: str = ""  # what the user wrote, when it was resolved from a name
-
-    def sockaddr(self) -> tuple:
-        if self.family == socket.AF_INET6:
-            return (self.host, self.port, 0, 0)
-        return (self.host, self.port)
-
-    def __str__(self) -> str:
-        if self.family == socket.AF_INET6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-    def describe(self) -> str:
-        """`name -> address` when a name was resolved, else the address."""
-        return f"{self.name} ({self})" if self.name and self.name != str(self) else str(self)
-
-
-def split_hostport(text: str, *, listen: bool = False) -> tuple[str, str]:
-    """'host:port', '1.2.3.4:80', '[::1]:80' -> (host, port) as text.
-
-    For LISTEN also ':80', '*:80' and '80' (every IPv4 address).
-    Raises ServeError with a message naming what is wrong.
-    """
-    t = text.strip()
-    what = "LISTEN" if listen else "TARGET"
-    form = "HOST:PORT, IPV4:PORT or [IPV6]:PORT"
-    if not t:
-        raise ServeError(f"{what} is empty: expected {form}")
-    if t.startswith("["):
-        host, sep, port = t[1:].partition("]")
-        if not sep or not port.startswith(":") or not host:
-            raise ServeError(f"bad {what} '{text}': expected [IPV6]:PORT, e.g. [::1]:80")
-        port = port[1:]
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise ServeError(f"bad {what} '{text}': '{host}' is not an IPv6 address") from None
-    elif listen and t.isdigit():
-        host, port = "", t
-    else:
-        host, sep, port = t.rpartition(":")
-        if not sep:
-            raise ServeError(f"bad {what} '{text}': missing ':PORT' (expected {form})")
-        if ":" in host:
-            raise ServeError(f"bad {what} '{text}': an IPv6 address goes in brackets, "
-                             f"e.g. [{host}]:{port}")
-        if host == "*":
-            host = ""
-        if not host and not listen:
-            raise ServeError(f"bad {what} '{text}': missing host")
-    if not port:
-        raise ServeError(f"bad {what} '{text}': missing port")
-    if port.isdigit():
-        n = int(port)
-        if not 0 <= n <= 65535 or (n == 0 and not listen):
-            raise ServeError(f"bad {what} '{text}': port {port} out of range "
-                             f"({0 if listen else 1}-65535)")
-    elif not all(c.isalnum() or c in "-_" for c in port):
-        raise ServeError(f"bad {what} '{text}': '{port}' is not a port")
-    return host, port
-
-
-Resolver = Callable[..., list]
-
-
-def resolve(text: str, *, listen: bool = False,
-            resolver: Resolver | None = None) -> Address:
-    """Parse and resolve LISTEN or TARGET once: the first address returned.
-
-    Numeric addresses are not looked up.  ':PORT' (LISTEN) is 0.0.0.0 and
-    '[::]:PORT' is every IPv4 and IPv6 address (a dual-stack socket).
-    """
-    host, port = split_hostport(text, listen=listen)
-    what = "LISTEN" if listen else "TARGET"
-    resolver = resolver or socket.getaddrinfo
-    if not host:
-        host = "0.0.0.0"
-    flags = socket.AI_PASSIVE if listen else 0
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        ip = None
-    if ip is not None:
-        flags |= socket.AI_NUMERICHOST
-    if port.isdigit():
-        flags |= socket.AI_NUMERICSERV
-    try:
-        infos = resolver(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP, flags)
-    except socket.gaierror as e:
-        raise ServeError(f"cannot resolve {what} '{text}': {e.strerror}") from None
-    except UnicodeError:
-        raise ServeError(f"cannot resolve {what} '{text}': bad host name") from None
-    for fam, _type, _proto, _canon, sa in infos:
-        if fam in (socket.AF_INET, socket.AF_INET6):
-            addr = Address(sa[0], int(sa[1]), fam, name="" if ip is not None and port.isdigit()
-                           else text.strip())
-            if not listen and addr.port == 0:
-                raise ServeError(f"bad {what} '{text}': port 0")
-            return addr
-    raise ServeError(f"cannot resolve {what} '{text}': no IPv4 or IPv6 address")
 
 
 # --------------------------------------------------------------------------
@@ -214,8 +113,17 @@ class ServeOptions:
     prefix: str | None = None             # drop-prefix verdict: what it drops
     offset: int | None = None             # where the payload starts (default 4)
 
+    @staticmethod
+    def stop_mode(drain: bool, kill: bool) -> str:
+        """on_stop from the CLI's --drain/--kill (exclusive)."""
+        if drain and kill:
+            raise ServeError("--drain and --kill are exclusive (what happens to running "
+                             "proxies on stop)")
+        return "drain" if drain else "kill" if kill else "leave"
+
     def check(self) -> None:
-        """Raise ServeError for a value the service cannot run with."""
+        """The one check of serve's options: ServeError with the message the
+        user sees (the CLI prefixes "serve: ")."""
         for kind in PROGRAM_KINDS:
             if getattr(self, kind) == "":
                 raise ServeError(f"--{kind} must name a program")
@@ -226,7 +134,7 @@ class ServeOptions:
         if self.prefix is not None:
             from .bpf import PREFIX_MAX
             if self.verdict is None:
-                raise ServeError("--prefix configures the verdict (drop-prefix): give --verdict")
+                raise ServeError("--prefix configures a verdict (drop-prefix), give --verdict")
             if not self.prefix:
                 raise ServeError("--prefix must not be empty")
             if len(self.prefix.encode()) > PREFIX_MAX:
@@ -256,8 +164,9 @@ class Counters:
     refused: int = 0         # over --max-conns
     accept_errors: int = 0   # accept() errors (EMFILE, ...)
     ended: int = 0           # our proxies that ended
-    bytes_a_to_b: int = 0    # client -> target (kernel counters)
-    bytes_b_to_a: int = 0    # target -> client
+    lost: int = 0            # of those, ended unreported (ENOBUFS): bytes not counted
+    bytes_a_to_b: int = 0    # client -> target, final counters of ended proxies
+    bytes_b_to_a: int = 0    # target -> client, likewise
     failures: dict[str, int] = field(default_factory=dict)  # by reason
     started: float = 0.0     # time.time() when the loop started
     elapsed: float = 0.0     # seconds it ran
@@ -268,28 +177,25 @@ class Counters:
 
 def load_programs(options: ServeOptions,
                   loader: Callable[[str], Any] | None = None) -> dict[str, Any]:
-    """Load the programs `options` names, once: {"parser": Program, ...}.
-
-    `loader(spec)` defaults to kpctl.bpf.load; a drop-prefix verdict gets
-    options.prefix at options.offset (default 4, after lenprefix's header).
-    Raises what the loader raises (a BpfError: a KproxyError) after closing
-    the programs already loaded.  The caller closes them (close_programs)
-    once the service has stopped: the kernel keeps its own reference on
-    every proxy they are attached to.
+    """Load the programs `options` names, once: {"parser": Program, ...},
+    each through kpctl.bpf.load_configured (`loader(spec)` defaults to
+    kpctl.bpf.load; a drop-prefix verdict gets options.prefix at
+    options.offset). Raises what loading raises (a BpfError: a KproxyError)
+    after closing the programs already loaded. The caller closes them
+    (close_programs) once the service has stopped: the kernel keeps its own
+    reference on every proxy they are attached to.
     """
-    if loader is None:
-        from .bpf import load as loader
+    from .bpf import load_configured
     progs: dict[str, Any] = {}
     try:
         for kind in PROGRAM_KINDS:
             spec = getattr(options, kind)
             if spec is None:
                 continue
-            progs[kind] = prog = loader(spec)
-            if kind == "verdict" and options.prefix is not None:
-                from .bpf import PREFIX_DEFAULT_OFFSET
-                offset = PREFIX_DEFAULT_OFFSET if options.offset is None else options.offset
-                prog.set_prefix(options.prefix.encode(), offset)
+            prefix = options.prefix.encode() if kind == "verdict" and options.prefix is not None \
+                else None
+            progs[kind] = load_configured(spec, prefix=prefix, offset=options.offset,
+                                          loader=loader)
     except BaseException:
         close_programs(progs)
         raise
@@ -355,6 +261,11 @@ def _close(s: socket.socket | None) -> None:
             pass
 
 
+def _lost_ends(e: BaseException) -> bool:
+    """The kernel dropped notifications for our socket (its buffer was full)."""
+    return getattr(e, "errno", None) == errno.ENOBUFS
+
+
 # --------------------------------------------------------------------------
 # The service
 
@@ -362,9 +273,9 @@ def _close(s: socket.socket | None) -> None:
 class Server:
     """One listening socket, one target, one kproxy client.
 
-    `client`: a kpctl.Kproxy (or anything with create/list/destroy, attach
-    with BPF programs and, optionally, monitor() returning an object with
-    fileno() and get(timeout)).
+    `client`: a kpctl.Kproxy (create(a, b, notify_end=True), fileno(),
+    ended(0), destroy(), list(), attach()), or None: run() opens one in the
+    loop's thread (in `netns`) and closes it when it returns.
     `programs`: {"parser": prog, "verdict": prog}, loaded programs (or fds)
     attached to every proxy; the caller keeps them open while the service
     runs and closes them.  None: the programs `options` names are loaded
@@ -372,6 +283,8 @@ class Server:
     `create` and `attach`: override client.create and client.attach (tests);
     `accept`: overrides listener.accept (tests inject EMFILE);
     `socket_factory(family)` makes the upstream sockets.
+
+    Threads: run() in one thread; stop(), snapshot() and address from any.
     """
 
     def __init__(self, client: Any, listen: Address, target: Address,
@@ -391,7 +304,7 @@ class Server:
         self.listen_addr = listen
         self.target = target
         self.on_event = on_event or (lambda kind, data: None)
-        self._create = create or client.create
+        self._create_override = create
         if programs is not None:
             unknown = set(programs) - set(PROGRAM_KINDS)
             if unknown:
@@ -403,38 +316,38 @@ class Server:
         self._programs = programs
         self._own_programs = False
         self._loader = loader
-        self._attach = attach or getattr(client, "attach", None)
+        self._attach_override = attach
         self._accept = accept or (lambda ls: ls.accept())
         self._netns = netns
-        self._socket_factory = socket_factory or self._default_socket
+        self._in_netns = False  # the loop's thread has entered netns
+        self._socket_factory = socket_factory or self._new_socket
         self._clock = clock
         self.counters = Counters()
         self._listener: socket.socket | None = None
         self._sel: selectors.BaseSelector | None = None
         self._pending: dict[int, _Pending] = {}
-        # our live proxies: id -> (a_to_b bytes, b_to_a bytes) last seen
-        self._live: dict[int, tuple[int, int]] = {}
-        self._ended_ab = 0
-        self._ended_ba = 0
-        self._monitor: Any = None
-        # Set when the monitor lost notifications (ENOBUFS): the next dump,
-        # not a proxy-del, must then end the proxies that are gone.
-        self._ntf_lost = False
+        self._live: set[int] = set()          # our proxies alive in the kernel
+        self._own_client = False
+        self._kill_deadline: float | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._requests: list[str] = []   # "stop" from stop(), signal names
+        # ("stop", mode or None) from stop(), ("signal", name) from handlers
+        self._requests: list[tuple[str, str | None]] = []
         self._req_lock = threading.Lock()
         self._stopping = False
-        self._drain_abandoned = False
         self._backoff = BACKOFF_MIN
         self._backoff_until: float | None = None
         self._listening = False
+        # What snapshot() returns: replaced (never changed) by the loop's
+        # thread after each round, so that another thread reads a whole one.
+        self._published: dict[str, Any] = self.counters.to_dict()
 
     # -- setup ---------------------------------------------------------------
 
-    def _default_socket(self, family: int) -> socket.socket:
-        if self._netns:
+    def _new_socket(self, family: int) -> socket.socket:
+        if self._netns and not self._in_netns:
+            # open() before run(), from a thread outside the namespace: once.
             from .netns import socket_in_netns
             return socket_in_netns(self._netns, family, socket.SOCK_STREAM)
         return socket.socket(family, socket.SOCK_STREAM)
@@ -448,7 +361,7 @@ class Server:
         """
         self.load_programs()
         try:
-            ls = self._default_socket(self.listen_addr.family)
+            ls = self._new_socket(self.listen_addr.family)
         except BaseException:
             self._close_own_programs()
             raise
@@ -477,9 +390,6 @@ class Server:
     def load_programs(self) -> dict[str, Any]:
         """The programs attached to every proxy; loaded here, once, when the
         caller gave none and the options name some."""
-        wanted = self._programs or self.options.parser is not None
-        if wanted and self._attach is None:
-            raise ServeError("BPF programs need a client with attach()")
         if self._programs is None:
             if self.options.parser is None and self.options.verdict is None:
                 self._programs = {}
@@ -494,37 +404,107 @@ class Server:
             self._programs = None
             self._own_programs = False
 
-    # -- control from outside the loop --------------------------------------
+    def _create(self, conn: socket.socket, up: socket.socket) -> Any:
+        if self._create_override is not None:
+            return self._create_override(conn, up)
+        return self.client.create(conn, up, notify_end=True)
 
-    def stop(self) -> None:
-        """Ask the loop to stop as SIGTERM would (thread-safe)."""
-        self._request("stop")
+    def _attach(self, pid: int, kind: str, prog: Any, direction: str) -> None:
+        if self._attach_override is not None:
+            self._attach_override(pid, kind, prog, direction)
+        else:
+            self.client.attach(pid, kind, prog, direction)
 
-    def _request(self, what: str) -> None:
+    # -- control from other threads ------------------------------------------
+
+    def stop(self, mode: str | None = None) -> None:
+        """Stop accepting, then leave, drain or kill the live proxies
+        (None: options.on_stop). Thread-safe; returns at once, run()
+        returns when the mode is done. While draining, "kill" ends the
+        proxies and "leave" stops waiting; a second stop(None), like a
+        second signal, stops waiting."""
+        if mode is not None and mode not in STOP_MODES:
+            raise ValueError(f"stop mode must be one of {', '.join(STOP_MODES)}")
+        self._request(("stop", mode))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as of the loop's last round (thread-safe)."""
+        return dict(self._published)
+
+    def _request(self, req: tuple[str, str | None]) -> None:
         with self._req_lock:
-            self._requests.append(what)
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass
+            self._requests.append(req)
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:  # full (a wakeup is pending anyway) or closed (stopped)
+                pass
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        # Runs between bytecodes of the loop: only record it; the wakeup fd
-        # (set_wakeup_fd) interrupts select().
+        # Runs between bytecodes of the main thread: only record it; the
+        # wakeup fd (set_wakeup_fd) interrupts select().
         with self._req_lock:
-            self._requests.append(signal.Signals(signum).name)
+            self._requests.append(("signal", signal.Signals(signum).name))
 
     # -- the loop ------------------------------------------------------------
 
     def run(self, *, install_signals: bool = True) -> Counters:
-        """Serve until stopped (a signal or stop()); returns the counters."""
-        if self._listener is None:
-            self.open()
+        """Serve until stopped (stop() or a signal); returns the counters.
+
+        Signals are taken only when install_signals and this is the main
+        thread. With a netns, this thread enters it for the loop and
+        returns to its own namespace afterwards."""
+        home = self._enter_netns()
+        try:
+            return self._run(install_signals)
+        finally:
+            self._leave_netns(home)
+
+    def _enter_netns(self) -> int | None:
+        if not self._netns:
+            return None
+        from .netns import enter
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter(self._netns)
+        except BaseException:
+            os.close(home)
+            raise
+        self._in_netns = True
+        return home
+
+    def _leave_netns(self, home: int | None) -> None:
+        if home is None:
+            return
+        from .netns import enter
+        try:
+            enter(f"/proc/self/fd/{home}")
+        except KproxyError as e:
+            self._emit("warning", {"message": f"cannot return to this thread's own network "
+                                              f"namespace: {e.message}"})
+        finally:
+            os.close(home)
+            self._in_netns = False
+
+    def _run(self, install_signals: bool) -> Counters:
+        if self.client is None:
+            from .client import Kproxy
+            self.client = Kproxy()  # in netns: this thread is there now
+            self._own_client = True
+        try:
+            if self._listener is None:
+                self.open()
+            if self._programs and self._attach_override is None \
+                    and not hasattr(self.client, "attach"):
+                raise ServeError("BPF programs need a client with attach()")
+        except BaseException:
+            self._close_own_client()
+            raise
         c = self.counters
         c.started = time.time()
         t0 = self._clock()
         self._sel = sel = selectors.DefaultSelector()
-        sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        sel.register(self.client.fileno(), selectors.EVENT_READ, "ends")
         self._listen_on()
         saved: dict[int, Any] = {}
         old_wakeup = None
@@ -537,7 +517,6 @@ class Server:
         if self._programs:
             listening["programs"] = describe_programs(self._programs)
         self._emit("listening", listening)
-        self._open_monitor()
         next_tick = self._clock() + TICK
         try:
             while True:
@@ -545,18 +524,20 @@ class Server:
                 wait = next_tick - now
                 if self._pending:
                     wait = min(wait, min(p.deadline for p in self._pending.values()) - now)
-                if self._backoff_until is not None:
-                    wait = min(wait, self._backoff_until - now)
+                for deadline in (self._backoff_until, self._kill_deadline):
+                    if deadline is not None:
+                        wait = min(wait, deadline - now)
                 for key, _mask in sel.select(max(0.0, wait)):
-                    kind, obj = key.data
-                    if kind == "listen":
+                    if key.data == "listen":
                         self._on_accept()
-                    elif kind == "connect":
-                        self._on_connected(obj)
-                    elif kind == "monitor":
-                        self._on_monitor()
-                    elif kind == "wake":
+                    elif key.data == "wake":
                         self._drain_wake()
+                    elif key.data != "ends":
+                        self._on_connected(key.data)
+                # Every round, not only when the socket is readable: the
+                # client keeps the ends that arrive while it waits for an
+                # answer (a proxy may end before create() returns).
+                self._on_ends()
                 if self._handle_requests():
                     break
                 now = self._clock()
@@ -565,21 +546,23 @@ class Server:
                     self._backoff_until = None
                     if not self._stopping:
                         self._listen_on()
+                if self._kill_deadline is not None and now >= self._kill_deadline:
+                    self._give_up_waiting("killed proxies did not report their end")
+                snap = self._publish()
                 if now >= next_tick:
                     next_tick = now + TICK
-                    self._refresh()
-                    self._emit("tick", self._snapshot())
+                    self._emit("tick", snap)
                 if self._stopping and not self._live and not self._pending:
-                    break  # drained (or nothing was left)
+                    break  # drained, killed (or nothing was left)
         finally:
-            if install_signals and saved:
+            if saved:
                 signal.set_wakeup_fd(old_wakeup if old_wakeup is not None else -1)
                 for s, h in saved.items():
                     signal.signal(s, h)
             self._finish()
             self._close_own_programs()
             c.elapsed = self._clock() - t0
-        self._emit("stopped", self._snapshot())
+        self._emit("stopped", self._publish())
         return c
 
     def _finish(self) -> None:
@@ -590,19 +573,23 @@ class Server:
             _close(self._listener)
             self._listener = None
         if self._live:
-            self._on_monitor()
-            self._refresh()
-        if self._monitor is not None:
-            try:
-                self._monitor.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self._monitor = None
+            self._on_ends()
         if self._sel is not None:
             self._sel.close()
             self._sel = None
-        _close(self._wake_r)
-        _close(self._wake_w)
+        self._close_own_client()
+        with self._req_lock:  # a stop() from now on finds the wakeup closed
+            _close(self._wake_r)
+            _close(self._wake_w)
+
+    def _close_own_client(self) -> None:
+        if self._own_client:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.client = None
+            self._own_client = False
 
     def _emit(self, kind: str, data: dict) -> None:
         try:
@@ -612,22 +599,18 @@ class Server:
         except Exception:  # noqa: BLE001 - a drawing bug must not kill the service
             pass
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _publish(self) -> dict[str, Any]:
         c = self.counters
         c.active = len(self._live)
         c.pending = len(self._pending)
-        c.bytes_a_to_b = self._ended_ab + sum(ab for ab, _ in self._live.values())
-        c.bytes_b_to_a = self._ended_ba + sum(ba for _, ba in self._live.values())
-        return c.to_dict()
-
-    def snapshot(self) -> dict[str, Any]:
-        return self._snapshot()
+        self._published = snap = c.to_dict()
+        return snap
 
     # -- listener --------------------------------------------------------------
 
     def _listen_on(self) -> None:
         if self._listener is not None and not self._listening and self._sel is not None:
-            self._sel.register(self._listener, selectors.EVENT_READ, ("listen", None))
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
             self._listening = True
 
     def _listen_off(self) -> None:
@@ -690,7 +673,7 @@ class Server:
         p = _Pending(conn, peer, up, self._clock() + self.options.connect_timeout)
         self._pending[up.fileno()] = p
         assert self._sel is not None
-        self._sel.register(up, selectors.EVENT_WRITE, ("connect", p))
+        self._sel.register(up, selectors.EVENT_WRITE, p)
 
     def _unpend(self, p: _Pending) -> None:
         self._pending.pop(p.up.fileno(), None)
@@ -752,7 +735,7 @@ class Server:
         _close(conn)
         _close(up)
         self.counters.created += 1
-        self._live[pid] = (0, 0)
+        self._live.add(pid)
         self._emit("proxy", {"id": pid, "client": peer, "upstream": local})
 
     def _attach_programs(self, pid: int, conn: socket.socket, up: socket.socket,
@@ -760,7 +743,7 @@ class Server:
         """The parser on both directions, then the verdict.  On a refusal the
         proxy goes (its sockets come back to us), the client is reset and
         the connection counted as failed (stage "attach"): False."""
-        assert self._programs is not None and self._attach is not None
+        assert self._programs is not None
         for kind in PROGRAM_KINDS:
             prog = self._programs.get(kind)
             if prog is None:
@@ -789,101 +772,54 @@ class Server:
             self._emit("warning", {"message": f"proxy {pid}: cannot destroy it after a "
                                               f"failed attach: {e}"})
 
-    # -- kernel state ----------------------------------------------------------
+    # -- ends of our proxies -----------------------------------------------------
 
-    def _open_monitor(self) -> None:
-        """proxy-del notifications free a --max-conns slot at once and give
-        the final counters; without them, the per-second dump does both."""
-        opener = getattr(self.client, "monitor", None)
-        if opener is None:
-            return
+    def _on_ends(self) -> None:
+        """Take the ends the kernel sent us (notify_end); an id we do not
+        hold (a proxy whose attach failed) is not ours to count."""
         try:
-            mon = opener()
-        except Exception as e:  # noqa: BLE001
-            self._emit("warning", {"message": f"no proxy notifications ({e}); "
-                                              f"polling once a second"})
+            events = self.client.ended(0)
+        except (KproxyError, OSError) as e:
+            if _lost_ends(e):
+                self._reconcile()
+            else:
+                self._emit("warning", {"message": f"cannot read the ends of proxies: "
+                                                  f"{getattr(e, 'message', None) or e}"})
             return
-        if not hasattr(mon, "fileno") or not hasattr(mon, "get"):
-            close = getattr(mon, "close", None)
-            if close:
-                close()
-            return
-        self._monitor = mon
-        assert self._sel is not None
-        self._sel.register(mon.fileno(), selectors.EVENT_READ, ("monitor", None))
+        for ev in events:
+            if ev.kind == "del" and ev.proxy.id in self._live:
+                self._ended(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
+                            ev.proxy.b_to_a.bytes)
 
-    def _on_monitor(self) -> None:
-        mon = self._monitor
-        while mon is not None:
-            try:
-                ev = mon.get(0)
-            except KproxyError as e:
-                # ENOBUFS: notifications lost; the next dump catches up.
-                self._emit("warning", {"message": f"monitor: {e.message}"})
-                self._ntf_lost = True
-                if e.errno != errno.ENOBUFS:
-                    self._drop_monitor()
-                return
-            if ev is None:
-                return
-            if ev.kind != "del" or ev.proxy.id not in self._live:
-                continue
-            self._ended(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
-                        ev.proxy.b_to_a.bytes)
-
-    def _drop_monitor(self) -> None:
-        if self._monitor is None:
-            return
-        if self._sel is not None:
-            try:
-                self._sel.unregister(self._monitor.fileno())
-            except (KeyError, ValueError, OSError):
-                pass
+    def _reconcile(self) -> None:
+        """The kernel dropped some of our ends (our socket's buffer was
+        full): first the ends still queued, then one dump says which of our
+        proxies are gone. Their bytes are lost (counted in `lost`)."""
+        self._on_ends()
         try:
-            self._monitor.close()
-        except Exception:  # noqa: BLE001
-            pass
-        self._monitor = None
-
-    def _ended(self, pid: int, reason: str, ab: int, ba: int) -> None:
-        last = self._live.pop(pid, None)
-        if last is None:
-            return
-        ab, ba = max(ab, last[0]), max(ba, last[1])
-        self._ended_ab += ab
-        self._ended_ba += ba
-        self.counters.ended += 1
-        self._emit("ended", {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba})
-
-    def _refresh(self) -> None:
-        """One dump: current counters of our live proxies.
-
-        A dump leaves out a proxy as soon as it starts ending, while it
-        still delivers its last queued bytes; its proxy-del comes after, with
-        the final counters. So with a working monitor a proxy missing from
-        the dump stays live until its proxy-del ends it. Without a monitor,
-        or after the monitor lost notifications, the dump ends it ("gone"),
-        with the counters last seen."""
-        if not self._live:
-            return
-        dump_ends = self._monitor is None or self._ntf_lost
-        try:
-            proxies = self.client.list()
+            alive = {p.id for p in self.client.list()}
         except Exception as e:  # noqa: BLE001 - the loop goes on
             msg = getattr(e, "message", None) or str(e)
-            self._emit("warning", {"message": f"cannot read the kernel's counters: {msg}"})
+            self._emit("warning", {"message": f"ends of proxies were lost and the kernel's "
+                                              f"list cannot be read: {msg}"})
             return
-        self._ntf_lost = False
-        seen = {}
-        for p in proxies:
-            if p.id in self._live:
-                seen[p.id] = (p.a_to_b.bytes, p.b_to_a.bytes)
-        for pid in list(self._live):
-            if pid in seen:
-                self._live[pid] = seen[pid]
-            elif dump_ends:
-                last = self._live[pid]
-                self._ended(pid, "gone", last[0], last[1])
+        gone = sorted(self._live - alive)
+        if gone:
+            self._emit("warning", {"message": f"the kernel dropped the ends of {len(gone)} "
+                                              f"proxies (ENOBUFS): their bytes are not counted"})
+        for pid in gone:
+            self._ended(pid, "gone", 0, 0, lost=True)
+
+    def _ended(self, pid: int, reason: str, ab: int, ba: int, *, lost: bool = False) -> None:
+        if pid not in self._live:
+            return
+        self._live.discard(pid)
+        c = self.counters
+        c.ended += 1
+        c.lost += int(lost)
+        c.bytes_a_to_b += ab
+        c.bytes_b_to_a += ba
+        self._emit("ended", {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba})
 
     # -- stopping --------------------------------------------------------------
 
@@ -891,34 +827,41 @@ class Server:
         try:
             while self._wake_r.recv(4096):
                 pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
+        except OSError:  # BlockingIOError: drained
             pass
 
     def _handle_requests(self) -> bool:
-        """Signals and stop(): True when the loop must end now."""
+        """stop() and signals: True when the loop must end now."""
         with self._req_lock:
             reqs, self._requests = self._requests, []
-        for r in reqs:
-            if r == "SIGHUP":
-                self._emit("signal", {"signal": r, "action":
+        for what, arg in reqs:
+            if what == "signal" and arg == "SIGHUP":
+                self._emit("signal", {"signal": arg, "action":
                                       "ignored: reloading is not supported; restart the "
                                       "service to change its configuration"})
                 continue
-            if self._stopping:
-                # A second SIGINT/SIGTERM while draining: stop waiting.
-                self._drain_abandoned = True
-                self._emit("signal", {"signal": r, "action":
-                                      f"stop waiting; {len(self._live)} proxies go on in "
-                                      f"the kernel"})
+            if not self._stopping:
+                if what == "signal":
+                    self._emit("signal", {"signal": arg, "action": "stop accepting"})
+                if self._begin_stop(arg if what == "stop" and arg else self.options.on_stop):
+                    return True
+            elif what == "stop" and arg == "kill":
+                self._emit("stopping", {"mode": "kill", "active": len(self._live)})
+                self._kill_all()
+            elif what == "stop" and arg == "drain":
+                continue  # waiting already
+            elif what == "stop" and arg == "leave":
+                self._emit("stopping", {"mode": "leave", "active": len(self._live)})
                 return True
-            self._emit("signal", {"signal": r, "action": "stop accepting"})
-            if self._begin_stop():
+            else:
+                # A second signal or stop(): stop waiting.
+                self._emit("signal", {"signal": arg if what == "signal" else "stop",
+                                      "action": f"stop waiting; {len(self._live)} proxies "
+                                                f"go on in the kernel"})
                 return True
         return False
 
-    def _begin_stop(self) -> bool:
+    def _begin_stop(self, mode: str) -> bool:
         """Stop accepting; True when nothing remains to wait for."""
         self._stopping = True
         self._listen_off()
@@ -927,35 +870,35 @@ class Server:
         self._backoff_until = None
         for p in list(self._pending.values()):
             self._fail(p, "shutting down", None, "shutdown")
-        self._refresh()
-        mode = self.options.on_stop
         self._emit("stopping", {"mode": mode, "active": len(self._live)})
         if mode == "kill":
             self._kill_all()
+        elif mode == "leave":
             return True
-        if mode == "leave":
-            return True
-        return not self._live  # drain: the loop waits for them
+        return not self._live  # drain and kill wait for the ends
 
     def _kill_all(self) -> None:
-        destroyed = []
+        """proxy-del every live proxy; their ends (final counters) come on
+        our socket, read by the loop, which waits for them KILL_WAIT."""
         for pid in sorted(self._live):
             try:
                 self.client.destroy(pid)
             except KproxyError as e:
-                if e.errno != errno.ENOENT:
+                if e.errno != errno.ENOENT:  # ENOENT: ending by itself
                     self._emit("warning", {"message": f"proxy {pid}: {e}"})
-                    continue
             except Exception as e:  # noqa: BLE001
                 self._emit("warning", {"message": f"proxy {pid}: {e}"})
-                continue
-            destroyed.append(pid)
-        # The kernel queued each proxy-del, final counters included, before
-        # its destroy returned; the counters last seen are the fallback.
-        self._on_monitor()
-        for pid in destroyed:
-            last = self._live.get(pid, (0, 0))
-            self._ended(pid, "user", last[0], last[1])
+        self._kill_deadline = self._clock() + KILL_WAIT
+        self._on_ends()
+
+    def _give_up_waiting(self, why: str) -> None:
+        """After KILL_WAIT: a proxy whose end never came is counted as lost."""
+        self._kill_deadline = None
+        if not self._live:
+            return
+        self._emit("warning", {"message": f"{why}: {len(self._live)} counted as gone"})
+        for pid in sorted(self._live):
+            self._ended(pid, "gone", 0, 0, lost=True)
 
 
 def serve(listen: str, target: str, options: ServeOptions | None = None, *,
@@ -964,37 +907,15 @@ def serve(listen: str, target: str, options: ServeOptions | None = None, *,
           install_signals: bool = True,
           loader: Callable[[str], Any] | None = None) -> Counters:
     """The library call behind `kpctl serve LISTEN TARGET`: resolve both
-    addresses once, open kproxy (unless a client is given), load the BPF
-    programs the options name (once), serve until a signal; returns the
-    counters."""
+    addresses once, load the BPF programs the options name (once), serve
+    until a signal; returns the counters. Without a client, the loop opens
+    its own kproxy client, in netns."""
+    from .address import check_distinct, resolve
     options = options or ServeOptions()
-    try:
-        options.check()
-    except ServeError:
-        raise
+    options.check()
     laddr = resolve(listen, listen=True, resolver=resolver)
     taddr = resolve(target, resolver=resolver)
     check_distinct(laddr, taddr)
-    own = client is None
-    if own:
-        from .client import Kproxy
-        client = Kproxy(netns=netns)
-    try:
-        server = Server(client, laddr, taddr, options, on_event=on_event, netns=netns,
-                        loader=loader)
-        server.open()
-        return server.run(install_signals=install_signals)
-    finally:
-        if own:
-            client.close()
-
-
-def check_distinct(listen: Address, target: Address) -> None:
-    """Refuse a service that would connect to itself."""
-    if listen.port != target.port or listen.port == 0:
-        return
-    same = listen.host == target.host or (
-        listen.host in ("0.0.0.0", "::") and ipaddress.ip_address(target.host).is_loopback)
-    if same:
-        raise ServeError(f"LISTEN {listen} and TARGET {target} are the same address: "
-                         f"the service would connect to itself")
+    server = Server(client, laddr, taddr, options, on_event=on_event, netns=netns,
+                    loader=loader)
+    return server.run(install_signals=install_signals)

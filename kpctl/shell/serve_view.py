@@ -2,9 +2,10 @@
 a status line, log lines and a summary.
 
 - text on a terminal: one status line redrawn in place every second
-  (accepted, active, failed, refused, bytes each way from the kernel's
-  counters); failures, refusals, accept errors and signals are printed
-  above it as log lines; a summary on exit.
+  (accepted, active, failed, refused, ended, and the bytes each way of the
+  ended proxies: the kernel's final counters, which serve learns from each
+  end; live proxies are not polled); failures, refusals, accept errors and
+  signals are printed above it as log lines; a summary on exit.
 - text elsewhere (a pipe, the journal): the same log lines and summary, no
   status line (a line a second would flood a log); no line per successful
   connection.
@@ -50,7 +51,9 @@ def status_text(c: dict, listen: str = "", target: str = "") -> str:
     parts.append(f"refused {c['refused']}")
     if c.get("accept_errors"):
         parts.append(f"accept errors {c['accept_errors']}")
-    parts.append(f"↑ {_bytes(c['bytes_a_to_b'])} ↓ {_bytes(c['bytes_b_to_a'])}")
+    # Bytes are known when a proxy ends: they belong to the ended ones.
+    parts.append(f"ended {c['ended']}: ↑ {_bytes(c['bytes_a_to_b'])} "
+                 f"↓ {_bytes(c['bytes_b_to_a'])}")
     return head + "  ".join(parts)
 
 
@@ -59,8 +62,12 @@ def summary_text(c: dict, listen: str = "", target: str = "", mode: str = "leave
              f"{c['accepted']} accepted, {c['created']} proxied, {c['failed']} failed, "
              f"{c['refused']} refused"
              + (f", {c['accept_errors']} accept errors" if c.get("accept_errors") else ""),
-             f"bytes client→target {_bytes(c['bytes_a_to_b'])} ({c['bytes_a_to_b']}), "
-             f"target→client {_bytes(c['bytes_b_to_a'])} ({c['bytes_b_to_a']})"]
+             f"bytes of the {c['ended']} ended: client→target {_bytes(c['bytes_a_to_b'])} "
+             f"({c['bytes_a_to_b']}), target→client {_bytes(c['bytes_b_to_a'])} "
+             f"({c['bytes_b_to_a']})"]
+    if c.get("lost"):
+        lines.append(f"{c['lost']} of them ended unreported (the kernel dropped their ends: "
+                     f"ENOBUFS): their bytes are not counted")
     if c.get("failures"):
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(c["failures"].items())))
     if c.get("active"):

@@ -18,8 +18,8 @@ import pytest
 from cli_fakes import FakeKproxy, Harness
 from kpctl.errors import KproxyError
 from kpctl.model import DirStats, Endpoint, Event, Proxy, SockInfo
-from kpctl.serve import (TICK, Address, Server, ServeError, ServeOptions, check_distinct,
-                         resolve, split_hostport)
+from kpctl.address import Address, ServeError, check_distinct, resolve, split_hostport
+from kpctl.serve import TICK, Server, ServeOptions
 from kpctl.shell.serve_view import ServeView, status_text, summary_text
 
 T = 10.0  # every wait in these tests is bounded
@@ -177,7 +177,12 @@ def test_serve_program_refused_by_the_verifier_exits_2():
 @pytest.mark.parametrize("kw,msg", [
     ({"verdict": "pass"}, "a verdict needs a parser"),
     ({"parser": ""}, "--parser must name a program"),
-    ({"parser": "lenprefix", "prefix": "X"}, "--prefix configures the verdict"),
+    ({"parser": "lenprefix", "prefix": "X"},
+     "--prefix configures a verdict (drop-prefix), give --verdict"),
+    ({"max_conns": 0}, "--max-conns must be 1 or more"),
+    ({"connect_timeout": 0}, "--connect-timeout must be a positive number of seconds"),
+    ({"backlog": 0}, "--backlog must be 1 or more"),
+    ({"on_stop": "vanish"}, "on_stop must be one of leave, drain, kill"),
     ({"parser": "lenprefix", "verdict": "drop-prefix", "offset": 0}, "--offset goes with --prefix"),
     ({"parser": "lenprefix", "verdict": "drop-prefix", "prefix": ""}, "must not be empty"),
     ({"parser": "lenprefix", "verdict": "drop-prefix", "prefix": "x" * 65}, "at most 64 bytes"),
@@ -188,6 +193,15 @@ def test_options_check_programs(kw, msg):
     assert msg in ei.value.message
     ServeOptions(parser="lenprefix").check()
     ServeOptions(parser="lenprefix", verdict="drop-prefix", prefix="DROP", offset=0).check()
+
+
+def test_stop_mode_from_the_cli_flags():
+    assert [ServeOptions.stop_mode(d, k) for d, k in ((False, False), (True, False),
+                                                       (False, True))] == ["leave", "drain", "kill"]
+    with pytest.raises(ServeError) as ei:
+        ServeOptions.stop_mode(True, True)
+    assert ei.value.message == ("--drain and --kill are exclusive (what happens to running "
+                                "proxies on stop)")
 
 
 def test_programs_verdict_without_parser_refused():
@@ -229,25 +243,31 @@ def _sockinfo(s):
 class RelayKproxy:
     """create(a, b) dups both fds (the proxy's own references) and pumps
     bytes both ways in threads; the proxy disappears from list() when both
-    directions are done, like a kernel proxy that ended."""
+    directions are done, like a kernel proxy that ended. Ends of proxies
+    made with notify_end come back through fileno()/ended(), as the kernel
+    sends them to the creator's socket; `lose_ends` of them are dropped
+    (the next ended() raises ENOBUFS, as a full netlink socket does)."""
 
-    def __init__(self, fail=None, monitor=None, attach_fail=None, ntf_delay=0.0):
+    def __init__(self, fail=None, attach_fail=None, lose_ends=0):
         self.fail = fail
-        # Seconds between leaving list() and the proxy-del: the kernel's
-        # dump leaves out an ending proxy while it delivers its last bytes.
-        self.ntf_delay = ntf_delay
         self.attach_fail = attach_fail  # (pid, kind) -> an exception to raise, or None
         self.attached = []  # (pid, kind, prog, direction)
         self.lock = threading.Lock()
         self.proxies = {}
         self.bytes = {}
+        self.notify = set()
         self.next_id = 1
         self.created = []
         self.destroyed = []
         self.calls = []
-        self._monitor = monitor
+        self.lose_ends = lose_ends
+        self.overrun = False
+        self.ends = []
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.closed = False
 
-    def create(self, a, b):
+    def create(self, a, b, *, notify_end=False):
         self.calls.append("create")
         assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
         if self.fail:
@@ -264,6 +284,8 @@ class RelayKproxy:
             self.proxies[pid] = (p, a2, b2)
             self.bytes[pid] = [0, 0]
             self.created.append(p)
+            if notify_end:
+                self.notify.add(pid)
         done = []
 
         def pump(src, dst, idx):
@@ -288,21 +310,43 @@ class RelayKproxy:
         return p
 
     def _end(self, pid, reason):
+        """Under self.lock."""
         p, a2, b2 = self.proxies.pop(pid)
         for s in (a2, b2):
             try:
                 s.close()
             except OSError:
                 pass
-        if self._monitor is not None:
+        if pid not in self.notify:
+            return
+        if self.lose_ends:
+            self.lose_ends -= 1
+            self.overrun = True
+        else:
             ab, ba = self.bytes[pid]
-            ev = Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
-                                    DirStats(bytes=ab), DirStats(bytes=ba)),
-                       reason, time.time())
-            if self.ntf_delay:
-                threading.Timer(self.ntf_delay, self._monitor.push, (ev,)).start()
-            else:
-                self._monitor.push(ev)
+            self.ends.append(Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
+                                                DirStats(bytes=ab), DirStats(bytes=ba)),
+                                   reason, time.time()))
+        try:
+            self.w.send(b"x")
+        except OSError:
+            pass
+
+    def fileno(self):
+        return self.r.fileno()
+
+    def ended(self, timeout=0.0):
+        assert timeout == 0, "serve reads ends without blocking"
+        try:
+            self.r.recv(4096)
+        except BlockingIOError:
+            pass
+        with self.lock:
+            if self.overrun:
+                self.overrun = False
+                raise KproxyError(errno.ENOBUFS, "No buffer space available")
+            out, self.ends = self.ends, []
+            return out
 
     def list(self):
         self.calls.append("list")
@@ -339,45 +383,8 @@ class RelayKproxy:
             raise exc
         self.attached.append((pid, kind, prog, direction))
 
-    def monitor(self):
-        if self._monitor is None:
-            raise KproxyError(errno.ENOENT, "multicast group 'monitor' not registered")
-        return self._monitor
-
-    def close(self):
-        pass
-
-
-class FakeMonitor:
-    """fileno() + get(timeout) like kpctl.client.Monitor."""
-
-    def __init__(self):
-        self.r, self.w = socket.socketpair()
-        self.r.setblocking(False)
-        self.events = []
-        self.lock = threading.Lock()
-        self.closed = False
-
-    def push(self, ev):
-        with self.lock:
-            self.events.append(ev)
-        self.w.send(b"x")
-
-    def fileno(self):
-        return self.r.fileno()
-
-    def get(self, timeout=None):
-        try:
-            self.r.recv(4096)
-        except BlockingIOError:
-            pass
-        with self.lock:
-            return self.events.pop(0) if self.events else None
-
     def close(self):
         self.closed = True
-        self.r.close()
-        self.w.close()
 
 
 class EchoServer:
@@ -499,7 +506,7 @@ def fd_count():
 
 def test_bytes_flow_and_fds_are_handed_over():
     echo = EchoServer()
-    kp = RelayKproxy(monitor=FakeMonitor())  # final counters come with proxy-del
+    kp = RelayKproxy()
     r = Running(kp, echo.addr)
     try:
         with r.connect() as c:
@@ -622,51 +629,81 @@ def test_max_conns_refuses_beyond_and_frees_slots():
         echo.close()
 
 
-def test_monitor_frees_slots_at_once_with_final_counters():
+def _echo_and_close(r, payload):
+    with r.connect() as c:
+        c.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            got += c.recv(len(payload))
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(1) == b""
+
+
+def test_ends_free_slots_at_once_with_final_counters():
     echo = EchoServer()
-    mon = FakeMonitor()
-    kp = RelayKproxy(monitor=mon)
+    kp = RelayKproxy()
     r = Running(kp, echo.addr, options={"max_conns": 1})
     try:
         for i in range(5):  # one at a time, back to back: never refused
-            with r.connect() as c:
-                c.sendall(b"z" * 100)
-                got = b""
-                while len(got) < 100:
-                    got += c.recv(100)
-                c.shutdown(socket.SHUT_WR)
-                assert c.recv(1) == b""
+            _echo_and_close(r, b"z" * 100)
             wait_for(lambda: r.server.snapshot()["ended"] == i + 1)
         c = r.stop()
-        assert c.refused == 0 and c.created == 5
+        assert c.refused == 0 and c.created == 5 and c.lost == 0
         assert c.bytes_a_to_b == 500 and c.bytes_b_to_a == 500
-        assert all(e["reason"] == "closed" for e in r.kinds("ended"))
-        assert "list" not in kp.calls  # nothing live at a tick: no dump needed
-        assert mon.closed
+        assert [e["reason"] for e in r.kinds("ended")] == ["closed"] * 5
+        assert [e["a_to_b"] for e in r.kinds("ended")] == [100] * 5
+        assert "list" not in kp.calls and kp.notify == {1, 2, 3, 4, 5}
     finally:
         echo.close()
 
 
-def test_proxy_missing_from_a_dump_ends_with_its_proxy_del():
-    """A dump skips an ending proxy before its proxy-del is sent: serve
-    waits for the notification and its final counters, not "gone"."""
+def test_no_work_per_second_on_live_proxies():
+    """Live proxies cost the loop nothing each second: no dump, no
+    notification of anyone else's proxy; the ticks count what ended."""
     echo = EchoServer()
-    kp = RelayKproxy(monitor=FakeMonitor(), ntf_delay=2.5 * TICK)
+    kp = RelayKproxy()
     r = Running(kp, echo.addr)
     try:
-        with r.connect() as c:
-            c.sendall(b"q" * 300)
-            got = b""
-            while len(got) < 300:
-                got += c.recv(300)
-            c.shutdown(socket.SHUT_WR)
-            assert c.recv(1) == b""
-        wait_for(lambda: "list" in kp.calls and not kp.proxies, what="a dump without it")
-        assert r.server.snapshot()["ended"] == 0
-        wait_for(lambda: r.server.snapshot()["ended"] == 1, what="proxy-del")
+        held = [r.connect() for _ in range(3)]
+        for h in held:
+            h.sendall(b"12345")
+            assert recv_all(h, 5) == b"12345"
+        _echo_and_close(r, b"e" * 7)
+        wait_for(lambda: len(r.kinds("tick")) >= 3, timeout=3 * TICK + T, what="3 ticks")
+        assert "list" not in kp.calls
+        tick = r.kinds("tick")[-1]
+        assert (tick["active"], tick["ended"], tick["bytes_a_to_b"]) == (3, 1, 7)
+        for h in held:
+            h.close()
+        wait_for(lambda: r.server.snapshot()["ended"] == 4)
         c = r.stop()
-        assert (c.bytes_a_to_b, c.bytes_b_to_a) == (300, 300)
-        assert [e["reason"] for e in r.kinds("ended")] == ["closed"]
+        assert (c.bytes_a_to_b, c.bytes_b_to_a) == (22, 22) and "list" not in kp.calls
+    finally:
+        echo.close()
+
+
+def test_lost_ends_are_reconciled_by_one_dump():
+    """ENOBUFS on the socket: one dump says which proxies are gone; the
+    others stay live and end with their own counters later."""
+    echo = EchoServer()
+    kp = RelayKproxy(lose_ends=1)
+    r = Running(kp, echo.addr, options={"max_conns": 2})
+    try:
+        held = r.connect()
+        held.sendall(b"h")
+        assert held.recv(1) == b"h"
+        _echo_and_close(r, b"L" * 9)  # its end is lost
+        wait_for(lambda: r.server.snapshot()["ended"] == 1, what="the lost end reconciled")
+        assert kp.calls.count("list") == 1
+        assert r.server.snapshot()["active"] == 1  # the held one is still live
+        [gone] = r.kinds("ended")
+        assert (gone["id"], gone["reason"], gone["a_to_b"]) == (2, "gone", 0)
+        assert "dropped the ends of 1 proxies" in r.kinds("warning")[0]["message"]
+        held.close()
+        wait_for(lambda: r.server.snapshot()["ended"] == 2)
+        c = r.stop()
+        assert (c.lost, c.bytes_a_to_b, c.bytes_b_to_a) == (1, 1, 1)
+        assert kp.calls.count("list") == 1
     finally:
         echo.close()
 
@@ -784,6 +821,170 @@ def test_second_signal_stops_draining():
         held.close()
     finally:
         echo.close()
+
+
+def _full_listener():
+    """A listener whose accept queue is full: it drops SYNs, connect() hangs."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(full.getsockname())
+        fillers.append(f)
+    time.sleep(0.1)
+    return full, fillers
+
+
+def _stopped_within(r, seconds=1.0):
+    r.t.join(seconds)
+    assert not r.t.is_alive(), f"run() still running {seconds}s after stop()"
+    assert r.error is None, r.error
+    return r.result
+
+
+@pytest.mark.parametrize("mode", ["leave", "drain", "kill"])
+def test_stop_from_another_thread_while_accepting(mode):
+    r = Running(RelayKproxy(), resolve("127.0.0.1:9"))
+    time.sleep(0.1)
+    r.server.stop(mode)
+    c = _stopped_within(r)
+    assert r.kinds("stopping") == [{"mode": mode, "active": 0}] and c.accepted == 0
+    with pytest.raises(OSError):
+        socket.create_connection(r.addr.sockaddr()[:2], timeout=1)
+
+
+def test_stop_with_pending_connects_fails_them_at_once():
+    full, fillers = _full_listener()
+    r = Running(RelayKproxy(), Address("127.0.0.1", full.getsockname()[1], socket.AF_INET),
+                options={"connect_timeout": 60})
+    try:
+        clients = [r.connect() for _ in range(2)]
+        wait_for(lambda: r.server.snapshot()["pending"] == 2, what="2 connects pending")
+        r.server.stop("drain")
+        c = _stopped_within(r)
+        assert (c.failed, c.pending, c.failures) == (2, 0, {"shutdown": 2})
+        for h in clients:
+            assert ended_by_server(h)
+            h.close()
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()
+
+
+def test_stop_leave_or_kill_while_draining():
+    echo = EchoServer()
+    kp = RelayKproxy()
+    r = Running(kp, echo.addr, options={"on_stop": "drain"})
+    r2 = Running(kp, echo.addr, options={"on_stop": "drain"})
+    try:
+        held = [r.connect(), r2.connect()]
+        for h in held:
+            h.sendall(b"d")
+            assert h.recv(1) == b"d"
+        wait_for(lambda: r.server.snapshot()["active"] == 1 and r2.server.snapshot()["active"] == 1)
+        r.server.stop()
+        r2.server.stop()
+        time.sleep(0.3)
+        assert r.t.is_alive() and r2.t.is_alive()  # both draining
+        r.server.stop("drain")  # already draining: goes on waiting
+        time.sleep(0.2)
+        assert r.t.is_alive()
+        r.server.stop("leave")
+        c = _stopped_within(r)
+        assert c.active == 1 and not kp.destroyed
+        assert r.kinds("stopping")[-1] == {"mode": "leave", "active": 1}
+        r2.server.stop("kill")
+        c2 = _stopped_within(r2)
+        assert kp.destroyed == [r2.kinds("proxy")[0]["id"]] and (c2.active, c2.ended) == (0, 1)
+        assert r2.kinds("ended")[0]["reason"] == "user"
+        assert ended_by_server(held[1])
+        for h in held:
+            h.close()
+    finally:
+        echo.close()
+
+
+def test_stop_before_run_and_after_it():
+    server = Server(RelayKproxy(), resolve("127.0.0.1:0", listen=True), resolve("127.0.0.1:9"))
+    server.open()
+    server.stop("kill")
+    t0 = time.monotonic()
+    c = server.run(install_signals=False)
+    assert time.monotonic() - t0 < 1.0 and c.accepted == 0
+    server.stop()  # nothing left to stop: harmless
+    assert server.snapshot()["elapsed"] >= 0
+
+
+def test_snapshot_from_another_thread_while_serving():
+    echo = EchoServer()
+    r = Running(RelayKproxy(), echo.addr)
+    seen = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.append(r.server.snapshot())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(20):
+            _echo_and_close(r, b"s")
+        wait_for(lambda: r.server.snapshot()["ended"] == 20)
+    finally:
+        stop.set()
+        t.join(T)
+        r.stop()
+        echo.close()
+    assert seen and all(set(d) >= {"accepted", "active", "ended", "failed", "bytes_a_to_b",
+                                    "bytes_b_to_a"} for d in seen)
+    assert [d["ended"] for d in seen] == sorted(d["ended"] for d in seen)
+
+
+@pytest.mark.parametrize("open_first", [True, False])
+def test_netns_is_entered_once_by_the_loop_thread(monkeypatch, open_first):
+    """-n NETNS: no thread per connection. The loop's thread enters the
+    namespace once and goes back at the end; only a listener opened before
+    run(), from another thread, is made through socket_in_netns."""
+    import kpctl.netns as netns_mod
+    entered, made_by = [], []
+    monkeypatch.setattr(netns_mod, "enter",
+                        lambda name: entered.append((threading.get_ident(), name)))
+
+    def socket_in_netns(name, family, type, proto=0):
+        made_by.append((threading.get_ident(), name))
+        return socket.socket(family, type, proto)
+
+    monkeypatch.setattr(netns_mod, "socket_in_netns", socket_in_netns)
+    echo = EchoServer()
+    kp = RelayKproxy()
+    server = Server(kp, resolve("127.0.0.1:0", listen=True), echo.addr, netns="blue")
+    if open_first:
+        addr = server.open()
+    result = []
+    t = threading.Thread(target=lambda: result.append(server.run(install_signals=False)))
+    t.start()
+    try:
+        if not open_first:
+            wait_for(lambda: server.address.port != 0, what="listening")
+            addr = server.address
+        for _ in range(3):
+            with socket.create_connection(addr.sockaddr()[:2], timeout=T) as c:
+                c.sendall(b"n")
+                assert c.recv(1) == b"n"
+        wait_for(lambda: server.snapshot()["created"] == 3)
+    finally:
+        server.stop()
+        t.join(T)
+        echo.close()
+    assert not t.is_alive() and result[0].created == 3
+    assert made_by == ([(threading.get_ident(), "blue")] if open_first else [])
+    assert [who for who, _ in entered] == [t.ident, t.ident]
+    assert entered[0][1] == "blue" and entered[1][1].startswith("/proc/self/fd/")
 
 
 # -- BPF programs on every proxy ----------------------------------------------------
@@ -1109,14 +1310,20 @@ COUNTERS = dict(accepted=10, created=8, active=3, pending=1, failed=2, refused=0
 def test_status_line():
     s = status_text(COUNTERS, ":8080", "127.0.0.1:80")
     assert s == (":8080 → 127.0.0.1:80  accepted 10  active 3  connecting 1  failed 2  "
-                 "refused 0  ↑ 2.0 KiB ↓ 3.0 MiB")
+                 "refused 0  ended 5: ↑ 2.0 KiB ↓ 3.0 MiB")
+
+
+def test_summary_says_how_many_ends_were_lost():
+    s = summary_text(dict(COUNTERS, lost=2, active=0), ":8080", "127.0.0.1:80")
+    assert s.splitlines()[2] == ("2 of them ended unreported (the kernel dropped their ends: "
+                                 "ENOBUFS): their bytes are not counted")
 
 
 def test_summary():
     s = summary_text(COUNTERS, ":8080", "127.0.0.1:80")
     assert s.splitlines() == [
         "served :8080 → 127.0.0.1:80 for 1m15s: 10 accepted, 8 proxied, 2 failed, 0 refused",
-        "bytes client→target 2.0 KiB (2048), target→client 3.0 MiB (3145728)",
+        "bytes of the 5 ended: client→target 2.0 KiB (2048), target→client 3.0 MiB (3145728)",
         "failures: ECONNREFUSED 2",
         "3 proxies go on in the kernel ('kpctl list' shows them, 'kpctl destroy ID' ends one)",
     ]

@@ -26,6 +26,7 @@ import http.server
 import io
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -40,8 +41,9 @@ from pathlib import Path
 
 import pytest
 
-from kpctl import Kproxy, bpf, cli
-from util import IO_TIMEOUT, PROCESS_START_TIMEOUT, Receiver, Sender, join_all, long_or, recv_exact, wait_for
+from kpctl import Kproxy, bpf, cli, netns
+from util import (IO_TIMEOUT, PROCESS_START_TIMEOUT, Receiver, Sender, join_all, kp,  # noqa: F401
+                  long_or, recv_exact, tcp_pair, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = PROCESS_START_TIMEOUT  # serve is a new Python process
@@ -60,9 +62,10 @@ CPU_MIB = int(os.environ.get("KPROXY_SERVE_CPU_MIB", long_or(256, 64)))
 class Serve:
     """`kpctl serve -j LISTEN TARGET ARGS...`; .events: its JSON log lines."""
 
-    def __init__(self, listen: str, target: str, *args: str) -> None:
+    def __init__(self, listen: str, target: str, *args: str, pre: tuple[str, ...] = ()) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-        self.argv = [sys.executable, "-m", "kpctl.cli", "serve", "-j", listen, target, *args]
+        self.argv = [sys.executable, "-m", "kpctl.cli", *pre, "serve", "-j", listen, target,
+                     *args]
         self.proc = subprocess.Popen(self.argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
@@ -137,8 +140,8 @@ class Serve:
 
 
 @contextlib.contextmanager
-def serving(listen: str, target: str, *args: str):
-    s = Serve(listen, target, *args)
+def serving(listen: str, target: str, *args: str, pre: tuple[str, ...] = ()):
+    s = Serve(listen, target, *args, pre=pre)
     try:
         yield s
     finally:
@@ -570,7 +573,7 @@ def test_short_connections_in_a_row(record_property):
                     assert recv_exact(c, len(payload)) == payload
                     c.shutdown(socket.SHUT_WR)
                     assert c.recv(1) == b""  # the proxy forwarded the echo server's FIN
-            one()  # warm up: the monitor socket, lazy imports
+            one()  # warm up: lazy imports, the first proxy
             wait_no_proxies(echo.port)
             fds_before = fd_count(s.pid)
             t0 = time.monotonic()
@@ -733,3 +736,93 @@ def test_parser_and_verdict_drop_prefixed_messages():
                  what="the parser freed")
     finally:
         echo.close()
+
+
+# -- what serve costs, and where it runs ----------------------------------------------
+
+def test_other_processes_proxies_cost_serve_nothing(kp, record_property):  # noqa: F811
+    """serve hears only the ends of its own proxies: while another process
+    makes, holds and ends many proxies, serve (one live proxy of its own)
+    neither dumps them nor decodes their notifications."""
+    n = long_or(2000, 300)
+    echo = EchoServer()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * n + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4 * n + 256, max(hard, 4 * n + 256)))
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(128)
+    others: list[tuple[socket.socket, ...]] = []
+    try:
+        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}") as s:
+            c = s.connect()
+            c.sendall(b"mine")
+            assert recv_exact(c, 4) == b"mine"
+            s.wait_event(lambda e: e["event"] == "proxy", 60)
+            cpu0, t0 = proc_cpu_seconds(s.pid), time.monotonic()
+            for _ in range(n):
+                c1, s1 = tcp_pair(listener=ls)
+                c2, s2 = tcp_pair(listener=ls)
+                kp.create(s1, c2)
+                s1.close()
+                c2.close()
+                others.append((c1, s2))
+            time.sleep(3)  # alive over three of serve's ticks
+            for c1, s2 in others:
+                c1.close()
+                s2.close()
+            others.clear()
+            wait_for(lambda: len(kp.list()) <= 1, timeout=300, what="the other proxies to end")
+            wall = time.monotonic() - t0
+            cpu = proc_cpu_seconds(s.pid) - cpu0
+            record_property("serve_cpu_s_others", round(cpu, 3))
+            print(f"\nserve while another process made and ended {n} proxies in {wall:.1f}s: "
+                  f"serve's CPU time {cpu:.3f}s")
+            # Its ticks only (a few ms each under TCG); decoding 2n
+            # notifications or dumping n proxies a second would cost seconds.
+            assert cpu < max(0.5, 0.02 * wall), f"serve used {cpu:.2f}s CPU in {wall:.1f}s"
+            assert not s.kinds("ended") and not s.kinds("warning")
+            c.close()
+            wait_no_proxies(echo.port)
+            summary = s.stop()
+        assert (summary["ended"], summary["bytes_a_to_b"], summary["bytes_b_to_a"]) == (1, 4, 4)
+    finally:
+        for pair in others:
+            for x in pair:
+                x.close()
+        ls.close()
+        echo.close()
+
+
+def test_netns_serves_inside_it_from_its_loop_thread():
+    """-n NETNS: the loop's thread (the main one, for the CLI) enters the
+    namespace once; listener, connections and proxies are all there."""
+    name = f"kpx-serve-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=60)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=60)
+        target = netns.socket_in_netns(name, socket.AF_INET, socket.SOCK_STREAM)
+        target.bind(("127.0.0.1", 0))
+        target.listen(8)
+        target.settimeout(IO_TIMEOUT)
+        with serving("127.0.0.1:0", f"127.0.0.1:{target.getsockname()[1]}",
+                     pre=("-n", name)) as s:
+            ns_ino = os.stat(f"/var/run/netns/{name}").st_ino
+            assert os.stat(f"/proc/{s.pid}/task/{s.pid}/ns/net").st_ino == ns_ino
+            with netns.socket_in_netns(name, socket.AF_INET, socket.SOCK_STREAM) as c:
+                c.settimeout(IO_TIMEOUT)
+                c.connect((s.host, s.port))
+                srv, _ = target.accept()
+                with srv:
+                    c.sendall(b"inside")
+                    assert recv_exact(srv, 6) == b"inside"
+                    with Kproxy(netns=name) as kx:
+                        assert len(kx.list()) == 1
+                    with Kproxy() as k0:
+                        assert not ours(k0.list(), target.getsockname()[1])
+            s.wait_event(lambda e: e["event"] == "ended", 60)
+            summary = s.stop()
+        assert (summary["created"], summary["ended"], summary["bytes_a_to_b"]) == (1, 1, 6)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)
+
