@@ -118,13 +118,14 @@ def serve_bpf(listen: int, target: int, parser: str, verdict: str) -> None:
     directions of each proxy right after it is made."""
     from kpctl import bpf
     from kpctl.client import Kproxy
-    from kpctl.serve import Server, resolve
+    from kpctl.address import resolve
+    from kpctl.serve import Server
 
     kp = Kproxy()
     pprog, vprog = bpf.load(parser), bpf.load(verdict)
 
     def create(a, b):
-        p = kp.create(a, b)
+        p = kp.create(a, b, notify_end=True)  # serve learns its proxies' ends from these
         kp.attach(p.id, "parser", pprog, "both")
         kp.attach(p.id, "verdict", vprog, "both")
         return p

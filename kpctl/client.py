@@ -493,6 +493,10 @@ class Kproxy:
         buf = self._buf
         fid = self.family_id
         while True:
+            # The socket has a timeout, and CPython waits for readability
+            # before any recv on such a socket, MSG_DONTWAIT or not.
+            if not select.select([sock], [], [], 0)[0]:
+                return
             try:
                 n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:

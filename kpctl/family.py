@@ -96,7 +96,19 @@ FAMILY = {'name': 'kproxy',
                                      'doc': 'File descriptor of a BPF_PROG_TYPE_SOCKET_FILTER '
                                             'program.'},
                                     {'name': 'kind', 'type': 'u32', 'enum': 'bpf-kind'},
-                                    {'name': 'direction', 'type': 'u32', 'enum': 'direction'}]},
+                                    {'name': 'direction', 'type': 'u32', 'enum': 'direction'},
+                                    {'name': 'notify',
+                                     'type': 'flag',
+                                     'doc': "Also unicast this proxy's proxy-del-ntf to the socket "
+                                            'that sent\n'
+                                            "proxy-new (in the proxy's network namespace, whether "
+                                            'or not anyone\n'
+                                            'listens on the monitor group; that socket then gets '
+                                            'it once, not\n'
+                                            'also through the group). A socket gone by then is '
+                                            'skipped; one whose\n'
+                                            'receive buffer is full loses it and reads ENOBUFS, as '
+                                            'for a group.\n'}]},
                     {'name': 'sock',
                      'attributes': [{'name': 'family',
                                      'type': 'u16',
@@ -151,7 +163,7 @@ FAMILY = {'name': 'kproxy',
                           'doc': 'Join two connected TCP sockets given by file descriptor.',
                           'attribute-set': 'proxy',
                           'flags': ['uns-admin-perm'],
-                          'do': {'request': {'attributes': ['fd-a', 'fd-b']},
+                          'do': {'request': {'attributes': ['fd-a', 'fd-b', 'notify']},
                                  'reply': {'attributes': ['id',
                                                           'state',
                                                           'create-time',

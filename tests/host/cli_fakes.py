@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import socket
 
 from kpctl.errors import KproxyError
@@ -44,8 +45,9 @@ class FakeKproxy:
         self.next_id = max(self.proxies, default=0) + 1
         self.list_hook = None  # called before each list() (top's changing counters)
         self.progs = {}  # (id, kind) -> program id
+        self._ends = None  # fileno()'s pipe, where no end ever arrives
 
-    def create(self, a, b):
+    def create(self, a, b, *, notify_end=False):
         self.calls.append(("create", a, b))
         if a == b:
             raise KproxyError(errno.EINVAL, "fd-a and fd-b are the same socket")
@@ -53,6 +55,14 @@ class FakeKproxy:
         self.proxies[p.id] = p
         self.next_id += 1
         return p
+
+    def fileno(self):
+        if self._ends is None:
+            self._ends = os.pipe()
+        return self._ends[0]
+
+    def ended(self, timeout=0.0):
+        return []
 
     def get(self, pid):
         self.calls.append(("get", pid))
@@ -97,6 +107,9 @@ class FakeKproxy:
         return iter(list(self.events))
 
     def close(self):
+        for fd in self._ends or ():
+            os.close(fd)
+        self._ends = None
         self.closed = True
 
 

@@ -5,7 +5,6 @@ kernel sends."""
 
 from __future__ import annotations
 
-import copy
 import errno
 import socket
 import struct
@@ -16,19 +15,7 @@ from kpctl import spec as spec_mod
 from kpctl import wire
 
 
-
-def _with_notify(spec: spec_mod.Spec) -> spec_mod.Spec:
-    """The spec with the `notify` flag of proxy-new (issue 17's contract),
-    added here until schema/kproxy.yaml has it."""
-    if "notify" in spec.attr_sets[spec.root_set]:
-        return spec
-    raw = copy.deepcopy(dict(spec.raw))
-    root = next(s for s in raw["attribute-sets"] if s["name"] == spec.root_set)
-    root["attributes"].append({"name": "notify", "type": "flag"})
-    return spec_mod.build(raw, spec.path)
-
-
-SPEC = _with_notify(spec_mod.default())
+SPEC = spec_mod.default()
 FAMILY_ID = 0x1C
 MONITOR_GROUP = 5
 DUMP_SKB = 32 << 10  # netlink_dump's largest datagram
@@ -173,6 +160,7 @@ class FakeSocket:
         self.inbox: deque[bytes] = deque()
         self.notify_ids: set[int] = set()
         self.closed = False
+        self.timeout: float | None = None
         self._r, self._w = socket.socketpair()  # readable while the inbox is not empty
 
     def queue(self, data: bytes) -> None:
@@ -185,6 +173,11 @@ class FakeSocket:
 
     def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
         if not self.inbox:
+            if self.timeout:
+                # CPython waits for readability before any recv on a socket
+                # with a timeout, MSG_DONTWAIT or not: a real one would sit
+                # here for the whole timeout.
+                raise TimeoutError(errno.ETIMEDOUT, f"waited {self.timeout} s on an empty socket")
             if flags & socket.MSG_DONTWAIT:
                 raise BlockingIOError(errno.EAGAIN, "no data")
             raise TimeoutError(errno.ETIMEDOUT, "the fake kernel has nothing to say")
@@ -201,7 +194,7 @@ class FakeSocket:
         pass
 
     def settimeout(self, timeout: float | None) -> None:
-        pass
+        self.timeout = timeout
 
     def close(self) -> None:
         if not self.closed:

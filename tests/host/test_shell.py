@@ -192,7 +192,7 @@ def test_serve_in_the_background_jobs_and_stop(tmp_path):
     out = sh.out.getvalue()
     assert "[1] serving 127.0.0.1:9000 → 127.0.0.1:9001" in out
     assert ("[1] running   127.0.0.1:9000 → 127.0.0.1:9001  accepted 3  active 2  failed 1  "
-            "refused 0  ↑ 300 B ↓ 4.0 KiB") in out
+            "refused 0  ended 1: ↑ 300 B ↓ 4.0 KiB") in out
     doc = [json.loads(l) for l in out.splitlines() if l.startswith("[{")][0]
     assert doc[0]["job"] == 1 and doc[0]["state"] == "running"
     assert doc[0]["counters"]["bytes_b_to_a"] == 4096
