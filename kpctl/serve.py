@@ -241,6 +241,12 @@ def _errname(num: int | None) -> str | None:
     return errno.errorcode.get(num, f"E{num}")
 
 
+def _error(num: int | None, message: str) -> dict[str, Any] | None:
+    """An event's error in kpctl's one JSON shape of an error (as `kpctl -j`
+    prints a refused command); None when no system call failed."""
+    return KproxyError(num, message).to_dict() if num else None
+
+
 def _reset_close(s: socket.socket) -> None:
     """Close with a RST: the client learns at once that it was not served."""
     try:
@@ -637,8 +643,7 @@ class Server:
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                 self._backoff_until = self._clock() + delay
                 self._listen_off()
-                self._emit("accept-error", {"errno": _errname(num),
-                                            "message": e.strerror or os.strerror(num),
+                self._emit("accept-error", {"error": _error(num, e.strerror or os.strerror(num)),
                                             "backoff": delay})
                 return
             self._backoff = BACKOFF_MIN
@@ -711,8 +716,8 @@ class Server:
         c.failed += 1
         key = _errname(num) or stage
         c.failures[key] = c.failures.get(key, 0) + 1
-        self._emit("failed", {"client": peer, "reason": reason, "errno": _errname(num),
-                              "stage": stage})
+        self._emit("failed", {"client": peer, "reason": reason, "stage": stage,
+                              "error": _error(num, reason)})
 
     def _join(self, conn: socket.socket, peer: str, up: socket.socket) -> None:
         try:

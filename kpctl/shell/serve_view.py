@@ -162,7 +162,8 @@ class ServeView:
                   f"already (--max-conns)")
 
     def _on_accept_error(self, d: dict) -> None:
-        self._log(f"{self._stamp()} warning: accept: {d['message']} ({d['errno']}); "
+        err = d["error"]
+        self._log(f"{self._stamp()} warning: accept: {err['message']} ({err['errno_name']}); "
                   f"pausing {d['backoff'] * 1000:.0f} ms")
 
     def _on_warning(self, d: dict) -> None:

@@ -399,7 +399,8 @@ def test_serve_attach_refused_is_a_failed_connection_at_stage_attach():
     rc, lines, err = _serve_fake(h.client, h, ["--parser", "lenprefix", "--verdict", "pass"], 2)
     assert rc == 0, err
     [failed] = [x for x in lines if x["event"] == "failed"]
-    assert failed["stage"] == "attach" and failed["errno"] == "EINVAL"
+    assert failed["stage"] == "attach" and failed["error"] == {
+        "errno": errno.EINVAL, "errno_name": "EINVAL", "message": failed["reason"]}
     assert failed["reason"] == ("kernel refused the verdict: prog-fd: not a socket filter "
                                 "program (EINVAL)")
     assert ("destroy", 1) in h.client.calls  # that proxy went; serving went on

@@ -726,7 +726,7 @@ def test_emfile_backs_off_and_recovers():
         c = r.stop()
         assert c.accept_errors == 3 and c.created == 1
         errs = r.kinds("accept-error")
-        assert [e["errno"] for e in errs] == ["EMFILE"] * 3
+        assert [e["error"]["errno_name"] for e in errs] == ["EMFILE"] * 3
         assert [e["backoff"] for e in errs] == [0.05, 0.1, 0.2]
         # it paused: no busy loop on the failing accept()
         assert calls[3] - calls[0] >= 0.3
@@ -1086,7 +1086,7 @@ def test_attach_refused_fails_that_connection_and_serving_goes_on():
         assert (c.accepted, c.created, c.failed) == (2, 1, 1)
         assert c.failures == {"EINVAL": 1}
         [f] = r.kinds("failed")
-        assert f["stage"] == "attach" and f["errno"] == "EINVAL"
+        assert f["stage"] == "attach" and f["error"]["errno_name"] == "EINVAL"
         assert f["reason"] == ("kernel refused the verdict: a verdict needs a parser on its "
                                "direction (EINVAL)")
         assert [e["id"] for e in r.kinds("proxy")] == [2]  # the failed one never reported
@@ -1358,7 +1358,8 @@ def test_view_quiet_and_json():
                     ("stopped", COUNTERS)):
         v(kind, d)
     assert ctx.stdout.getvalue() == ""
-    v("accept-error", {"errno": "EMFILE", "message": "Too many open files", "backoff": 0.1})
+    v("accept-error", {"error": {"errno": 24, "errno_name": "EMFILE",
+                                 "message": "Too many open files"}, "backoff": 0.1})
     assert "accept: Too many open files (EMFILE); pausing 100 ms" in ctx.stdout.getvalue()
     ctx = _Ctx(json_mode=True)
     v = ServeView(ctx, tty=True, clock=lambda: 1.5)
