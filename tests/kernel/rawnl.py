@@ -9,6 +9,7 @@ Every message the kernel sends must be well formed: the parsers assert it.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from collections import deque
@@ -154,7 +155,12 @@ def decode_error(m: Msg, what: str) -> ErrorMsg:
 class Conn:
     """A raw NETLINK_GENERIC socket with extended acks, capped echoes."""
 
-    def __init__(self, sock: socket.socket | None = None) -> None:
+    def __init__(self, sock: socket.socket | None = None,
+                 notifications: list[Msg] | None = None) -> None:
+        # notifications: where next() puts what the kernel sends on its own
+        # (seq 0, port 0: e.g. a proxy's end unicast to its creator) instead
+        # of returning it as an answer.
+        self.notifications = notifications
         self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
@@ -171,15 +177,31 @@ class Conn:
         self.sock.send(data)
 
     def next(self, what: str) -> Msg:
-        while not self.pending:
-            try:
-                data = self.sock.recv(1 << 20)
-            except TimeoutError:
-                raise AssertionError(f"{what}: no answer within {REPLY_TIMEOUT}s") from None
-            self.pending.extend(parse_datagram(data))
-        m = self.pending.popleft()
-        assert m.pid == self.portid, f"{what}: answer for port {m.pid}, we are {self.portid}"
-        return m
+        while True:
+            while not self.pending:
+                try:
+                    data = self.sock.recv(1 << 20)
+                except TimeoutError:
+                    raise AssertionError(f"{what}: no answer within {REPLY_TIMEOUT}s") from None
+                self.pending.extend(parse_datagram(data))
+            m = self.pending.popleft()
+            if self.notifications is not None and m.seq == 0 and m.pid == 0:
+                self.notifications.append(m)
+                continue
+            assert m.pid == self.portid, f"{what}: answer for port {m.pid}, we are {self.portid}"
+            return m
+
+    def drain_notifications(self) -> None:
+        """Move the notifications waiting in the socket to `notifications`,
+        without blocking (select first: CPython waits on a socket with a
+        timeout before any recv, MSG_DONTWAIT or not)."""
+        assert self.notifications is not None
+        while select.select([self.sock], [], [], 0)[0]:
+            for m in parse_datagram(self.sock.recv(1 << 20)):
+                if m.seq == 0 and m.pid == 0:
+                    self.notifications.append(m)
+                else:
+                    self.pending.append(m)
 
     def close(self) -> None:
         self.sock.close()

@@ -114,6 +114,7 @@ class AttrPolicy:
     value: int
     min: int | None
     max: int | None
+    flag: bool = False  # NLA_FLAG (no payload), else NLA_U32
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,11 @@ def _attr_policy(name: str) -> AttrPolicy:
     raw = next(a for s in SPEC.raw["attribute-sets"] if s["name"] == SPEC.root_set
                for a in s["attributes"] if a["name"] == name)
     a = SPEC.attr(SPEC.root_set, name)
-    # The fuzzer models u32 request attributes only: a new type in a request
-    # must be taught to it (and fails here until it is).
-    assert a.type == "u32", f"request attribute {name} is {a.type}: teach the fuzzer"
+    # The fuzzer models u32 and flag request attributes only: a new type in
+    # a request must be taught to it (and fails here until it is).
+    assert a.type in ("u32", "flag"), f"request attribute {name} is {a.type}: teach the fuzzer"
+    if a.type == "flag":
+        return AttrPolicy(name, a.value, None, None, flag=True)
     checks = raw.get("checks", {})
     lo, hi = checks.get("min"), checks.get("max")
     if a.enum is not None and hi is None:
@@ -164,6 +167,7 @@ OPS = _ops()
 OPS_BY_CMD = {op.cmd: op for op in OPS.values()}
 ALL_ATTRS = set(A.values())
 NEST_ATTRS = [a.value for a in SPEC.attr_sets[SPEC.root_set].values() if a.type == "nest"]
+FLAG_ATTRS = {a.name for a in SPEC.attr_sets[SPEC.root_set].values() if a.type == "flag"}
 KIND = SPEC.enums["bpf-kind"].by_name
 DIRECTION = SPEC.enums["direction"].by_name
 PARSER, VERDICT = KIND["parser"], KIND["verdict"]
@@ -181,6 +185,7 @@ MSG_UNSUPPORTED = "Unsupported attribute"
 MSG_BAD_LEN = "invalid attribute length"
 MSG_NESTED = "NLA_F_NESTED not expected"
 MSG_RANGE = "integer out of range"
+MSG_POLICY = "Attribute failed policy validation"
 MSG_LEFTOVER = "bytes leftover after parsing attributes"
 MSG_RESERVED = "genlmsghdr.reserved field is not 0"
 MSG_FLAGS = "ambiguous or reserved bits set in nlmsg_flags"
@@ -255,12 +260,14 @@ class ProxyModel:
     inos: tuple[int, int]
     ends: tuple[tuple | None, tuple | None]  # ((local, remote) of A, of B), None: unknown
     progs: dict[tuple[int, int], int] = field(default_factory=dict)  # (kind, dir) -> prog id
+    notify: bool = False  # made with `notify`: its end is unicast to the fuzzer's socket
 
 
 class Model:
     def __init__(self) -> None:
         self.proxies: dict[int, ProxyModel] = {}
         self.dead: deque[int] = deque(maxlen=64)  # ids that lived and ended
+        self.notified: list[int] = []  # ended proxies made with `notify`
         self.canary: int = 0
 
     def busy(self, ino: int) -> bool:
@@ -271,7 +278,8 @@ class Model:
         self.proxies[p.id] = p
 
     def remove(self, pid: int) -> None:
-        del self.proxies[pid]
+        if self.proxies.pop(pid).notify:
+            self.notified.append(pid)
         self.dead.append(pid)
 
 
@@ -346,14 +354,21 @@ def validate_attrs(data: bytes, op: Op) -> dict[int, int]:
         pt = op.policy.get(t)
         if pt is None:  # within maxattr but not in the policy: NLA_UNSPEC
             raise PolicyError(errno.EINVAL, MSG_UNSUPPORTED)
-        if nlen - NLAHDR.size != 4:
+        # validate_nla(): the exact length of integers, NLA_F_NESTED, then
+        # the type's own check (a flag with a payload: -ERANGE, its default).
+        if not pt.flag and nlen - NLAHDR.size != 4:
             raise PolicyError(errno.EINVAL, MSG_BAD_LEN)
         if ntype & NLA_F_NESTED:
             raise PolicyError(errno.EINVAL, MSG_NESTED)
-        (v,) = struct.unpack_from("=I", data, off + NLAHDR.size)
-        if (pt.min is not None and v < pt.min) or (pt.max is not None and v > pt.max):
-            raise PolicyError(errno.ERANGE, MSG_RANGE)
-        tb[t] = v
+        if pt.flag:
+            if nlen > NLAHDR.size:
+                raise PolicyError(errno.ERANGE, MSG_POLICY)
+            tb[t] = 1
+        else:
+            (v,) = struct.unpack_from("=I", data, off + NLAHDR.size)
+            if (pt.min is not None and v < pt.min) or (pt.max is not None and v > pt.max):
+                raise PolicyError(errno.ERANGE, MSG_RANGE)
+            tb[t] = v
         step = align4(nlen)
         off += step
         rem -= step
@@ -456,7 +471,8 @@ class Oracle:
         def created(attrs: dict | None) -> None:
             assert attrs is not None
             self.model.add(ProxyModel(attrs["id"], (infos[0].ino, infos[1].ino),
-                                      tuple((fi.local, fi.remote) for fi in infos)))
+                                      tuple((fi.local, fi.remote) for fi in infos),
+                                      notify=A["notify"] in tb))
 
         return Expect("reply", label, ack=ack, reply_cmd=SPEC.cmd("proxy-new"), effect=created)
 
@@ -763,10 +779,17 @@ class Generator:
                 bad = (bad_fd and n in ("fd-a", "fd-b", "prog-fd")) or (bad_id and n == "id") or \
                     (cls != "valid" and r.random() < 0.25)
                 v = self.value(n, bad, mutating)
+            if n in FLAG_ATTRS:
+                if r.random() < 0.5:
+                    continue  # a flag is mostly given or left out
+                attrs.append(nla(A[n], r.randbytes(r.randint(1, 4)) if bad else b""))
+                continue
             attrs.append(nla(A[n], u32(v)))
         if target == "proxy-new" and cls == "valid" and len(self.free_decoys()) >= 2:
             a, b = r.sample(self.free_decoys(), 2)  # a real proxy, by accident
             attrs = [nla(A["fd-a"], u32(a)), nla(A["fd-b"], u32(b))]
+            if r.random() < 0.5:
+                attrs.append(nla(A["notify"], b""))
         if target == "proxy-new" and r.random() < 0.1:  # the same socket twice, maybe via a dup
             fd = r.choice(self.fds["decoy"])
             same = r.choice([fd, *[d for d in self.fds["dup"] if os.fstat(d).st_ino == os.fstat(fd).st_ino]])
@@ -1170,7 +1193,8 @@ def test_fuzz_every_operation(kp, dmesg, say, record_testsuite_property):  # noq
     assert kp.list() == [], f"seed={SEED}: proxies left by an earlier test"
     baseline = live_objects()
     model = Model()
-    conn = Conn()
+    unicast: list[Msg] = []  # the ends of the fuzzer's `notify` proxies
+    conn = Conn(notifications=unicast)
     arena = None
     try:
         families = family_ids(conn)
@@ -1198,10 +1222,27 @@ def test_fuzz_every_operation(kp, dmesg, say, record_testsuite_property):  # noq
             f"seed={SEED}: kernel lists {sorted(listed_ids(kp))}, model {sorted(model.proxies)}"
         assert proc_ids() == set(model.proxies), f"seed={SEED}: /proc lists {sorted(proc_ids())}"
         record_testsuite_property("fuzz_accidental_proxies_left", len(model.proxies) - 1)
+        notify_left = [p.id for p in model.proxies.values() if p.notify]
         for pid in list(model.proxies):
             kp.destroy(pid)
         arena.release_pump()
         assert kp.list() == [] and proc_ids() == set(), f"seed={SEED}: proxies left after deleting all"
+
+        # Exactly one end unicast per proxy the fuzzer made with `notify`,
+        # none for the others, whoever ended them.
+        want = sorted(model.notified + notify_left)
+
+        def ends_in() -> bool:
+            conn.drain_notifications()
+            return len(unicast) >= len(want)
+        wait_for(ends_in, 10, what=f"seed={SEED}: {len(want)} unicast ends")
+        got = []
+        for m in unicast:
+            (cmd, _version, _reserved) = GENLHDR.unpack_from(m.body)
+            assert cmd == SPEC.cmd("proxy-del-ntf"), f"seed={SEED}: unsolicited cmd {cmd}"
+            got.append(decode_set(m.body[GENLHDR.size:], SPEC.root_set, "unicast end")["id"])
+        assert sorted(got) == want, f"seed={SEED}: unicast ends {sorted(got)}, expected {want}"
+        record_testsuite_property("fuzz_unicast_ends", len(got))
 
         # A normal proxy still works, and nothing leaked or complained.
         ch = make_chain(kp)
