@@ -773,17 +773,17 @@ class Generator:
         bad_fd, bad_id = "bad-fd" in classes, "random-id" in classes
         attrs: list[bytes] = []
         for n in names:
+            if n in FLAG_ATTRS:  # given or left out; a payload is malformed
+                if r.random() < 0.5:
+                    bad = cls != "valid" and r.random() < 0.25
+                    attrs.append(nla(A[n], r.randbytes(r.randint(1, 4)) if bad else b""))
+                continue
             if "huge-values" in classes and r.random() < 0.6:
                 v = self.huge()
             else:
                 bad = (bad_fd and n in ("fd-a", "fd-b", "prog-fd")) or (bad_id and n == "id") or \
                     (cls != "valid" and r.random() < 0.25)
                 v = self.value(n, bad, mutating)
-            if n in FLAG_ATTRS:
-                if r.random() < 0.5:
-                    continue  # a flag is mostly given or left out
-                attrs.append(nla(A[n], r.randbytes(r.randint(1, 4)) if bad else b""))
-                continue
             attrs.append(nla(A[n], u32(v)))
         if target == "proxy-new" and cls == "valid" and len(self.free_decoys()) >= 2:
             a, b = r.sample(self.free_decoys(), 2)  # a real proxy, by accident
