@@ -12,6 +12,7 @@ import time
 import pytest
 
 from test_cli import CMD_TIMEOUT, spawn_shell
+from test_serve import free_port
 from util import IO_TIMEOUT, kp, recv_exact  # noqa: F401
 
 pexpect = pytest.importorskip("pexpect")
@@ -53,12 +54,6 @@ def echo():
     e = Echo()
     yield e
     e.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def connect_retry(port: int) -> socket.socket:
