@@ -23,13 +23,22 @@ RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
 # builds with build-essential; what qemu, the kernels and clang recommend
 # (qemu-utils, ovmf, apparmor, firmware, llvm-14-dev) is not used.
 DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
-	linux-headers-6.12-amd64 qemu-system-x86 sparse clang llvm libbpf-dev \
+	linux-headers-6.12-amd64 qemu-system-x86 clang llvm libbpf-dev \
 	bpftool iproute2 dkms build-essential kmod busybox-static \
 	linux-source-6.12 socat python3-venv curl ca-certificates man-db procps \
-	iperf3 sockperf haproxy python3-matplotlib
+	iperf3 sockperf haproxy python3-matplotlib \
+	$(NEWEST_SOURCE) flex bison bc libelf-dev libssl-dev cpio
 
-# What tests/vm/debug-kernel.sh needs beyond DEB_PKGS to build a kernel.
-DEBUG_PKGS := flex bison bc libelf-dev libssl-dev cpio
+# The newest kernel kproxy is tested on: Debian unstable's source package,
+# built by tests/vm/build-kernel.sh (virtme-ng's minimal config plus
+# tests/vm/kproxy.config and newest.config) into NEWEST_CACHE, once, and
+# installed as /lib/modules/<release>/{build,vmlinuz}, where `make` and the
+# VM harness find every kernel. Only this package comes from unstable: the
+# pin in tests/vm/apt/ keeps everything else on bookworm. flex ... cpio
+# above build it (and the debug kernel).
+NEWEST_SOURCE := linux-source-7.2
+NEWEST_CACHE ?= $(HOME)/.cache/kproxy/newest-kernel
+APT_SID := /etc/apt/sources.list.d/kproxy-sid.sources /etc/apt/preferences.d/kproxy-sid.pref
 
 .PHONY: all help deps sparse checkpatch gen bpf docs wheel install uninstall run test test-long test-host test-kernel test-debug bench clean
 
@@ -44,7 +53,7 @@ help:
 	@echo 'make test-long  the kernel tests at full sizes (slow under emulation)'
 	@echo 'make test-debug the kernel tests on a 6.12 debug kernel (KASAN, lockdep, kmemleak)'
 	@echo 'make bench      kproxy against direct, socat, HAProxy and sockmap (BENCH_QUICK=1: a smoke run)'
-	@echo 'make sparse     checkpatch, then sparse (C=2) on every kernel, failing on any warning'
+	@echo 'make sparse     checkpatch, then sparse (C=2) on every kernel, failing on any warning (make test runs it)'
 	@echo 'make checkpatch the kernel'"'"'s checkpatch.pl --strict on kmod/'
 	@echo 'make gen        regenerate kmod/ tables from schema/kproxy.yaml'
 	@echo 'make wheel      build the kpctl wheel (BPF programs, man page, completion inside) into build/dist'
@@ -54,8 +63,17 @@ help:
 # --- dependencies -----------------------------------------------------------
 # Only touches apt when dpkg-query reports a package missing, so a warm
 # `make deps` costs a fraction of a second.
-deps: $(VENV)/.stamp
+deps: $(VENV)/.stamp $(APT_SID)
 	$(call apt_ensure,$(DEB_PKGS))
+	tests/vm/build-kernel.sh --install $(NEWEST_CACHE) /usr/src/$(NEWEST_SOURCE).tar.xz \
+		tests/vm/kproxy.config tests/vm/newest.config >/dev/null
+
+# A changed source list must be read before apt_ensure looks at packages.
+/etc/apt/sources.list.d/kproxy-sid.sources: tests/vm/apt/kproxy-sid.sources
+	install -m 644 $< $@
+	apt-get update
+/etc/apt/preferences.d/kproxy-sid.pref: tests/vm/apt/kproxy-sid.pref
+	install -m 644 $< $@
 
 # Installs those of the packages $(1) that dpkg-query does not report
 # installed. dpkg-query fails on a name it has never seen; under pipefail
@@ -88,13 +106,33 @@ build/%/kproxy.ko: FORCE
 	$(MAKE) -C /lib/modules/$*/build M=$(CURDIR)/build/$* W=1e modules 2>&1 | tee build/$*/build.log
 	@! grep -E '[Ww]arning|WARNING' build/$*/build.log
 
-# C=2 runs sparse on every source file, built or not (C=1 would skip up-to-date ones).
-sparse: checkpatch
+# sparse itself: 7.2's headers need __typeof_unqual__, which bookworm's
+# sparse 0.6.4 cannot parse (the kernel then skips the check), and unstable's
+# binary needs unstable's libc. So unstable's source package (tests/vm/apt/
+# adds its deb-src) is built here against bookworm: a few seconds. It checks
+# 6.1 and 6.12 as cleanly.
+SPARSE_DIR := build/sparse
+SPARSE := $(SPARSE_DIR)/sparse
+$(SPARSE): | $(APT_SID)
+	rm -rf $(SPARSE_DIR) && mkdir -p $(SPARSE_DIR)/src
+	cd $(SPARSE_DIR) && apt-get -o APT::Sandbox::User=root source --download-only sparse/sid
+	tar -xzf $(SPARSE_DIR)/sparse_*.orig.tar.gz -C $(SPARSE_DIR)/src --strip-components=1
+	$(MAKE) -C $(SPARSE_DIR)/src -j$$(nproc) sparse >$(SPARSE_DIR)/build.log 2>&1
+	cp $(SPARSE_DIR)/src/sparse $@
+
+# C=2 runs sparse on every source file, built or not (C=1 would skip up-to-date
+# ones). A kernel whose Makefile finds the checker unfit skips it with a
+# message and no warning, so every source file must show a CHECK line.
+sparse: checkpatch $(SPARSE)
 	@for k in $(KVERS); do \
 		mkdir -p build/$$k; cp -a kmod/. build/$$k/; \
 		echo "sparse: $$k"; \
-		$(MAKE) -C /lib/modules/$$k/build M=$(CURDIR)/build/$$k C=2 W=1e modules 2>&1 | tee build/$$k/sparse.log; \
+		$(MAKE) -C /lib/modules/$$k/build M=$(CURDIR)/build/$$k C=2 CHECK=$(CURDIR)/$(SPARSE) W=1e modules 2>&1 | tee build/$$k/sparse.log; \
 		if grep -E '[Ww]arning|[Ee]rror:' build/$$k/sparse.log; then exit 1; fi; \
+		for c in kmod/*.c; do \
+			grep -qE "^  CHECK .*\b$$(basename $$c)$$" build/$$k/sparse.log || \
+				{ echo "sparse: $$k did not check $$c"; exit 1; }; \
+		done; \
 	done
 
 # checkpatch.pl and the files it reads, from Debian's linux-source-6.12.
@@ -107,9 +145,13 @@ $(CHECKPATCH_DIR)/.stamp:
 	touch $@
 
 # Every report fails, CHECKs included; generated files are held to it too.
+# kmod/compat.h is where the kernels' differences are mapped by version, so
+# it alone may test LINUX_VERSION_CODE (which checkpatch also misreads as a
+# constant on the left of a comparison).
+CHECKPATCH := perl $(CHECKPATCH_DIR)/scripts/checkpatch.pl --strict --no-tree --quiet
 checkpatch: $(CHECKPATCH_DIR)/.stamp
-	perl $(CHECKPATCH_DIR)/scripts/checkpatch.pl --strict --no-tree --quiet \
-		-f kmod/*.c kmod/*.h kmod/uapi/*.h
+	$(CHECKPATCH) -f $(filter-out kmod/compat.h,$(wildcard kmod/*.c kmod/*.h kmod/uapi/*.h))
+	$(CHECKPATCH) --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON -f kmod/compat.h
 
 gen:
 	python3 schema/gen.py
@@ -199,7 +241,7 @@ run: deps
 	$(PY) tests/vm/run.py run $(KVER_OPT) $(VM_OPTS)
 
 test: deps
-	@$(MAKE) --no-print-directory all checkpatch $(YNL_DIR)/.stamp
+	@$(MAKE) --no-print-directory all sparse $(YNL_DIR)/.stamp
 	$(PY) tests/vm/run.py test --host $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The same suite at the sizes the issues name; longer than CI's budget under TCG.
@@ -215,15 +257,15 @@ test-kernel: deps
 	$(PY) tests/vm/run.py test $(INSTALL_OPT) $(KVER_OPT) $(RUN_TESTS) $(VM_OPTS)
 
 # The kernel suite on Debian's 6.12 built with KASAN, lockdep, kmemleak,
-# atomic-sleep and list debugging (tests/vm/debug.config; refcount_t is
-# always checked). The kernel is built
+# atomic-sleep and list debugging (tests/vm/kproxy.config and debug.config;
+# refcount_t is always checked). The kernel is built
 # once into $(DEBUG_CACHE) (about 40 minutes on 2 cores) and rebuilt only
 # when its config changes. One vCPU: under TCG on a busy host, lockdep and
 # KASAN with two vCPUs stalled the boot (a vCPU spinning for the other).
 DEBUG_CACHE ?= $(HOME)/.cache/kproxy/debug-kernel
 test-debug: deps bpf $(YNL_DIR)/.stamp
-	$(call apt_ensure,$(DEBUG_PKGS))
-	kdir=$$(tests/vm/debug-kernel.sh $(DEBUG_CACHE) | tail -1); \
+	kdir=$$(tests/vm/build-kernel.sh $(DEBUG_CACHE) /usr/src/linux-source-6.12.tar.xz \
+		tests/vm/kproxy.config tests/vm/debug.config | tail -1); \
 	rm -rf build/debug/*.o; mkdir -p build/debug; cp -a kmod/. build/debug/; \
 	$(MAKE) -C $$kdir M=$(CURDIR)/build/debug W=1e modules 2>&1 | tee build/debug/build.log; \
 	if grep -E '[Ww]arning|WARNING' build/debug/build.log; then exit 1; fi; \

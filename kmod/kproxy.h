@@ -122,7 +122,7 @@ struct kproxy_dir {
 	u64 skbs;			/* read from src */
 	u64 msgs;
 	u64 drops;
-	u64 sends;			/* skb_send_sock_locked() calls */
+	u64 sends;			/* kproxy_send_skb() calls */
 	u64 runs;			/* work item runs */
 	struct kproxy_bpf bpf;
 };

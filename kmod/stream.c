@@ -2,7 +2,7 @@
 /*
  * The data path: each direction reads its source socket with
  * tcp_read_sock() into a bounded queue and sends it on the destination
- * with skb_send_sock_locked(), from a work item. The queue holds clones
+ * with kproxy_send_skb() (compat.h), from a work item. The queue holds clones
  * of what TCP received (no copy), except for small segments: a clone
  * pins its whole skb, so segments that would pin more than twice their
  * bytes are copied into shared page-sized buffers instead, and the bound
@@ -16,6 +16,7 @@
 #include <net/sock.h>
 #include <net/tcp.h>
 
+#include "compat.h"
 #include "kproxy.h"
 
 /* Loop passes one work run may make before yielding the worker. */
@@ -257,7 +258,8 @@ static int kproxy_send(struct kproxy_dir *dir)
 
 		if (!kproxy_can_send(dst))
 			return -EPIPE;
-		ret = skb_send_sock_locked(dst, skb, cb->offset, cb->len);
+		ret = kproxy_send_skb(dst, skb, cb->offset, cb->len,
+				      !skb_queue_is_last(&dir->queue, skb));
 		WRITE_ONCE(dir->sends, dir->sends + 1);
 		if (ret <= 0)
 			return ret ? ret : -EAGAIN;

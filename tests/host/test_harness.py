@@ -145,3 +145,17 @@ def test_debug_target_boots_the_built_image_with_its_own_module():
     assert t.results.parts[-3:] == ("build", "debug", "results")
     c = harness.VM("2G", 1, "tcg").cmd(t.image, "true", kernel_args=t.kernel_args)
     assert c[c.index("--append") + 1] == "no5lvl"
+
+
+def test_kernels_sort_by_version_not_by_text():
+    kvers = ["7.2.13-kproxy", "6.12.118+deb12-amd64", "6.1.0-57-amd64", "6.9.2-1"]
+    assert sorted(kvers, key=harness.version_key) == [
+        "6.1.0-57-amd64", "6.9.2-1", "6.12.118+deb12-amd64", "7.2.13-kproxy"]
+
+
+def test_built_kernel_image_beside_its_modules_wins_over_boot(tmp_path):
+    beside = tmp_path / "lib/modules/7.2.13-kproxy/vmlinuz"
+    beside.parent.mkdir(parents=True)
+    beside.write_bytes(b"image")
+    assert harness.kernel_image("7.2.13-kproxy", tmp_path) == beside
+    assert harness.kernel_image("6.1.0-57-amd64", tmp_path) == tmp_path / "boot/vmlinuz-6.1.0-57-amd64"

@@ -9,7 +9,7 @@
                                         uses it) and `make uninstall` after,
                                         checked to leave nothing behind
   run.py test --debug-kernel DIR        the same on the kernel built in DIR by
-                                        tests/vm/debug-kernel.sh (make test-debug)
+                                        tests/vm/build-kernel.sh (make test-debug)
   run.py run [--kver K]                 load the module and start kpctl: on this
                                         kernel if it can load modules, else in a VM
 
@@ -19,6 +19,7 @@ pytest junit file, the guest's step statuses and the kernel log.
 """
 import argparse
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -72,7 +73,7 @@ class Target:
 
     @classmethod
     def installed(cls, kver: str) -> "Target":
-        return cls(f"kernel {kver}", Path(f"/boot/vmlinuz-{kver}"),
+        return cls(f"kernel {kver}", kernel_image(kver),
                    ROOT / "build" / kver / "kproxy.ko", ROOT / "build" / kver / "results")
 
     @classmethod
@@ -85,10 +86,24 @@ class Target:
                    ("no5lvl",))
 
 
+def kernel_image(kver: str, root: Path = Path("/")) -> Path:
+    """Where the image of an installed kernel is: /boot for Debian's
+    packages, beside its modules for those tests/vm/build-kernel.sh
+    installs (out of the bootloader's sight)."""
+    beside = root / "lib/modules" / kver / "vmlinuz"
+    return beside if beside.exists() else root / "boot" / f"vmlinuz-{kver}"
+
+
 def installed_kernels() -> list[str]:
-    """Kernels we can both build for (headers) and boot (/boot image)."""
-    return sorted(p.parent.name for p in Path("/lib/modules").glob("*/build")
-                  if Path(f"/boot/vmlinuz-{p.parent.name}").exists())
+    """Kernels we can both build for (headers) and boot (an image), oldest first."""
+    kvers = [p.parent.name for p in Path("/lib/modules").glob("*/build")
+             if kernel_image(p.parent.name).exists()]
+    return sorted(kvers, key=version_key)
+
+
+def version_key(kver: str) -> tuple:
+    """6.1.0-57-amd64 < 6.12.118+deb12-amd64 < 7.2.13-kproxy, numerically."""
+    return tuple(int(n) for n in re.match(r"[\d.]*", kver).group().split(".") if n)
 
 
 def counts(passed: int, failed: int, skipped: int) -> str:
@@ -401,7 +416,7 @@ def main() -> int:
                     help="make install before the boots, make uninstall (checked) after; "
                          "for tests/kernel/test_install.py (test only, not with --debug-kernel)")
     ap.add_argument("--debug-kernel", metavar="DIR",
-                    help="boot the kernel built in DIR (tests/vm/debug-kernel.sh) instead")
+                    help="boot the debug kernel built in DIR (tests/vm/build-kernel.sh) instead")
     ap.add_argument("--long", action="store_true",
                     help="full test sizes (KPROXY_TEST_LONG=1), for `make test-long`")
     ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "1G"))
