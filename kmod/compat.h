@@ -1,28 +1,22 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Where the kernels kproxy builds for differ, mapped once: the logic calls
- * these and never tests a version itself. Tested on Debian's 6.1 and 6.12
- * and on 7.2; a kernel between them gets the nearest older behaviour.
- *
- * Versions stand in for features because an out-of-tree build cannot test
- * for a function; each mapping names the version that brought it. (This is
- * the one file checkpatch lets use LINUX_VERSION_CODE: see the Makefile.)
+ * these and never tests a kernel itself. Each KPROXY_HAVE_* comes from a
+ * test of the kernel's own headers in Kbuild (so a backport counts); the
+ * comment names the release that brought the feature upstream. Tested on
+ * Debian's 6.1 and 6.12 and on 7.2.
  */
 #ifndef _KPROXY_COMPAT_H
 #define _KPROXY_COMPAT_H
 
 #include <linux/skbuff.h>
 #include <linux/socket.h>
-#include <linux/version.h>
-
-#define KPROXY_KERNEL_AT_LEAST(major, minor, sub) \
-	(LINUX_VERSION_CODE >= KERNEL_VERSION(major, minor, sub))
 
 /*
  * Send @len bytes of @skb from @offset on the locked TCP socket @sk
  * without blocking; @more says that more data follows at once.
  *
- * From 6.16, skb_send_sock_locked_with_flags() takes message flags: the
+ * skb_send_sock_locked_with_flags() (6.16) takes message flags: the
  * send carries MSG_MORE when more follows, so TCP packs the small skbs of
  * one drain into full segments instead of pushing each, and MSG_NOSIGNAL,
  * so a send on a shut socket can never raise SIGPIPE in whichever task
@@ -33,7 +27,7 @@
 static inline int kproxy_send_skb(struct sock *sk, struct sk_buff *skb,
 				  int offset, int len, bool more)
 {
-#if KPROXY_KERNEL_AT_LEAST(6, 16, 0)
+#ifdef KPROXY_HAVE_SEND_FLAGS
 	return skb_send_sock_locked_with_flags(sk, skb, offset, len,
 					       MSG_NOSIGNAL |
 					       (more ? MSG_MORE : 0));
