@@ -135,7 +135,7 @@ class Session:
     cipher: str  # IANA suite name, e.g. "TLS_AES_128_GCM_SHA256"
     cipher_type: int  # the kernel's TLS_CIPHER_* (51, 52, 54)
     server_name: str | None  # SNI: sent (client) or received (server)
-    peer_subject: str | None  # "CN=...,O=..." of a verified peer certificate
+    peer_subject: str | None  # "CN=...,O=..." of a verified peer certificate, else None
     handshake_s: float  # wall time of the handshake and install
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,9 +359,22 @@ def _keys(
     return version, suite, client_keys, server_keys
 
 
+# The short attribute names of RFC 4514 for the names Python's ssl spells out.
+_RDN_SHORT = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+}
+
+
 def _subject(sslobj: ssl.SSLObject) -> str | None:
+    """The verified peer certificate's subject as "CN=...,O=..." (Python's
+    ssl shows a certificate only once it verified it)."""
     cert = sslobj.getpeercert()
     if not cert:
         return None
-    parts = [f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
+    parts = [f"{_RDN_SHORT.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
     return ",".join(parts) or None
