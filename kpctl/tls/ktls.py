@@ -55,6 +55,8 @@ def attach_ulp(sock: socket.socket) -> None:
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOPROTOOPT):
             raise TlsError(e.errno, NO_KTLS) from None
+        if e.errno == errno.ENOTCONN:
+            raise TlsError(e.errno, "the connection ended right after the TLS handshake (kTLS needs an established socket)") from None
         if e.errno == errno.EEXIST:
             raise TlsError(e.errno, "the socket already has a TLS (or other) ULP") from None
         raise TlsError(e.errno, f"cannot attach the kernel's TLS layer: {e.strerror}") from None

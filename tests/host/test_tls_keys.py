@@ -391,3 +391,26 @@ def test_key_log_is_in_memory_and_emptied(pki: dict[str, str]) -> None:
     c.close()
     s.close()
     cfg.close()
+
+
+def test_key_log_rotates_when_it_grows_while_busy(pki: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that passed the limit while handshakes were in flight is replaced
+    for new handshakes and closed when its last one ends: memory and fds
+    stay bounded."""
+    from kpctl.tls import context
+
+    monkeypatch.setattr(context, "LOG_LIMIT", 1000)
+    cfg = ServerConfig(pki["server_cert"], pki["server_key"])
+    baseline = open_fds()
+    with cfg._source.lease() as first:
+        os.write(first.fd, b"x" * 2000)  # as if many handshakes had logged
+        with cfg._source.lease() as second:
+            assert second is not first
+            assert first.fd >= 0  # still in use
+        assert open_fds() == baseline + 2  # the new memfd and its log file
+    assert first.fd == -1
+    assert open_fds() == baseline
+    with cfg._source.lease() as third:
+        assert third is second
+    cfg.close()
+    assert open_fds() == baseline - 2
