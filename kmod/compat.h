@@ -9,8 +9,11 @@
 #ifndef _KPROXY_COMPAT_H
 #define _KPROXY_COMPAT_H
 
+#include <linux/bvec.h>
+#include <linux/net.h>
 #include <linux/skbuff.h>
 #include <linux/socket.h>
+#include <linux/uio.h>
 
 /*
  * Send @len bytes of @skb from @offset on the locked TCP socket @sk
@@ -33,6 +36,27 @@ static inline int kproxy_send_skb(struct sock *sk, struct sk_buff *skb,
 					       (more ? MSG_MORE : 0));
 #else
 	return skb_send_sock_locked(sk, skb, offset, len);
+#endif
+}
+
+/*
+ * Send @len bytes of @page from @offset through @sock's own sendmsg (a
+ * kTLS socket's: the TLS layer takes the socket lock itself), without
+ * copying where the kernel can. Until 6.5 that was sendpage; since, it is
+ * sendmsg with MSG_SPLICE_PAGES, and sendpage is gone.
+ */
+static inline int kproxy_sendmsg_page(struct socket *sock, struct page *page,
+				      int offset, size_t len, int flags)
+{
+#ifdef KPROXY_HAVE_SENDPAGE
+	return kernel_sendpage(sock, page, offset, len, flags);
+#else
+	struct msghdr msg = { .msg_flags = flags | MSG_SPLICE_PAGES };
+	struct bio_vec bvec;
+
+	bvec_set_page(&bvec, page, len, offset);
+	iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bvec, 1, len);
+	return sock_sendmsg(sock, &msg);
 #endif
 }
 

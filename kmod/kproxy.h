@@ -118,6 +118,8 @@ struct kproxy_dir {
 	u8 idx;				/* its index in kproxy->dir, see kproxy_of() */
 	bool eof;			/* src's FIN has been read */
 	bool shut;			/* FIN forwarded to dst */
+	bool tls_src;			/* src is kTLS: read through tls.c */
+	bool tls_dst;			/* dst is kTLS: send through tls.c */
 	u64 bytes;			/* sent on dst */
 	u64 skbs;			/* read from src */
 	u64 msgs;
@@ -149,7 +151,13 @@ struct kproxy {
 	struct work_struct end_work;
 	u32 id;
 	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
-	enum kproxy_reason reason;	/* set by kproxy_claim() */
+	u8 reason;			/* enum kproxy_reason, by kproxy_claim() */
+	/*
+	 * The fatal alert a kTLS side received: written by the direction's
+	 * work before it claims with reason tls-alert, read by the owner of
+	 * the teardown (ordered by kproxy_lock).
+	 */
+	u8 tls_alert;
 	/*
 	 * Netlink portid, in kp->net, of the socket that sent proxy-new with
 	 * the notify flag (0: none; the kernel's portid is never a creator).
@@ -182,13 +190,15 @@ static inline struct sock *kproxy_dst(struct kproxy_dir *dir)
 /* Totals of one netns since the module was loaded (kproxy_lock). */
 struct kproxy_totals {
 	u64 created;
-	u64 ended[KPROXY_REASON_UNLOAD + 1];
+	u64 ended[KPROXY_REASON_TLS_REKEY + 1];
 	u64 bytes;
 	u64 skbs;
 	u64 msgs;
 	u64 drops;
 	u64 sends;
 	u64 runs;
+	u64 tls_records_in;
+	u64 tls_records_out;
 };
 
 struct kproxy_net {
@@ -196,6 +206,8 @@ struct kproxy_net {
 	u32 count;			/* entries of proxies */
 	struct kproxy_totals totals;	/* of ended proxies; live ones add theirs */
 	u32 gen;			/* bumped on every change, for dumps */
+	/* Control records kTLS sides consumed (tickets): no lock. */
+	atomic64_t tls_control;
 };
 
 extern struct mutex kproxy_lock;
@@ -227,6 +239,17 @@ void kproxy_end_all(struct net *net, enum kproxy_reason reason);
 enum kproxy_state kproxy_state(const struct kproxy *kp);
 void kproxy_add_totals(struct kproxy_totals *t, const struct kproxy *kp);
 
+/* Extack messages must be string literals on 6.1: one per socket. */
+#define KPROXY_FD_ERR(extack, idx, msg_a, msg_b)			\
+	do {								\
+		struct netlink_ext_ack *__kp_extack = (extack);		\
+									\
+		if (idx)						\
+			NL_SET_ERR_MSG(__kp_extack, msg_b);		\
+		else							\
+			NL_SET_ERR_MSG(__kp_extack, msg_a);		\
+	} while (0)
+
 /* sock.c */
 struct socket *kproxy_get_socket(int fd, int idx,
 				 struct netlink_ext_ack *extack);
@@ -243,6 +266,11 @@ void kproxy_data_ready(struct sock *sk);
 void kproxy_write_space(struct sock *sk);
 void kproxy_state_change(struct sock *sk);
 
+int kproxy_read(struct kproxy_dir *dir,
+		int (*read_sock)(struct sock *sk, read_descriptor_t *desc,
+				 sk_read_actor_t actor));
+int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
+		      unsigned int offset, size_t len);
 void kproxy_queue_skb(struct kproxy_dir *dir, struct sk_buff *skb,
 		      u32 offset, u32 len);
 bool kproxy_queue_full(const struct kproxy_dir *dir);
@@ -262,6 +290,15 @@ int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind);
 struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 				 struct bpf_prog *prog);
 u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind);
+
+/* tls.c */
+int kproxy_tls_check(struct sock *sk, int idx, struct netlink_ext_ack *extack);
+void kproxy_tls_info(struct sock *sk, u16 *version, u16 *cipher);
+u64 kproxy_tls_records(struct sock *sk, bool tx);
+int kproxy_tls_read(struct kproxy_dir *dir);
+int kproxy_tls_send_skb(struct sock *sk, struct sk_buff *skb, int offset,
+			int len, bool more);
+int kproxy_tls_close_notify(struct sock *sk);
 
 /* netlink.c */
 int kproxy_nl_init(void);

@@ -19,8 +19,22 @@ static int kproxy_put_addr(struct sk_buff *skb, int attr, int family,
 	return nla_put_in6_addr(skb, attr, v6);
 }
 
-static int kproxy_put_sock(struct sk_buff *skb, int attr, struct sock *sk)
+/* kTLS sides carry their protocol version and cipher. */
+static int kproxy_put_tls(struct sk_buff *skb, struct sock *sk)
 {
+	u16 version, cipher;
+
+	kproxy_tls_info(sk, &version, &cipher);
+	if (nla_put_u16(skb, KPROXY_A_SOCK_TLS_VERSION, version) ||
+	    nla_put_u16(skb, KPROXY_A_SOCK_TLS_CIPHER, cipher))
+		return -EMSGSIZE;
+	return 0;
+}
+
+static int kproxy_put_sock(struct sk_buff *skb, int attr,
+			   const struct kproxy *kp, int idx)
+{
+	struct sock *sk = kp->sock[idx]->sk;
 	const struct inet_sock *inet = inet_sk(sk);
 	const struct in6_addr *saddr6 = NULL, *daddr6 = NULL;
 	struct nlattr *nest;
@@ -39,7 +53,8 @@ static int kproxy_put_sock(struct sk_buff *skb, int attr, struct sock *sk)
 	    kproxy_put_addr(skb, KPROXY_A_SOCK_REMOTE_ADDR, sk->sk_family,
 			    inet->inet_daddr, daddr6) ||
 	    nla_put_u16(skb, KPROXY_A_SOCK_REMOTE_PORT, ntohs(inet->inet_dport)) ||
-	    nla_put_u8(skb, KPROXY_A_SOCK_TCP_STATE, READ_ONCE(sk->sk_state))) {
+	    nla_put_u8(skb, KPROXY_A_SOCK_TCP_STATE, READ_ONCE(sk->sk_state)) ||
+	    (kp->dir[idx].tls_src && kproxy_put_tls(skb, sk))) {
 		nla_nest_cancel(skb, nest);
 		return -EMSGSIZE;
 	}
@@ -55,9 +70,29 @@ static int kproxy_put_prog(struct sk_buff *skb, int attr,
 	return id ? nla_put_u32(skb, attr, id) : 0;
 }
 
-static int kproxy_put_dir(struct sk_buff *skb, int attr,
-			  const struct kproxy_dir *dir)
+/* Records a kTLS source received and a kTLS destination sent. */
+static int kproxy_put_tls_records(struct sk_buff *skb,
+				  const struct kproxy *kp, int d)
 {
+	const struct kproxy_dir *dir = &kp->dir[d];
+
+	if (dir->tls_src &&
+	    nla_put_u64_64bit(skb, KPROXY_A_DIR_TLS_RECORDS_IN,
+			      kproxy_tls_records(kp->sock[d]->sk, false),
+			      KPROXY_A_DIR_PAD))
+		return -EMSGSIZE;
+	if (dir->tls_dst &&
+	    nla_put_u64_64bit(skb, KPROXY_A_DIR_TLS_RECORDS_OUT,
+			      kproxy_tls_records(kp->sock[!d]->sk, true),
+			      KPROXY_A_DIR_PAD))
+		return -EMSGSIZE;
+	return 0;
+}
+
+static int kproxy_put_dir(struct sk_buff *skb, int attr,
+			  const struct kproxy *kp, int d)
+{
+	const struct kproxy_dir *dir = &kp->dir[d];
 	struct nlattr *nest;
 
 	nest = nla_nest_start(skb, attr);
@@ -76,7 +111,8 @@ static int kproxy_put_dir(struct sk_buff *skb, int attr,
 			    KPROXY_BPF_KIND_PARSER) ||
 	    kproxy_put_prog(skb, KPROXY_A_DIR_VERDICT_ID, dir,
 			    KPROXY_BPF_KIND_VERDICT) ||
-	    (READ_ONCE(dir->shut) && nla_put_flag(skb, KPROXY_A_DIR_SHUT))) {
+	    (READ_ONCE(dir->shut) && nla_put_flag(skb, KPROXY_A_DIR_SHUT)) ||
+	    kproxy_put_tls_records(skb, kp, d)) {
 		nla_nest_cancel(skb, nest);
 		return -EMSGSIZE;
 	}
@@ -100,12 +136,15 @@ static int kproxy_fill(struct sk_buff *skb, struct kproxy *kp, u32 portid,
 	    nla_put_u32(skb, KPROXY_A_PROXY_STATE, kproxy_state(kp)) ||
 	    nla_put_u64_64bit(skb, KPROXY_A_PROXY_CREATE_TIME, kp->created_ns,
 			      KPROXY_A_PROXY_PAD) ||
-	    kproxy_put_sock(skb, KPROXY_A_PROXY_SOCK_A, kp->sock[0]->sk) ||
-	    kproxy_put_sock(skb, KPROXY_A_PROXY_SOCK_B, kp->sock[1]->sk) ||
-	    kproxy_put_dir(skb, KPROXY_A_PROXY_A_TO_B, &kp->dir[KPROXY_A_TO_B]) ||
-	    kproxy_put_dir(skb, KPROXY_A_PROXY_B_TO_A, &kp->dir[KPROXY_B_TO_A]) ||
+	    kproxy_put_sock(skb, KPROXY_A_PROXY_SOCK_A, kp, 0) ||
+	    kproxy_put_sock(skb, KPROXY_A_PROXY_SOCK_B, kp, 1) ||
+	    kproxy_put_dir(skb, KPROXY_A_PROXY_A_TO_B, kp, KPROXY_A_TO_B) ||
+	    kproxy_put_dir(skb, KPROXY_A_PROXY_B_TO_A, kp, KPROXY_B_TO_A) ||
 	    (cmd == KPROXY_CMD_PROXY_DEL_NTF &&
-	     nla_put_u32(skb, KPROXY_A_PROXY_REASON, kp->reason))) {
+	     nla_put_u32(skb, KPROXY_A_PROXY_REASON, kp->reason)) ||
+	    (cmd == KPROXY_CMD_PROXY_DEL_NTF &&
+	     kp->reason == KPROXY_REASON_TLS_ALERT &&
+	     nla_put_u8(skb, KPROXY_A_PROXY_TLS_ALERT, kp->tls_alert))) {
 		genlmsg_cancel(skb, hdr);
 		return -EMSGSIZE;
 	}

@@ -8,6 +8,7 @@
 #include <linux/seq_file.h>
 #include <net/ipv6.h>
 #include <net/sock.h>
+#include <net/tls.h>
 
 #include "kproxy.h"
 
@@ -24,7 +25,47 @@ static const char *const kproxy_reason_name[] = {
 	[KPROXY_REASON_ERROR] = "error",
 	[KPROXY_REASON_NETNS_EXIT] = "netns_exit",
 	[KPROXY_REASON_UNLOAD] = "unload",
+	[KPROXY_REASON_TLS_ALERT] = "tls_alert",
+	[KPROXY_REASON_TLS_REKEY] = "tls_rekey",
 };
+
+/* linux/tls.h's ciphers, as IANA names them without the TLS_ prefix. */
+static const char *kproxy_tls_cipher_name(u16 cipher)
+{
+	switch (cipher) {
+	case TLS_CIPHER_AES_GCM_128:
+		return "aes-128-gcm";
+	case TLS_CIPHER_AES_GCM_256:
+		return "aes-256-gcm";
+	case TLS_CIPHER_AES_CCM_128:
+		return "aes-128-ccm";
+	case TLS_CIPHER_CHACHA20_POLY1305:
+		return "chacha20-poly1305";
+	default:
+		return NULL;
+	}
+}
+
+/* A side's kTLS column: "-" for plain TCP, else e.g. "1.3/aes-128-gcm". */
+static void kproxy_seq_tls(struct seq_file *seq, const struct kproxy *kp,
+			   int idx)
+{
+	const char *name;
+	u16 version, cipher;
+
+	if (!kp->dir[idx].tls_src) {
+		seq_puts(seq, " -");
+		return;
+	}
+	kproxy_tls_info(kp->sock[idx]->sk, &version, &cipher);
+	seq_printf(seq, " %u.%u/", TLS_VERSION_MAJOR(version) - 2,
+		   TLS_VERSION_MINOR(version) - 1);
+	name = kproxy_tls_cipher_name(cipher);
+	if (name)
+		seq_puts(seq, name);
+	else
+		seq_printf(seq, "cipher-%u", cipher);
+}
 
 static void *kproxy_seq_start(struct seq_file *seq, loff_t *pos)
 {
@@ -86,7 +127,7 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 
 	if (v == &kn->proxies) {
 		seq_puts(seq,
-			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict\n");
+			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict a_tls b_tls\n");
 		return 0;
 	}
 
@@ -101,6 +142,8 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 		seq_printf(seq, " %u %u",
 			   kproxy_bpf_id(&kp->dir[d], KPROXY_BPF_KIND_PARSER),
 			   kproxy_bpf_id(&kp->dir[d], KPROXY_BPF_KIND_VERDICT));
+	kproxy_seq_tls(seq, kp, 0);
+	kproxy_seq_tls(seq, kp, 1);
 	seq_putc(seq, '\n');
 	return 0;
 }
@@ -136,6 +179,10 @@ static int kproxy_stat_show(struct seq_file *seq, void *v)
 		   t.bytes, t.skbs, t.msgs, t.drops);
 	/* How the data path works for its bytes: calls and wakeups. */
 	seq_printf(seq, "sends %llu\nwork_runs %llu\n", t.sends, t.runs);
+	/* kTLS sides: records received and sent, control records consumed. */
+	seq_printf(seq, "tls_records_in %llu\ntls_records_out %llu\ntls_control %llu\n",
+		   t.tls_records_in, t.tls_records_out,
+		   (u64)atomic64_read(&kn->tls_control));
 	return 0;
 }
 

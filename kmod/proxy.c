@@ -192,6 +192,12 @@ void kproxy_add_totals(struct kproxy_totals *t, const struct kproxy *kp)
 		t->drops += READ_ONCE(kp->dir[i].drops);
 		t->sends += READ_ONCE(kp->dir[i].sends);
 		t->runs += READ_ONCE(kp->dir[i].runs);
+		if (kp->dir[i].tls_src)
+			t->tls_records_in +=
+				kproxy_tls_records(kp->sock[i]->sk, false);
+		if (kp->dir[i].tls_dst)
+			t->tls_records_out +=
+				kproxy_tls_records(kp->sock[!i]->sk, true);
 	}
 }
 
@@ -199,7 +205,9 @@ void kproxy_add_totals(struct kproxy_totals *t, const struct kproxy *kp)
 void kproxy_destroy(struct kproxy *kp)
 {
 	bool abort = kp->reason == KPROXY_REASON_RESET ||
-		     kp->reason == KPROXY_REASON_ERROR;
+		     kp->reason == KPROXY_REASON_ERROR ||
+		     kp->reason == KPROXY_REASON_TLS_ALERT ||
+		     kp->reason == KPROXY_REASON_TLS_REKEY;
 	struct kproxy_net *kn;
 	int i;
 

@@ -6,7 +6,10 @@
  * the proxy claims its ULP slot (icsk_ulp_ops), so no one holding the fd
  * can install kTLS (or any ULP) later, and sockmap refuses it too. kTLS
  * would otherwise chain onto our callbacks and our sends, which go
- * through TCP's sendmsg_locked, would put plaintext on the wire.
+ * through TCP's sendmsg_locked, would put plaintext on the wire. A socket
+ * that is kTLS already, with both keys, joins as a kTLS side (tls.c): its
+ * slot stays the TLS layer's, which refuses any other ULP, and the
+ * direction's work reads and sends it through the TLS layer.
  *
  * Joining also sets what the data path needs of the socket's options,
  * and hand-back puts the owner's values back:
@@ -27,17 +30,6 @@
 static struct tcp_ulp_ops kproxy_ulp = {
 	.name = "kproxy",
 };
-
-/* Extack messages must be string literals on 6.1: one per socket. */
-#define KPROXY_FD_ERR(extack, idx, msg_a, msg_b)			\
-	do {								\
-		struct netlink_ext_ack *__kp_extack = (extack);		\
-									\
-		if (idx)						\
-			NL_SET_ERR_MSG(__kp_extack, msg_b);		\
-		else							\
-			NL_SET_ERR_MSG(__kp_extack, msg_a);		\
-	} while (0)
 
 /* Look the descriptor up and check it is a TCP socket; keeps its file ref. */
 struct socket *kproxy_get_socket(int fd, int idx,
@@ -83,14 +75,14 @@ struct socket *kproxy_get_socket(int fd, int idx,
 
 /*
  * Take the socket over: check under its lock that it is connected and
- * that no one else (a proxy, sockmap, KCM, a ULP such as kTLS) owns it,
- * then install our callbacks and claim its ULP slot.
+ * that no one else (a proxy, sockmap, KCM, a ULP other than kTLS with both
+ * keys) owns it, then install our callbacks and claim its ULP slot.
  */
 int kproxy_hook(struct kproxy *kp, int idx, struct netlink_ext_ack *extack)
 {
 	struct sock *sk = kp->sock[idx]->sk;
 	struct kproxy_saved_cb *saved = &kp->saved[idx];
-	int err = 0;
+	int err = 0, tls;
 
 	lock_sock(sk);
 	write_lock_bh(&sk->sk_callback_lock);
@@ -106,17 +98,23 @@ int kproxy_hook(struct kproxy *kp, int idx, struct netlink_ext_ack *extack)
 			      "fd-a is not connected",
 			      "fd-b is not connected");
 		err = -ENOTCONN;
-	} else if (inet_csk(sk)->icsk_ulp_ops == &kproxy_ulp) {
+	} else if (inet_csk(sk)->icsk_ulp_ops == &kproxy_ulp ||
+		   sk->sk_data_ready == kproxy_data_ready) {
 		KPROXY_FD_ERR(extack, idx,
 			      "fd-a is already in a proxy",
 			      "fd-b is already in a proxy");
 		err = -EBUSY;
-	} else if (sk->sk_user_data || inet_csk(sk)->icsk_ulp_ops) {
+	} else if (sk->sk_user_data) {
 		KPROXY_FD_ERR(extack, idx,
-			      "fd-a is owned by another kernel user (sockmap, KCM or a ULP such as kTLS)",
-			      "fd-b is owned by another kernel user (sockmap, KCM or a ULP such as kTLS)");
+			      "fd-a is owned by another kernel user (sockmap or KCM)",
+			      "fd-b is owned by another kernel user (sockmap or KCM)");
 		err = -EBUSY;
 	} else {
+		tls = kproxy_tls_check(sk, idx, extack);
+		if (tls < 0) {
+			err = tls;
+			goto out;
+		}
 		saved->data_ready = sk->sk_data_ready;
 		saved->write_space = sk->sk_write_space;
 		saved->state_change = sk->sk_state_change;
@@ -128,9 +126,14 @@ int kproxy_hook(struct kproxy *kp, int idx, struct netlink_ext_ack *extack)
 		WRITE_ONCE(sk->sk_state_change, kproxy_state_change);
 		WRITE_ONCE(sk->sk_rcvlowat, 1);
 		sock_set_flag(sk, SOCK_URGINLINE);
-		inet_csk(sk)->icsk_ulp_ops = &kproxy_ulp;
+		/* A kTLS socket's slot is the TLS layer's, which keeps others out. */
+		if (!tls)
+			inet_csk(sk)->icsk_ulp_ops = &kproxy_ulp;
+		kp->dir[idx].tls_src = tls;
+		kp->dir[!idx].tls_dst = tls;
 	}
 
+out:
 	write_unlock_bh(&sk->sk_callback_lock);
 	release_sock(sk);
 	return err;

@@ -2,7 +2,8 @@
 /*
  * The data path: each direction reads its source socket with
  * tcp_read_sock() into a bounded queue and sends it on the destination
- * with kproxy_send_skb() (compat.h), from a work item. The queue holds clones
+ * with kproxy_send_skb() (compat.h), from a work item; a kTLS side is
+ * read and written through the TLS layer instead (tls.c). The queue holds clones
  * of what TCP received (no copy), except for small segments: a clone
  * pins its whole skb, so segments that would pin more than twice their
  * bytes are copied into shared page-sized buffers instead, and the bound
@@ -123,13 +124,13 @@ static int kproxy_queue_copy(struct kproxy_dir *dir, struct sk_buff *skb,
 }
 
 /*
- * tcp_read_sock() actor: without a parser, queue a clone of
- * [offset, offset + len), or a copy of a small segment; with one, feed
- * the bytes to it. Consumes less when the queue is full (and stops the
- * read); tcp_read_sock() leaves the rest in the socket.
+ * read_sock actor (TCP's or the TLS layer's): without a parser, queue a
+ * clone of [offset, offset + len), or a copy of a small segment; with one,
+ * feed the bytes to it. Consumes less when the queue is full (and stops
+ * the read); the socket keeps the rest.
  */
-static int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
-			     unsigned int offset, size_t len)
+int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
+		      unsigned int offset, size_t len)
 {
 	struct kproxy_dir *dir = desc->arg.data;
 	struct sk_buff *clone;
@@ -208,12 +209,17 @@ static bool kproxy_pass_urgent_mark(struct sock *sk)
 	return true;
 }
 
-/* Read what the queue has room for; the socket lock of src is held. */
-static int kproxy_read(struct kproxy_dir *dir)
+/*
+ * Read what the queue has room for with @read_sock (tcp_read_sock(), or a
+ * kTLS socket's own); the socket lock of src is held.
+ */
+int kproxy_read(struct kproxy_dir *dir,
+		int (*read_sock)(struct sock *sk, read_descriptor_t *desc,
+				 sk_read_actor_t actor))
 {
 	struct sock *src = kproxy_src(dir);
 	read_descriptor_t desc;
-	int ret, total = 0;
+	int ret, err, total = 0;
 
 	/* No message in progress: start with the wanted programs. */
 	if (!dir->bpf.in_msg && kproxy_bpf_changed(dir))
@@ -221,15 +227,18 @@ static int kproxy_read(struct kproxy_dir *dir)
 
 	do {
 		desc = (read_descriptor_t){ .arg.data = dir, .count = 1 };
-		ret = tcp_read_sock(src, &desc, kproxy_recv_actor);
+		ret = read_sock(src, &desc, kproxy_recv_actor);
 		if (desc.error)
 			return desc.error;
-		if (ret > 0)
-			total += ret;
+		if (ret < 0)
+			break;		/* a kTLS socket's: see tls.c */
+		total += ret;
 	} while (kproxy_pass_urgent_mark(src));
 
-	ret = kproxy_bpf_flush(dir);
-	return ret < 0 ? ret : total;
+	err = kproxy_bpf_flush(dir);
+	if (err < 0)
+		return err;
+	return total ?: min(ret, 0);
 }
 
 /*
@@ -246,8 +255,13 @@ static bool kproxy_can_send(struct sock *dst)
 		(TCPF_ESTABLISHED | TCPF_CLOSE_WAIT));
 }
 
-/* Send the queue; the socket lock of dst is held. 0 or -errno. */
-static int kproxy_send(struct kproxy_dir *dir)
+/*
+ * Send the queue with @send: kproxy_send_skb() with the socket lock of
+ * dst held, or kproxy_tls_send_skb() without it. 0 or -errno.
+ */
+static int kproxy_send(struct kproxy_dir *dir,
+		       int (*send)(struct sock *sk, struct sk_buff *skb,
+				   int offset, int len, bool more))
 {
 	struct sock *dst = kproxy_dst(dir);
 	struct sk_buff *skb;
@@ -258,8 +272,8 @@ static int kproxy_send(struct kproxy_dir *dir)
 
 		if (!kproxy_can_send(dst))
 			return -EPIPE;
-		ret = kproxy_send_skb(dst, skb, cb->offset, cb->len,
-				      !skb_queue_is_last(&dir->queue, skb));
+		ret = send(dst, skb, cb->offset, cb->len,
+			   !skb_queue_is_last(&dir->queue, skb));
 		WRITE_ONCE(dir->sends, dir->sends + 1);
 		if (ret <= 0)
 			return ret ? ret : -EAGAIN;
@@ -281,6 +295,10 @@ static enum kproxy_reason kproxy_err_reason(int err)
 	case ECONNRESET:
 	case EPIPE:
 		return KPROXY_REASON_RESET;
+	case EREMOTEIO:		/* tls.c: a fatal alert */
+		return KPROXY_REASON_TLS_ALERT;
+	case EKEYEXPIRED:	/* tls.c: a KeyUpdate */
+		return KPROXY_REASON_TLS_REKEY;
 	default:
 		return KPROXY_REASON_ERROR;
 	}
@@ -306,6 +324,9 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 	if (!dir->eof || dir->shut || !skb_queue_empty(&dir->queue) ||
 	    kproxy_bpf_pending(dir))
 		return;
+	/* Full: write_space runs the work again. */
+	if (dir->tls_dst && kproxy_tls_close_notify(kproxy_dst(dir)) == -EAGAIN)
+		return;
 
 	kernel_sock_shutdown(kproxy_dst(dir)->sk_socket, SHUT_WR);
 	WRITE_ONCE(dir->shut, true);
@@ -320,9 +341,37 @@ static bool kproxy_may_read(struct kproxy_dir *dir)
 	       !kproxy_queue_full(dir);
 }
 
+/*
+ * Read a plain TCP source under its lock. Bytes read or -errno; sets
+ * dir->eof at a FIN, and gives -ECONNRESET for a reset.
+ */
+static int kproxy_read_plain(struct kproxy_dir *dir)
+{
+	struct sock *src = kproxy_src(dir);
+	int err;
+
+	lock_sock(src);
+	err = kproxy_read(dir, tcp_read_sock);
+	if ((src->sk_shutdown & RCV_SHUTDOWN) &&
+	    skb_queue_empty(&src->sk_receive_queue)) {
+		/*
+		 * Only a FIN (SOCK_DONE) is an end of stream to forward. A
+		 * reset shuts the receive side too, and its error may already
+		 * have been taken by the other direction's send: it must
+		 * never reach the other peer as a FIN.
+		 */
+		if (sock_flag(src, SOCK_DONE))
+			dir->eof = true;
+		else
+			err = -ECONNRESET;
+	}
+	release_sock(src);
+	return err;
+}
+
 static void kproxy_dir_run(struct kproxy_dir *dir)
 {
-	struct sock *src = kproxy_src(dir), *dst = kproxy_dst(dir);
+	struct sock *dst = kproxy_dst(dir);
 	struct kproxy *kp = kproxy_of(dir);
 	int budget = KPROXY_WORK_BUDGET;
 	bool progress;
@@ -333,47 +382,32 @@ static void kproxy_dir_run(struct kproxy_dir *dir)
 
 		progress = false;
 		if (kproxy_may_read(dir)) {
-			lock_sock(src);
-			err = kproxy_read(dir);
+			err = dir->tls_src ? kproxy_tls_read(dir) :
+					     kproxy_read_plain(dir);
 			if (err > 0)
 				progress = true;
-			if ((src->sk_shutdown & RCV_SHUTDOWN) &&
-			    skb_queue_empty(&src->sk_receive_queue)) {
-				/*
-				 * Only a FIN (SOCK_DONE) is an end of stream
-				 * to forward. A reset shuts the receive side
-				 * too, and its error may already have been
-				 * taken by the other direction's send: it
-				 * must never reach the other peer as a FIN.
-				 */
-				if (sock_flag(src, SOCK_DONE))
-					dir->eof = true;
-				else
-					err = -ECONNRESET;
-			}
-			release_sock(src);
-			if (err == -ECONNRESET) {
-				kproxy_end_async(kp, KPROXY_REASON_RESET);
-				return;
-			}
 			if (err == -ENOMEM) {
 				/* Data stays in src: wait for memory, not spin. */
 				msleep(KPROXY_NOMEM_WAIT_MS);
 				queue_work(kproxy_wq, &dir->work);
 				return;
 			}
-			if (err < 0) {
-				/* The parser refused the stream. */
-				kproxy_end_async(kp, KPROXY_REASON_ERROR);
+			/* -EAGAIN: a kTLS record is not complete yet. */
+			if (err < 0 && err != -EAGAIN) {
+				kproxy_end_async(kp, kproxy_err_reason(-err));
 				return;
 			}
 		}
 
 		if (!skb_queue_empty(&dir->queue)) {
 			before = dir->queued;	/* sending drains it */
-			lock_sock(dst);
-			err = kproxy_send(dir);
-			release_sock(dst);
+			if (dir->tls_dst) {
+				err = kproxy_send(dir, kproxy_tls_send_skb);
+			} else {
+				lock_sock(dst);
+				err = kproxy_send(dir, kproxy_send_skb);
+				release_sock(dst);
+			}
 			if (dir->queued < before)
 				progress = true;
 			if (err && err != -EAGAIN) {
@@ -446,12 +480,21 @@ void kproxy_dir_drain(struct kproxy_dir *dir)
 		WRITE_ONCE(dst->sk_sndbuf,
 			   min_t(s64, (s64)sndbuf + 2 * (s64)dir->held, INT_MAX));
 		WRITE_ONCE(tp->notsent_lowat, UINT_MAX);
-		err = kproxy_send(dir);
+		if (dir->tls_dst) {
+			/* The TLS layer takes the lock itself. */
+			release_sock(dst);
+			err = kproxy_send(dir, kproxy_tls_send_skb);
+			lock_sock(dst);
+		} else {
+			err = kproxy_send(dir, kproxy_send_skb);
+		}
 		WRITE_ONCE(tp->notsent_lowat, lowat);
 		WRITE_ONCE(dst->sk_sndbuf, sndbuf);
 		release_sock(dst);
 	}
 	if (!err && dir->eof && !dir->shut) {
+		if (dir->tls_dst)
+			kproxy_tls_close_notify(dst);
 		kernel_sock_shutdown(dst->sk_socket, SHUT_WR);
 		WRITE_ONCE(dir->shut, true);
 	}

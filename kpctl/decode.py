@@ -16,10 +16,12 @@ from typing import Any, Callable
 from . import layout as layout_mod
 from . import spec as spec_mod
 from . import wire
-from .model import DirStats, Endpoint, Event, Proxy, SockInfo, deferred_proxy
+from .model import DirStats, Endpoint, Event, Proxy, SockInfo, TlsInfo, deferred_proxy
 
-_SOCK_FIELDS = ("family", "local-addr", "local-port", "remote-addr", "remote-port", "tcp-state")
-_DIR_FIELDS = ("bytes", "skbs", "msgs", "drops", "queued", "parser-id", "verdict-id")
+_SOCK_FIELDS = ("family", "local-addr", "local-port", "remote-addr", "remote-port", "tcp-state",
+                "tls-version", "tls-cipher")
+_DIR_FIELDS = ("bytes", "skbs", "msgs", "drops", "queued", "parser-id", "verdict-id",
+               "tls-records-in", "tls-records-out")
 _SOCKS = ("sock-a", "sock-b")
 _DIRS = ("a-to-b", "b-to-a")
 
@@ -35,22 +37,24 @@ _NO_SOCK = SockInfo(socket.AF_UNSPEC, Endpoint("0.0.0.0", 0), Endpoint("0.0.0.0"
 
 
 def sock_info(family: int | None, laddr: bytes | None, lport: int | None,
-              raddr: bytes | None, rport: int | None, tcp_state: int | None) -> SockInfo:
+              raddr: bytes | None, rport: int | None, tcp_state: int | None,
+              tls_version: int | None = None, tls_cipher: int | None = None) -> SockInfo:
     """One side, from the sock nest's attributes (None: absent)."""
     if family is None and laddr is None and lport is None and raddr is None \
             and rport is None and tcp_state is None:
         return _NO_SOCK
     family = family or socket.AF_UNSPEC
+    tls = None if tls_version is None else TlsInfo.from_codes(tls_version, tls_cipher or 0)
     return SockInfo(family, _endpoint(family, laddr, lport or 0),
-                    _endpoint(family, raddr, rport or 0), tcp_state)
+                    _endpoint(family, raddr, rport or 0), tcp_state, tls)
 
 
 def dir_stats(nbytes: int | None, skbs: int | None, msgs: int | None, drops: int | None,
               queued: int | None, parser_id: int | None, verdict_id: int | None,
-              shut: bool) -> DirStats:
+              tls_in: int | None, tls_out: int | None, shut: bool) -> DirStats:
     """One direction, from the dir nest's attributes (None: absent)."""
     return DirStats(nbytes or 0, skbs or 0, msgs or 0, drops or 0, queued or 0, shut,
-                    parser_id or None, verdict_id or None)
+                    parser_id or None, verdict_id or None, tls_in, tls_out)
 
 
 def _state(spec: spec_mod.Spec, value: int | None) -> str:
@@ -85,6 +89,7 @@ def event_from_attrs(cmd: int, attrs: dict[str, Any], spec: spec_mod.Spec,
         proxy=proxy_from_attrs(attrs, spec),
         reason=spec.enums["reason"].label(reason) if reason is not None else None,
         timestamp=time.time() if timestamp is None else timestamp,
+        tls_alert=attrs.get("tls-alert"),
     )
 
 

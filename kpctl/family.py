@@ -32,7 +32,18 @@ FAMILY = {'name': 'kproxy',
                                       'was aborted.'},
                               {'name': 'netns-exit',
                                'doc': 'The network namespace that owned the proxy was deleted.'},
-                              {'name': 'unload', 'doc': 'The kproxy module was unloaded.'}]},
+                              {'name': 'unload', 'doc': 'The kproxy module was unloaded.'},
+                              {'name': 'tls-alert',
+                               'doc': 'A kTLS side received a fatal TLS alert (tls-alert carries '
+                                      'its\n'
+                                      'description); the other socket was aborted.\n'},
+                              {'name': 'tls-rekey',
+                               'doc': 'A kTLS side received a TLS 1.3 KeyUpdate. The next keys '
+                                      'derive from\n'
+                                      'secrets only userspace holds, so the proxy ends rather than '
+                                      'wait for\n'
+                                      'records it cannot decrypt; the other socket was '
+                                      'aborted.\n'}]},
                  {'name': 'bpf-kind',
                   'type': 'enum',
                   'doc': 'What a program attached to a direction does.',
@@ -108,7 +119,14 @@ FAMILY = {'name': 'kproxy',
                                             'also through the group). A socket gone by then is '
                                             'skipped; one whose\n'
                                             'receive buffer is full loses it and reads ENOBUFS, as '
-                                            'for a group.\n'}]},
+                                            'for a group.\n'},
+                                    {'name': 'tls-alert',
+                                     'type': 'u8',
+                                     'doc': 'The description of the TLS alert that ended the proxy '
+                                            '(RFC 8446\n'
+                                            '6.2, e.g. 20 bad_record_mac); only in proxy-del-ntf '
+                                            'with reason\n'
+                                            'tls-alert.\n'}]},
                     {'name': 'sock',
                      'attributes': [{'name': 'family',
                                      'type': 'u16',
@@ -128,7 +146,17 @@ FAMILY = {'name': 'kproxy',
                                     {'name': 'tcp-state',
                                      'type': 'u8',
                                      'doc': "The socket's TCP state (as in /proc/net/tcp, "
-                                            'TCP_ESTABLISHED is 1).'}]},
+                                            'TCP_ESTABLISHED is 1).'},
+                                    {'name': 'tls-version',
+                                     'type': 'u16',
+                                     'doc': "The socket's kTLS protocol version (0x0303 TLS 1.2, "
+                                            '0x0304 TLS 1.3);\n'
+                                            'absent for a plain TCP socket.\n'},
+                                    {'name': 'tls-cipher',
+                                     'type': 'u16',
+                                     'doc': "The socket's kTLS cipher (TLS_CIPHER_* of "
+                                            'linux/tls.h, e.g. 51\n'
+                                            'AES-GCM-128); absent for a plain TCP socket.\n'}]},
                     {'name': 'dir',
                      'attributes': [{'name': 'bytes',
                                      'type': 'u64',
@@ -158,7 +186,20 @@ FAMILY = {'name': 'kproxy',
                                     {'name': 'verdict-id',
                                      'type': 'u32',
                                      'doc': 'Id of the attached verdict program; absent when '
-                                            'none.'}]}],
+                                            'none.'},
+                                    {'name': 'tls-records-in',
+                                     'type': 'u64',
+                                     'doc': 'TLS records the kTLS source has received under its '
+                                            'current keys\n'
+                                            '(its record sequence number: TLS 1.2 counts the '
+                                            "handshake's\n"
+                                            'Finished); absent when the source is plain.\n'},
+                                    {'name': 'tls-records-out',
+                                     'type': 'u64',
+                                     'doc': 'TLS records the kTLS destination has sent under its '
+                                            'current keys\n'
+                                            '(its record sequence number); absent when the '
+                                            'destination is plain.\n'}]}],
  'operations': {'list': [{'name': 'proxy-new',
                           'doc': 'Join two connected TCP sockets given by file descriptor.',
                           'attribute-set': 'proxy',
@@ -171,7 +212,8 @@ FAMILY = {'name': 'kproxy',
                                                           'sock-b',
                                                           'a-to-b',
                                                           'b-to-a',
-                                                          'reason']}}},
+                                                          'reason',
+                                                          'tls-alert']}}},
                          {'name': 'proxy-del',
                           'doc': 'End a proxy and hand its sockets back.',
                           'attribute-set': 'proxy',
@@ -189,7 +231,8 @@ FAMILY = {'name': 'kproxy',
                                                           'sock-b',
                                                           'a-to-b',
                                                           'b-to-a',
-                                                          'reason']}},
+                                                          'reason',
+                                                          'tls-alert']}},
                           'dump': {'reply': {'attributes': ['id',
                                                             'state',
                                                             'create-time',
@@ -197,7 +240,8 @@ FAMILY = {'name': 'kproxy',
                                                             'sock-b',
                                                             'a-to-b',
                                                             'b-to-a',
-                                                            'reason']}}},
+                                                            'reason',
+                                                            'tls-alert']}}},
                          {'name': 'proxy-new-ntf',
                           'doc': 'A proxy was created.',
                           'notify': 'proxy-get',

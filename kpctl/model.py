@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 STATES: tuple[str, ...] = ("active", "half-closed", "closing")
-REASONS: tuple[str, ...] = ("user", "closed", "reset", "error", "netns-exit", "unload")
+REASONS: tuple[str, ...] = ("user", "closed", "reset", "error", "netns-exit", "unload",
+                            "tls-alert", "tls-rekey")
 
 # The kernel's TCP states (include/net/tcp_states.h) by the names `ss` and
 # `ip -j` print; the JSON form of SockInfo.tcp_state.
@@ -75,14 +76,48 @@ class Endpoint:
         return cls(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw), port)
 
 
+# kTLS protocol versions and ciphers (linux/tls.h) by the names kpctl and
+# /proc/net/kproxy print.
+TLS_VERSIONS: dict[int, str] = {0x0303: "1.2", 0x0304: "1.3"}
+TLS_CIPHERS: dict[int, str] = {
+    51: "aes-128-gcm", 52: "aes-256-gcm", 53: "aes-128-ccm", 54: "chacha20-poly1305",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """A kTLS side: its protocol version ("1.3") and cipher ("aes-128-gcm")."""
+
+    version: str
+    cipher: str
+
+    @classmethod
+    def from_codes(cls, version: int, cipher: int) -> TlsInfo:
+        return cls(TLS_VERSIONS.get(version, f"0x{version:04x}"),
+                   TLS_CIPHERS.get(cipher, f"cipher-{cipher}"))
+
+    @classmethod
+    def parse(cls, text: str) -> TlsInfo | None:
+        """/proc/net/kproxy's a_tls/b_tls column: "-" or "1.3/aes-128-gcm"."""
+        if text == "-":
+            return None
+        version, _, cipher = text.partition("/")
+        return cls(version, cipher)
+
+    def __str__(self) -> str:
+        return f"TLS {self.version} {self.cipher}"
+
+
 @dataclass(frozen=True)
 class SockInfo:
-    """One side of a proxy.  tcp_state is None where unknown (from /proc)."""
+    """One side of a proxy.  tcp_state is None where unknown (from /proc);
+    tls is None for a plain TCP socket."""
 
     family: int
     local: Endpoint
     remote: Endpoint
     tcp_state: int | None
+    tls: TlsInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +127,7 @@ class SockInfo:
             "local": str(self.local),
             "remote": str(self.remote),
             "tcp_state": None if self.tcp_state is None else TCP_STATES.get(self.tcp_state),
+            "tls": None if self.tls is None else asdict(self.tls),
         }
 
 
@@ -108,6 +144,10 @@ class DirStats:
     shut: bool = False
     parser_id: int | None = None
     verdict_id: int | None = None
+    # TLS records the source received / the destination sent under their
+    # current keys (kTLS sides only; None for plain TCP and from /proc).
+    tls_records_in: int | None = None
+    tls_records_out: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +225,8 @@ class Event:
     proxy: Proxy
     reason: str | None
     timestamp: float
+    # The description of the TLS alert that ended the proxy (reason tls-alert).
+    tls_alert: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +234,7 @@ class Event:
             "reason": self.reason,
             "timestamp": self.timestamp,
             "proxy": self.proxy.to_dict(),
+            "tls_alert": self.tls_alert,
         }
 
 
@@ -207,12 +250,17 @@ class Totals:
     ended_error: int = 0
     ended_netns_exit: int = 0
     ended_unload: int = 0
+    ended_tls_alert: int = 0
+    ended_tls_rekey: int = 0
     bytes: int = 0
     skbs: int = 0
     msgs: int = 0
     drops: int = 0
     sends: int = 0
     work_runs: int = 0
+    tls_records_in: int = 0
+    tls_records_out: int = 0
+    tls_control: int = 0
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import socket
 
-from .model import DirStats, Endpoint, Proxy, SockInfo, Totals
+from .model import DirStats, Endpoint, Proxy, SockInfo, TlsInfo, Totals
 
 PROXIES_PATH = "/proc/net/kproxy"
 TOTALS_PATH = "/proc/net/kproxy_stat"
 
 # Columns a line must have; anything else in the header is ignored, except
-# the optional program ids ab_parser ab_verdict ba_parser ba_verdict (0: none).
+# the optional program ids ab_parser ab_verdict ba_parser ba_verdict (0: none)
+# and kTLS sides a_tls b_tls ("-": plain TCP), appended later.
 _REQUIRED = (
     "id", "state", "a_local", "a_remote", "b_local", "b_remote",
     "ab_bytes", "ab_skbs", "ab_msgs", "ab_drops", "ab_queued",
@@ -26,11 +27,13 @@ class ProcFormatError(ValueError):
     """The file does not look like the documented format."""
 
 
-def _sock(local: str, remote: str) -> SockInfo:
+def _sock(row: dict[str, str], side: str) -> SockInfo:
+    local, remote = row[side + "_local"], row[side + "_remote"]
     lo, re_ = Endpoint.parse(local), Endpoint.parse(remote)
     # /proc has no family column: the address form tells it ([v6] or v4).
     family = socket.AF_INET6 if local.startswith("[") else socket.AF_INET
-    return SockInfo(family=family, local=lo, remote=re_, tcp_state=None)
+    return SockInfo(family=family, local=lo, remote=re_, tcp_state=None,
+                    tls=TlsInfo.parse(row.get(side + "_tls", "-")))
 
 
 def _prog_id(row: dict[str, str], col: str) -> int | None:
@@ -75,8 +78,8 @@ def parse_proxies(text: str) -> list[Proxy]:
                     id=int(row["id"]),
                     state=row["state"],
                     created_ns=int(row["created"]),
-                    a=_sock(row["a_local"], row["a_remote"]),
-                    b=_sock(row["b_local"], row["b_remote"]),
+                    a=_sock(row, "a"),
+                    b=_sock(row, "b"),
                     a_to_b=_dir(row, "ab"),
                     b_to_a=_dir(row, "ba"),
                 )

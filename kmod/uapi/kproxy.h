@@ -32,6 +32,11 @@ enum kproxy_state {
  * @KPROXY_REASON_NETNS_EXIT: The network namespace that owned the proxy was
  *   deleted.
  * @KPROXY_REASON_UNLOAD: The kproxy module was unloaded.
+ * @KPROXY_REASON_TLS_ALERT: A kTLS side received a fatal TLS alert (tls-alert
+ *   carries its description); the other socket was aborted.
+ * @KPROXY_REASON_TLS_REKEY: A kTLS side received a TLS 1.3 KeyUpdate. The next
+ *   keys derive from secrets only userspace holds, so the proxy ends rather
+ *   than wait for records it cannot decrypt; the other socket was aborted.
  */
 enum kproxy_reason {
 	KPROXY_REASON_USER,
@@ -40,6 +45,8 @@ enum kproxy_reason {
 	KPROXY_REASON_ERROR,
 	KPROXY_REASON_NETNS_EXIT,
 	KPROXY_REASON_UNLOAD,
+	KPROXY_REASON_TLS_ALERT,
+	KPROXY_REASON_TLS_REKEY,
 };
 
 /**
@@ -81,6 +88,7 @@ enum {
 	KPROXY_A_PROXY_KIND,
 	KPROXY_A_PROXY_DIRECTION,
 	KPROXY_A_PROXY_NOTIFY,
+	KPROXY_A_PROXY_TLS_ALERT,
 
 	__KPROXY_A_PROXY_MAX,
 	KPROXY_A_PROXY_MAX = (__KPROXY_A_PROXY_MAX - 1)
@@ -93,6 +101,8 @@ enum {
 	KPROXY_A_SOCK_REMOTE_ADDR,
 	KPROXY_A_SOCK_REMOTE_PORT,
 	KPROXY_A_SOCK_TCP_STATE,
+	KPROXY_A_SOCK_TLS_VERSION,
+	KPROXY_A_SOCK_TLS_CIPHER,
 
 	__KPROXY_A_SOCK_MAX,
 	KPROXY_A_SOCK_MAX = (__KPROXY_A_SOCK_MAX - 1)
@@ -108,6 +118,8 @@ enum {
 	KPROXY_A_DIR_PAD,
 	KPROXY_A_DIR_PARSER_ID,
 	KPROXY_A_DIR_VERDICT_ID,
+	KPROXY_A_DIR_TLS_RECORDS_IN,
+	KPROXY_A_DIR_TLS_RECORDS_OUT,
 
 	__KPROXY_A_DIR_MAX,
 	KPROXY_A_DIR_MAX = (__KPROXY_A_DIR_MAX - 1)

@@ -13,15 +13,23 @@ from typing import Any, Iterable, Sequence
 from kpctl.shell.units import age_of, fmt_time, human_bytes, human_duration, human_rate
 
 PROXY_HEADER = ("ID", "STATE", "A-LOCAL", "A-REMOTE", "B-LOCAL", "B-REMOTE",
-                "A→B", "B→A", "AGE")
+                "A→B", "B→A", "AGE", "TLS")
 # Right-aligned columns: the numbers.
 _RIGHT = frozenset({0, 6, 7, 8})
+
+
+def tls_sides(p: Any) -> str:
+    """The kTLS sides of a proxy in one spaceless cell: "-" when none, else
+    e.g. "A=1.3/aes-128-gcm" or "A=1.3/aes-128-gcm,B=1.2/aes-256-gcm"."""
+    sides = [f"{name}={s.tls.version}/{s.tls.cipher}"
+             for name, s in (("A", p.a), ("B", p.b)) if s.tls is not None]
+    return ",".join(sides) or "-"
 
 
 def proxy_row(p: Any, now: float | None) -> tuple[str, ...]:
     return (str(p.id), str(p.state), str(p.a.local), str(p.a.remote), str(p.b.local),
             str(p.b.remote), str(p.a_to_b.bytes), str(p.b_to_a.bytes),
-            human_duration(age_of(p, now)))
+            human_duration(age_of(p, now)), tls_sides(p))
 
 
 def format_columns(header: Sequence[str], rows: Iterable[Sequence[str]],

@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kpctl.shell.columns import tls_sides
 from kpctl.shell.units import (age_of, fmt_time, human_bytes, human_count,  # noqa: F401
                               human_duration, human_rate)
 
@@ -60,10 +61,15 @@ def proxy_table(proxies, now=None) -> Table:
     t.add_column("A→B", justify="right", no_wrap=True)
     t.add_column("B→A", justify="right", no_wrap=True)
     t.add_column("AGE", justify="right", no_wrap=True)
+    # On a terminal the TLS column appears only when a proxy has a kTLS side.
+    tls = any(p.a.tls is not None or p.b.tls is not None for p in proxies)
+    if tls:
+        t.add_column("TLS", overflow="fold")
     for p in proxies:
-        t.add_row(str(p.id), _state(p.state), str(p.a.local), str(p.a.remote),
-                  str(p.b.local), str(p.b.remote), human_bytes(p.a_to_b.bytes),
-                  human_bytes(p.b_to_a.bytes), human_duration(age_of(p, now)))
+        cells = [str(p.id), _state(p.state), str(p.a.local), str(p.a.remote),
+                 str(p.b.local), str(p.b.remote), human_bytes(p.a_to_b.bytes),
+                 human_bytes(p.b_to_a.bytes), human_duration(age_of(p, now))]
+        t.add_row(*cells, *([tls_sides(p)] if tls else []))
     return t
 
 
@@ -76,6 +82,10 @@ def tcp_state_name(v) -> str:
     if v is None:
         return "-"
     return _TCP_STATES.get(v, str(v))
+
+
+def _count_or_dash(n) -> str:
+    return "-" if n is None else str(n)
 
 
 def prog_id_text(prog_id) -> str:
@@ -97,8 +107,10 @@ def proxy_panel(p, now=None) -> Panel:
     socks.add_column("LOCAL")
     socks.add_column("REMOTE")
     socks.add_column("TCP STATE")
+    socks.add_column("TLS")
     for name, s in (("A", p.a), ("B", p.b)):
-        socks.add_row(name, str(s.local), str(s.remote), tcp_state_name(s.tcp_state))
+        socks.add_row(name, str(s.local), str(s.remote), tcp_state_name(s.tcp_state),
+                      "-" if s.tls is None else f"{s.tls.version} {s.tls.cipher}")
 
     dirs = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   collapse_padding=True)
@@ -108,11 +120,20 @@ def proxy_panel(p, now=None) -> Panel:
     dirs.add_column("SHUT")
     dirs.add_column("PARSER", justify="right")
     dirs.add_column("VERDICT", justify="right")
+    tls = p.a.tls is not None or p.b.tls is not None
+    if tls:
+        # Records under the current keys: read from a kTLS source, sent on
+        # a kTLS destination.
+        dirs.add_column("TLS IN", justify="right")
+        dirs.add_column("TLS OUT", justify="right")
     for name, d in (("A→B", p.a_to_b), ("B→A", p.b_to_a)):
-        dirs.add_row(name, f"{human_bytes(d.bytes)} ({d.bytes})", str(d.skbs), str(d.msgs),
-                     str(d.drops), human_bytes(d.queued), "yes" if d.shut else "no",
-                     prog_id_text(getattr(d, "parser_id", None)),
-                     prog_id_text(getattr(d, "verdict_id", None)))
+        cells = [name, f"{human_bytes(d.bytes)} ({d.bytes})", str(d.skbs), str(d.msgs),
+                 str(d.drops), human_bytes(d.queued), "yes" if d.shut else "no",
+                 prog_id_text(getattr(d, "parser_id", None)),
+                 prog_id_text(getattr(d, "verdict_id", None))]
+        if tls:
+            cells += [_count_or_dash(d.tls_records_in), _count_or_dash(d.tls_records_out)]
+        dirs.add_row(*cells)
     return Panel(Group(head, Text(""), socks, Text(""), dirs), title=f"proxy {p.id}",
                  title_align="left", box=box.ROUNDED, expand=False)
 
@@ -135,6 +156,8 @@ def event_text(ev) -> Text:
     t.append(f"a {p.a.remote}>{p.a.local} b {p.b.local}>{p.b.remote}")
     if ev.kind == "del":
         t.append(f" reason {ev.reason or '-'}", style="yellow")
+        if ev.tls_alert is not None:
+            t.append(f" alert {ev.tls_alert}", style="yellow")
         t.append(f" a>b {human_bytes(p.a_to_b.bytes)} b>a {human_bytes(p.b_to_a.bytes)}")
     else:
         t.append(f" state {p.state}")

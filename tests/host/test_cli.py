@@ -67,14 +67,14 @@ def test_list_off_a_terminal_is_plain_columns(h):
     assert h.run("list") == 0
     assert h.out.splitlines() == [
         "ID  STATE        A-LOCAL         A-REMOTE        B-LOCAL          B-REMOTE         "
-        "A→B  B→A    AGE",
+        "A→B  B→A    AGE  TLS",
         " 1  active       127.0.0.1:8000  10.0.0.1:40001  127.0.0.1:50001  127.0.0.1:9000  "
-        "2048   10  3m12s",
+        "2048   10  3m12s  -",
         " 3  half-closed  127.0.0.1:8000  10.0.0.3:40003  127.0.0.1:50003  127.0.0.1:9000  "
-        "   0    0  3m12s",
+        "   0    0  3m12s  -",
     ]
     # one cell per column: awk and sort -k work
-    assert all(len(line.split()) == 9 for line in h.out.splitlines())
+    assert all(len(line.split()) == 10 for line in h.out.splitlines())
 
 
 def test_list_plain_does_not_import_rich():
@@ -93,7 +93,7 @@ def test_list_empty_off_a_terminal_is_the_header():
     h = Harness(FakeKproxy())
     assert h.run("list") == 0
     assert h.out.split() == ["ID", "STATE", "A-LOCAL", "A-REMOTE", "B-LOCAL", "B-REMOTE",
-                             "A→B", "B→A", "AGE"]
+                             "A→B", "B→A", "AGE", "TLS"]
 
 
 def test_list_json_is_an_array(h):

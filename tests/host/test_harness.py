@@ -159,3 +159,36 @@ def test_built_kernel_image_beside_its_modules_wins_over_boot(tmp_path):
     beside.write_bytes(b"image")
     assert harness.kernel_image("7.2.13-kproxy", tmp_path) == beside
     assert harness.kernel_image("6.1.0-57-amd64", tmp_path) == tmp_path / "boot/vmlinuz-6.1.0-57-amd64"
+
+
+def test_a_kernel_that_dies_while_booting_is_booted_once_more(tmp_path, monkeypatch):
+    """A boot that dies before the guest script starts (no dmesg-boot.txt)
+    is retried once, its console kept; a boot that reached the script is
+    judged as it is, and a second dead boot fails the kernel."""
+    image, ko = tmp_path / "vmlinuz", tmp_path / "kproxy.ko"
+    image.write_text("")
+    ko.write_text("")
+    t = harness.Target("kernel x", image, ko, tmp_path / "results")
+    boots = []
+
+    def fake_run(cmd, timeout, log, echo=True):
+        boots.append(cmd)
+        if len(boots) == 1 or dies_twice:
+            log.write_text("[    1.8] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n")
+            return 255, 5.0
+        write_results(t.results)
+        (t.results / "dmesg-boot.txt").write_text("")
+        return 0, 60.0
+
+    monkeypatch.setattr(harness, "run_logged", fake_run)
+    vm = harness.VM("1G", 2, "tcg")
+    dies_twice = False
+    r = harness.test_kernel(vm, t, 600, [], False)
+    assert len(boots) == 2 and r.failed == 0 and r.passed > 0
+    assert "Oops: int3" in (tmp_path / "console-failed-boot-1.log").read_text()
+
+    boots.clear()
+    dies_twice = True
+    r = harness.test_kernel(vm, t, 600, [], False)
+    assert len(boots) == 2 and r.failed >= 1
+    assert any("did not boot" in p for p in r.problems)

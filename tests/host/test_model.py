@@ -11,7 +11,7 @@ import time
 import pytest
 
 from kpctl import DirStats, Endpoint, Event, KproxyError, Proxy, SockInfo, Totals
-from kpctl.model import TCP_STATES
+from kpctl.model import TCP_STATES, TlsInfo
 
 
 def test_endpoint_str_and_parse() -> None:
@@ -48,12 +48,26 @@ def test_to_dict_is_json() -> None:
     d = json.loads(json.dumps(ev.to_dict()))
     assert d["kind"] == "del" and d["reason"] == "reset"
     assert d["proxy"]["a"] == {"family": "inet", "local": "127.0.0.1:1", "remote": "127.0.0.1:2",
-                               "tcp_state": "established"}
+                               "tcp_state": "established", "tls": None}
+    assert d["tls_alert"] is None
     assert d["proxy"]["b"]["tcp_state"] is None
     assert d["proxy"]["b"]["family"] == "inet6" and d["proxy"]["b"]["local"] == "[::1]:3"
     assert d["proxy"]["a_to_b"]["bytes"] == 5 and d["proxy"]["b_to_a"]["shut"] is True
     t = Totals(active=1, bytes=10)
     assert json.loads(json.dumps(t.to_dict()))["bytes"] == 10
+
+
+def test_tls_side_names_version_and_cipher() -> None:
+    tls = TlsInfo.from_codes(0x0304, 51)
+    assert tls == TlsInfo("1.3", "aes-128-gcm") and str(tls) == "TLS 1.3 aes-128-gcm"
+    assert TlsInfo.from_codes(0x0303, 54) == TlsInfo("1.2", "chacha20-poly1305")
+    # A version or cipher a newer kernel adds is shown, not dropped.
+    assert TlsInfo.from_codes(0x0305, 99) == TlsInfo("0x0305", "cipher-99")
+    assert TlsInfo.parse("1.2/aes-256-gcm") == TlsInfo("1.2", "aes-256-gcm")
+    assert TlsInfo.parse("-") is None
+    p = make_proxy()
+    side = dataclasses.replace(p.a, tls=tls)
+    assert json.loads(json.dumps(side.to_dict()))["tls"] == {"version": "1.3", "cipher": "aes-128-gcm"}
 
 
 def test_error_format() -> None:

@@ -1,5 +1,6 @@
 """rich rendering, to a fixed-width recording Console."""
 
+import dataclasses
 import io
 
 import pytest
@@ -7,6 +8,7 @@ from rich.console import Console
 
 from cli_fakes import NOW, make_proxy, new_event, del_event
 from kpctl.shell import columns
+from kpctl.model import TlsInfo
 from kpctl.shell import render as R
 
 
@@ -46,6 +48,23 @@ def test_list_table_exact():
         " 1  active   127.0.0.1:8000  10.0.0.1:40001   127.0.0.1:50001  127.0.0.1:9000  2.0 KiB  10 B  3m12s",
         "12  closing  127.0.0.1:8000  10.0.0.12:40012  127.0.0.1:50012  127.0.0.1:9000      0 B   0 B  3m12s",
     ]
+
+
+def test_tls_sides_in_list_and_show():
+    tls = TlsInfo("1.3", "aes-128-gcm")
+    p = make_proxy(5)
+    p = dataclasses.replace(p, a=dataclasses.replace(p.a, tls=tls),
+                            a_to_b=dataclasses.replace(p.a_to_b, tls_records_in=7),
+                            b_to_a=dataclasses.replace(p.b_to_a, tls_records_out=9))
+    # One spaceless cell off a terminal; a TLS column on one once a side is kTLS.
+    assert columns.tls_sides(p) == "A=1.3/aes-128-gcm"
+    assert "A=1.3/aes-128-gcm" in text_of(R.proxy_table([p], now=NOW), width=160)
+    out = text_of(R.proxy_panel(p, now=NOW), width=160)
+    assert "1.3 aes-128-gcm" in out and "TLS IN" in out and "TLS OUT" in out
+    a_to_b = next(line for line in out.splitlines() if "A→B" in line)
+    assert a_to_b.strip("│ ").split()[-2:] == ["7", "-"]
+    plain = text_of(R.proxy_panel(make_proxy(6), now=NOW), width=160)
+    assert "TLS IN" not in plain
 
 
 def test_list_table_narrow_folds_addresses_never_ellipsis():

@@ -44,7 +44,8 @@ def test_commands_follow_ynl_numbering() -> None:
 
 def test_enum_maps_both_ways() -> None:
     reason = SPEC.enums["reason"]
-    assert list(reason.by_name) == ["user", "closed", "reset", "error", "netns-exit", "unload"]
+    assert list(reason.by_name) == ["user", "closed", "reset", "error", "netns-exit", "unload",
+                                    "tls-alert", "tls-rekey"]
     assert reason.by_name["user"] == 0
     for name, value in reason.by_name.items():
         assert reason.label(value) == name

@@ -15,9 +15,7 @@ import select
 import socket
 import ssl
 import subprocess
-import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -33,12 +31,11 @@ from kpctl.tls import (
     kernel_has_ktls,
     ktls_info,
 )
+from tlsutil import (HANDSHAKE_TIMEOUT, SOL_TLS, TLS_GET_RECORD_TYPE, Peer, RawPeer, make_pki,
+                     peer_client_ctx, peer_server_ctx)
 from util import IO_TIMEOUT, recv_exact, stream_chunks
 
-HANDSHAKE_TIMEOUT = 120.0
 TOTAL = 4 << 20
-SOL_TLS = 282
-TLS_GET_RECORD_TYPE = 2
 
 MATRIX = [
     (version, cipher)
@@ -57,20 +54,7 @@ SUITE_NAMES = {
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Self-signed EC P-256 certificates (fast under emulation): "server"
-    (for localhost) and "other", an unrelated one standing for a wrong CA."""
-    d = tmp_path_factory.mktemp("pki")
-    out = {}
-    for name in ("server", "other"):
-        key, cert = d / f"{name}.key", d / f"{name}.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "subjectAltName=DNS:localhost"],
-            check=True, capture_output=True, timeout=IO_TIMEOUT,
-        )  # fmt: skip
-        out[f"{name}_key"], out[f"{name}_cert"] = str(key), str(cert)
-    return out
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,41 +81,6 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-class Peer(threading.Thread):
-    """Runs fn in a thread; .result or .error afterwards."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # noqa: BLE001 - reported by the test
-            self.error = e
-
-    def outcome(self, timeout: float = IO_TIMEOUT) -> object:
-        self.join(timeout)
-        assert not self.is_alive(), "peer still running"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def peer_server_ctx(pki: dict[str, str], tickets: int = 0) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
-    ctx.num_tickets = tickets
-    return ctx
-
-
-def peer_client_ctx(pki: dict[str, str]) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=pki["server_cert"])
 
 
 def digest_of(seed: int) -> str:
@@ -287,54 +236,6 @@ def test_accept_tls_against_openssl_s_client(pki: dict[str, str]) -> None:
 
 
 # --- what is on the wire ----------------------------------------------------------
-
-
-class RawPeer:
-    """A TLS peer in an ssl.SSLObject over a raw socket: it keeps every raw
-    byte it received, and can put application data in the same write as its
-    last handshake flight."""
-
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool) -> None:
-        self.sock = sock
-        self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.inb, self.outb, server_side=server_side,
-                                server_hostname=None if server_side else "localhost")  # fmt: skip
-        self.raw = bytearray()
-
-    def _pump(self) -> None:
-        data = self.sock.recv(65536)
-        assert data, "EOF"
-        self.raw += data
-        self.inb.write(data)
-
-    def handshake(self, then_send: bytes = b"") -> None:
-        while True:
-            try:
-                self.obj.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            if done and then_send:
-                self.obj.write(then_send)
-            out = self.outb.read()
-            if out:
-                self.sock.sendall(out)  # the last flight and then_send: one write
-            if done:
-                return
-            self._pump()
-
-    def send(self, data: bytes) -> None:
-        self.obj.write(data)
-        self.sock.sendall(self.outb.read())
-
-    def recv_exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            try:
-                buf += self.obj.read(n - len(buf))
-            except ssl.SSLWantReadError:
-                self._pump()
-        return buf
 
 
 @pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])

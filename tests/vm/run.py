@@ -38,6 +38,9 @@ VENV_BIN = ROOT / ".venv" / "bin"
 # vng runs its helpers (virtme-run, ...) from PATH.
 VM_ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 KVM_PROBE_TIMEOUT = 20  # a working KVM boots `true` in a few seconds
+# Boots per kernel: one more when the kernel dies before the guest script
+# starts, which is the boot's failure, not the tests'.
+BOOTS = 2
 
 # What `make install` puts on the host besides /usr/src/kproxy-<version> and
 # the DKMS modules: `make uninstall` must take all of it away.
@@ -238,18 +241,28 @@ def test_kernel(vm: VM, t: Target, timeout: float, tests: list[str], long: bool)
             r = Result(t.name)
             r.fail(f"{need} missing: run `make` (or `make test-debug`) first")
             return r
-    # Stale results from an earlier run must not be judged as this run's.
-    for old in t.results.glob("*"):
-        old.unlink()
-    t.results.mkdir(parents=True, exist_ok=True)
-    if long:
-        # guest.sh exports KPROXY_TEST_LONG=1: the tests take their full sizes
-        (t.results / "long").touch()
     guest = shlex.join(["tests/vm/guest.sh", str(t.ko), str(t.results), *tests])
-    print(f"vm: booting {t.name} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)", flush=True)
-    rc, secs = run_logged(vm.cmd(t.image, guest, [t.results], verbose=True,
-                                 kernel_args=t.kernel_args), timeout, t.results / "console.log")
-    print(f"vm: {t.name} done in {secs:.0f} s (exit {rc})", flush=True)
+    for boot in range(1, BOOTS + 1):
+        # Stale results from an earlier run must not be judged as this run's.
+        for old in t.results.glob("*"):
+            old.unlink()
+        t.results.mkdir(parents=True, exist_ok=True)
+        if long:
+            # guest.sh exports KPROXY_TEST_LONG=1: the tests take their full sizes
+            (t.results / "long").touch()
+        print(f"vm: booting {t.name} ({vm.accel}, {vm.memory}, {vm.cpus} vCPUs)", flush=True)
+        rc, secs = run_logged(vm.cmd(t.image, guest, [t.results], verbose=True,
+                                     kernel_args=t.kernel_args), timeout, t.results / "console.log")
+        print(f"vm: {t.name} done in {secs:.0f} s (exit {rc})", flush=True)
+        if rc == 124 or (t.results / "dmesg-boot.txt").exists() or boot == BOOTS:
+            break
+        # The kernel died before the guest script ran: nothing of ours had
+        # started (under TCG a boot can trip over its own code patching).
+        crashed = t.results.parent / f"console-failed-boot-{boot}.log"
+        (t.results / "console.log").replace(crashed)
+        first = next(iter(bad_lines(crashed.read_text(errors="replace"))), "no kernel message")
+        print(f"vm: {t.name} died while booting ({first.strip()}; {crashed}): booting again",
+              flush=True)
     r = judge(t.name, t.results)
     if rc == 124:
         r.fail(f"VM timed out after {timeout:.0f} s")
