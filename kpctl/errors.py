@@ -23,6 +23,10 @@ class KproxyError(Exception):
 
     @property
     def errno_name(self) -> str:
+        # Linux's ENOTSUP and EOPNOTSUPP are one number; the kernel and
+        # strace say EOPNOTSUPP, Python's table ENOTSUP.
+        if self.errno == _errno.EOPNOTSUPP:
+            return "EOPNOTSUPP"
         return _errno.errorcode.get(self.errno, f"E{self.errno}")
 
     def __str__(self) -> str:

@@ -79,6 +79,8 @@ def test_error_format() -> None:
     assert e.errno == errno.ENOTSOCK and e.message == "Socket operation on non-socket"
     assert e.to_dict() == {"errno": errno.ENOTSOCK, "errno_name": "ENOTSOCK", "message": e.message}
     assert KproxyError(4095).errno_name == "E4095"
+    # One number, two names: the kernel's (and strace's) is EOPNOTSUPP.
+    assert KproxyError(errno.EOPNOTSUPP).errno_name == "EOPNOTSUPP"
 
 
 def test_tcp_states_are_the_names_ss_prints() -> None:
