@@ -209,6 +209,21 @@ static bool kproxy_pass_urgent_mark(struct sock *sk)
 	return true;
 }
 
+/* Before a read: with no message in progress, adopt the wanted programs. */
+void kproxy_read_start(struct kproxy_dir *dir)
+{
+	if (!dir->bpf.in_msg && kproxy_bpf_changed(dir))
+		kproxy_bpf_adopt(dir);
+}
+
+/* After a read that returned @ret: hand the parser what it gathered. */
+int kproxy_read_finish(struct kproxy_dir *dir, int ret)
+{
+	int err = kproxy_bpf_flush(dir);
+
+	return err < 0 ? err : ret;
+}
+
 /*
  * Read what the queue has room for with @read_sock (tcp_read_sock(), or a
  * kTLS socket's own); the socket lock of src is held.
@@ -219,12 +234,9 @@ int kproxy_read(struct kproxy_dir *dir,
 {
 	struct sock *src = kproxy_src(dir);
 	read_descriptor_t desc;
-	int ret, err, total = 0;
+	int ret, total = 0;
 
-	/* No message in progress: start with the wanted programs. */
-	if (!dir->bpf.in_msg && kproxy_bpf_changed(dir))
-		kproxy_bpf_adopt(dir);
-
+	kproxy_read_start(dir);
 	do {
 		desc = (read_descriptor_t){ .arg.data = dir, .count = 1 };
 		ret = read_sock(src, &desc, kproxy_recv_actor);
@@ -235,10 +247,7 @@ int kproxy_read(struct kproxy_dir *dir,
 		total += ret;
 	} while (kproxy_pass_urgent_mark(src));
 
-	err = kproxy_bpf_flush(dir);
-	if (err < 0)
-		return err;
-	return total ?: min(ret, 0);
+	return kproxy_read_finish(dir, total ?: min(ret, 0));
 }
 
 /*

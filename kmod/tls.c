@@ -280,6 +280,7 @@ static int kproxy_tls_read_copy(struct kproxy_dir *dir)
 	}
 	skb_put(skb, ret);
 
+	kproxy_read_start(dir);
 	desc = (read_descriptor_t){ .arg.data = dir, .count = 1 };
 	used = kproxy_recv_actor(&desc, skb, 0, skb->len);
 	if (desc.error) {
@@ -296,7 +297,7 @@ static int kproxy_tls_read_copy(struct kproxy_dir *dir)
 			ret = -EPROTO;	/* the TLS layer lost what it showed */
 	}
 	if (ret >= 0)
-		ret = used;
+		ret = kproxy_read_finish(dir, used);
 out:
 	consume_skb(skb);
 	return ret;
