@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,10 @@ from kpctl.errors import KproxyError
 from kpctl.tls import ClientConfig, ServerConfig, TlsError, accept_tls, connect_tls, kernel_has_ktls
 from kpctl.tls import keys as K
 from kpctl.tls.ktls import pack_crypto_info
+
+# The certificates the kernel's TLS tests use (tests/kernel/tlsutil.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))
+from tlsutil import make_pki, open_fds  # noqa: E402
 
 SUITE = {s.iana: s for s in K.SUITES}
 AES128_13 = SUITE["TLS_AES_128_GCM_SHA256"]
@@ -216,18 +221,7 @@ def test_suite_selection_by_family_and_name() -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A self-signed EC P-256 server certificate for "localhost", and a second,
     unrelated one to stand for a wrong CA."""
-    d = tmp_path_factory.mktemp("pki")
-    out = {}
-    for name in ("server", "other"):
-        key, cert = d / f"{name}.key", d / f"{name}.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "subjectAltName=DNS:localhost"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        out[f"{name}_key"], out[f"{name}_cert"] = str(key), str(cert)
-    return out
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_config_errors_name_the_problem(pki: dict[str, str], tmp_path: Path) -> None:
@@ -265,10 +259,6 @@ def test_tls13_suite_choice_reaches_openssl(pki: dict[str, str]) -> None:
         assert klc.ctx.num_tickets == 0
         assert klc.ctx.options & ssl.OP_NO_RENEGOTIATION
     cfg.close()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

@@ -268,32 +268,24 @@ def test_close_notify_is_a_fin_and_a_fin_is_a_close_notify(kp, pki, server_cfg, 
     assert dmesg.bad() == []
 
 
-@pytest.mark.parametrize("alert", [40, 20], ids=["handshake_failure", "bad_record_mac"])
-def test_fatal_alert_ends_the_proxy_with_its_description(kp, pki, server_cfg, alert, dmesg):
+@pytest.mark.parametrize("record,body,reason,alert", [
+    (RECORD_ALERT, bytes([2, 40]), "tls-alert", 40),     # fatal handshake_failure
+    (RECORD_ALERT, bytes([2, 20]), "tls-alert", 20),     # fatal bad_record_mac
+    # A TLS 1.3 KeyUpdate (update_not_requested): the next records would be
+    # under keys only userspace could derive, so the proxy ends at once
+    # rather than hang.
+    (RECORD_HANDSHAKE, bytes([24, 0, 0, 1, 0]), "tls-rekey", None),
+], ids=["alert-handshake_failure", "alert-bad_record_mac", "key-update"])
+def test_control_record_ends_the_proxy_with_its_reason(kp, pki, server_cfg, record, body, reason,
+                                                         alert, dmesg):
     t = terminate(kp, server_cfg, peer_tls="ktls", pki=pki, notify_end=True)
     try:
         assert_flows(t)
-        send_record(t.peer, RECORD_ALERT, bytes([2, alert]))
+        send_record(t.peer, record, body)
         ev = ended(kp, t.proxy_id)
-        assert (ev.reason, ev.tls_alert) == ("tls-alert", alert)
-        assert read_totals().ended_tls_alert >= 1
+        assert (ev.reason, ev.tls_alert) == (reason, alert)
+        assert getattr(read_totals(), "ended_" + reason.replace("-", "_")) >= 1
         # The app's connection was aborted, not closed as if all was well.
-        with pytest.raises(ConnectionResetError):
-            t.app.recv(1)
-    finally:
-        t.close()
-    assert dmesg.bad() == []
-
-
-def test_key_update_ends_the_proxy_with_tls_rekey(kp, pki, server_cfg, dmesg):
-    """A TLS 1.3 KeyUpdate (update_not_requested): the next records would be
-    under keys only userspace could derive, so the proxy ends at once with
-    reason tls-rekey instead of hanging."""
-    t = terminate(kp, server_cfg, peer_tls="ktls", pki=pki, notify_end=True)
-    try:
-        assert_flows(t)
-        send_record(t.peer, RECORD_HANDSHAKE, bytes([24, 0, 0, 1, 0]))
-        assert ended(kp, t.proxy_id).reason == "tls-rekey"
         with pytest.raises(ConnectionResetError):
             t.app.recv(1)
     finally:

@@ -9,9 +9,7 @@ The peers run in threads over real TCP on 127.0.0.1. Under TCG everything is
 from __future__ import annotations
 
 import errno
-import gc
 import hashlib
-import os
 import select
 import socket
 import ssl
@@ -32,7 +30,7 @@ from kpctl.tls import (
     kernel_has_ktls,
     ktls_info,
 )
-from tlsutil import (HANDSHAKE_TIMEOUT, SOL_TLS, TLS_GET_RECORD_TYPE, Peer, RawPeer, make_pki,
+from tlsutil import (HANDSHAKE_TIMEOUT, SOL_TLS, TLS_GET_RECORD_TYPE, Peer, RawPeer, make_pki, open_fds,
                      peer_client_ctx, peer_server_ctx)
 from util import IO_TIMEOUT, recv_exact, stream_chunks
 
@@ -78,13 +76,6 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     s.settimeout(None)
     c.settimeout(IO_TIMEOUT)
     return c, s
-
-
-def open_fds() -> int:
-    """Open fds once sockets an earlier test dropped are really closed (a
-    socket object left to the garbage collector keeps its fd until then)."""
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
 
 
 def digest_of(seed: int) -> str:

@@ -1,8 +1,11 @@
 """What the kTLS tests share: throwaway certificates, TLS peers that are
-ordinary TLS stacks (Python's ssl), and a peer that sees the raw bytes."""
+ordinary TLS stacks (Python's ssl), and a peer that sees the raw bytes.
+Standalone (the host tests import it too)."""
 
 from __future__ import annotations
 
+import gc
+import os
 import socket
 import ssl
 import struct
@@ -11,10 +14,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from util import IO_TIMEOUT
-
-# Under TCG a handshake with its key exchange takes seconds.
+# Under TCG (10-50x slower than a real CPU) a handshake takes seconds.
 HANDSHAKE_TIMEOUT = 120.0
+PEER_TIMEOUT = 120.0
 
 # Constants Python's socket module lacks (linux/tls.h, linux/tcp.h).
 SOL_TLS = 282
@@ -40,7 +42,7 @@ def make_pki(d: Path) -> dict[str, str]:
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
              "-addext", "subjectAltName=DNS:localhost"],
-            check=True, capture_output=True, timeout=IO_TIMEOUT,
+            check=True, capture_output=True, timeout=PEER_TIMEOUT,
         )  # fmt: skip
         out[f"{name}_key"], out[f"{name}_cert"] = str(key), str(cert)
     return out
@@ -62,12 +64,19 @@ class Peer(threading.Thread):
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
 
-    def outcome(self, timeout: float = IO_TIMEOUT) -> object:
+    def outcome(self, timeout: float = PEER_TIMEOUT) -> object:
         self.join(timeout)
         assert not self.is_alive(), "peer still running"
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def open_fds() -> int:
+    """Open fds once sockets an earlier test dropped are really closed (a
+    socket object left to the garbage collector keeps its fd until then)."""
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
 
 
 def peer_server_ctx(pki: dict[str, str], tickets: int = 0) -> ssl.SSLContext:
