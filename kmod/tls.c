@@ -338,6 +338,14 @@ static int kproxy_tls_send_bytes(struct socket *sock, void *data,
 	return kernel_sendmsg(sock, &msg, &kv, 1, len);
 }
 
+/* Count a send of @n bytes that returned @ret: whether all of it went. */
+static bool kproxy_tls_sent(int ret, int n, int *sent)
+{
+	if (ret > 0)
+		*sent += ret;
+	return ret == n;
+}
+
 /*
  * kproxy_send()'s send for a kTLS destination: @len bytes of @skb from
  * @offset through the TLS layer, without the socket lock. Returns bytes
@@ -357,11 +365,8 @@ int kproxy_tls_send_skb(struct sock *sk, struct sk_buff *skb, int offset,
 		ret = kproxy_tls_send_bytes(sk->sk_socket, skb->data, NULL,
 					    offset, n,
 					    flags | (n < len || more ? MSG_MORE : 0));
-		if (ret <= 0)
-			return ret;
-		sent += ret;
-		if (ret < n)
-			return sent;
+		if (!kproxy_tls_sent(ret, n, &sent))
+			return sent ?: ret;
 		offset = 0;
 	} else {
 		offset -= headlen;
@@ -378,11 +383,8 @@ int kproxy_tls_send_skb(struct sock *sk, struct sk_buff *skb, int offset,
 					    skb_frag_page(frag),
 					    skb_frag_off(frag) + offset, n,
 					    flags | (sent + n < len || more ? MSG_MORE : 0));
-		if (ret <= 0)
-			return sent ? sent : ret;
-		sent += ret;
-		if (ret < n)
-			return sent;
+		if (!kproxy_tls_sent(ret, n, &sent))
+			return sent ?: ret;
 		offset = 0;
 	}
 	skb_walk_frags(skb, frag_iter) {
@@ -395,11 +397,8 @@ int kproxy_tls_send_skb(struct sock *sk, struct sk_buff *skb, int offset,
 		n = min_t(int, len - sent, frag_iter->len - offset);
 		ret = kproxy_tls_send_skb(sk, frag_iter, offset, n,
 					  sent + n < len || more);
-		if (ret <= 0)
-			return sent ? sent : ret;
-		sent += ret;
-		if (ret < n)
-			return sent;
+		if (!kproxy_tls_sent(ret, n, &sent))
+			return sent ?: ret;
 		offset = 0;
 	}
 	return sent;

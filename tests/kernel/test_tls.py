@@ -60,10 +60,11 @@ def connected() -> tuple[socket.socket, socket.socket]:
 class Terminated:
     """peer ==TLS== [A: kTLS | proxy | B: plain] -- app."""
 
-    peer: socket.socket     # the TLS client (an ssl.SSLSocket, or kTLS)
+    peer: socket.socket     # the TLS client (an ssl.SSLSocket, kTLS, or a RawPeer's socket)
     ktls: socket.socket     # our kTLS side (A), our fd of it
     app: socket.socket      # the plain far end, behind B
     proxy_id: int
+    raw: RawPeer | None = None  # the peer's SSLObject, when peer_tls is "raw"
 
     def close(self) -> None:
         for s in (self.peer, self.ktls, self.app):
@@ -73,19 +74,25 @@ class Terminated:
 
 def terminate(kp: Kproxy, cfg: ServerConfig, peer_tls: str = "ssl", pki: dict | None = None,
               version: str | None = None, notify_end: bool = False) -> Terminated:
-    """A TLS client (Python ssl, or a kTLS socket when peer_tls is "ktls")
-    handshakes with accept_tls on A; A is joined to B, whose far end is app."""
+    """A TLS client handshakes with accept_tls on A; A is joined to B, whose
+    far end is app. The client is Python's ssl ("ssl"), a kTLS socket
+    ("ktls"), or an SSLObject over the raw socket, keeping every byte it
+    receives ("raw")."""
     c, s = connected()
+    raw = None
     if peer_tls == "ssl":
         t = Peer(lambda: peer_client_ctx(pki, version).wrap_socket(c, server_hostname="localhost"))
-    else:
+    elif peer_tls == "ktls":
         t = Peer(lambda: ktls_client(c, pki))
+    else:
+        raw = RawPeer(c, peer_client_ctx(pki, version), server_side=False)
+        t = Peer(lambda: raw.handshake() or c)
     accept_tls(s, cfg, timeout=HANDSHAKE_TIMEOUT)
     peer = t.outcome(HANDSHAKE_TIMEOUT)
     b, app = tcp_pair()
     p = kp.create(s, b, notify_end=notify_end)
     b.close()
-    return Terminated(peer, s, app, p.id)
+    return Terminated(peer, s, app, p.id, raw)
 
 
 def ktls_client(c: socket.socket, pki: dict[str, str]) -> socket.socket:
@@ -195,23 +202,16 @@ def test_no_plaintext_on_the_wire(kp, pki, version, dmesg):
     and the peer's marker reaches the app decrypted."""
     ours, theirs = b"APP-PLAINTEXT-MARKER." * 400, b"PEER-PLAINTEXT-MARKER." * 400
     cfg = ServerConfig(pki["server_cert"], pki["server_key"], versions=[version])
-    c, s = connected()
-    peer = RawPeer(c, peer_client_ctx(pki), server_side=False)
-    hs = Peer(peer.handshake)
-    accept_tls(s, cfg, timeout=HANDSHAKE_TIMEOUT)
-    hs.outcome(HANDSHAKE_TIMEOUT)
-    b, app = tcp_pair()
+    t = terminate(kp, cfg, peer_tls="raw", pki=pki)
     try:
-        kp.create(s, b)
-        app.sendall(ours)
-        assert peer.recv_exact(len(ours)) == ours
-        peer.send(theirs)
-        assert recv_exact(app, len(theirs)) == theirs
-        assert peer.obj.version() == version
-        assert b"PLAINTEXT" not in peer.raw and b"MARKER" not in peer.raw
+        t.app.sendall(ours)
+        assert t.raw.recv_exact(len(ours)) == ours
+        t.raw.send(theirs)
+        assert recv_exact(t.app, len(theirs)) == theirs
+        assert t.raw.obj.version() == version
+        assert b"PLAINTEXT" not in t.raw.raw and b"MARKER" not in t.raw.raw
     finally:
-        for x in (c, s, b, app):
-            x.close()
+        t.close()
         cfg.close()
     assert dmesg.bad() == []
 
@@ -312,26 +312,18 @@ def test_session_ticket_is_consumed_and_the_stream_goes_on(kp, pki, server_cfg, 
 def test_corrupted_record_ends_the_proxy_and_passes_nothing(kp, pki, server_cfg, dmesg):
     """A record whose ciphertext was changed in flight fails authentication:
     the proxy ends with reason error and not one byte of it reaches the app."""
-    c, s = connected()
-    peer = RawPeer(c, peer_client_ctx(pki), server_side=False)
-    hs = Peer(peer.handshake)
-    accept_tls(s, server_cfg, timeout=HANDSHAKE_TIMEOUT)
-    hs.outcome(HANDSHAKE_TIMEOUT)
-    b, app = tcp_pair()
+    t = terminate(kp, server_cfg, peer_tls="raw", pki=pki, notify_end=True)
     try:
-        p = kp.create(s, b, notify_end=True)
-        peer.send(b"GOOD")
-        assert recv_exact(app, 4) == b"GOOD"
-        bad = bytearray(peer.record(b"EVIL-PAYLOAD"))
+        t.raw.send(b"GOOD")
+        assert recv_exact(t.app, 4) == b"GOOD"
+        bad = bytearray(t.raw.record(b"EVIL-PAYLOAD"))
         bad[-20] ^= 0x01  # a byte of the ciphertext, before the tag
-        c.sendall(bytes(bad))
-        assert ended(kp, p.id).reason == "error"
-        app.settimeout(IO_TIMEOUT)
+        t.peer.sendall(bytes(bad))
+        assert ended(kp, t.proxy_id).reason == "error"
         with pytest.raises(ConnectionResetError):
-            app.recv(64)
+            t.app.recv(64)
     finally:
-        for x in (c, s, b, app):
-            x.close()
+        t.close()
     assert dmesg.bad() == []
 
 
