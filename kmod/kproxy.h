@@ -267,6 +267,7 @@ void kproxy_write_space(struct sock *sk);
 void kproxy_state_change(struct sock *sk);
 
 void kproxy_read_start(struct kproxy_dir *dir);
+int kproxy_read_shut(struct kproxy_dir *dir);
 int kproxy_read_finish(struct kproxy_dir *dir, int ret);
 int kproxy_read(struct kproxy_dir *dir,
 		int (*read_sock)(struct sock *sk, read_descriptor_t *desc,

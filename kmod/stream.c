@@ -351,6 +351,21 @@ static bool kproxy_may_read(struct kproxy_dir *dir)
 }
 
 /*
+ * All of the source has been read and its receive side is shut. Only a FIN
+ * (SOCK_DONE) is an end of stream to forward (dir->eof, 0). A reset shuts
+ * the receive side too, and its error may already have been taken by the
+ * other direction's send: it must never reach the other peer as a FIN
+ * (-ECONNRESET).
+ */
+int kproxy_read_shut(struct kproxy_dir *dir)
+{
+	if (!sock_flag(kproxy_src(dir), SOCK_DONE))
+		return -ECONNRESET;
+	dir->eof = true;
+	return 0;
+}
+
+/*
  * Read a plain TCP source under its lock. Bytes read or -errno; sets
  * dir->eof at a FIN, and gives -ECONNRESET for a reset.
  */
@@ -362,18 +377,8 @@ static int kproxy_read_plain(struct kproxy_dir *dir)
 	lock_sock(src);
 	err = kproxy_read(dir, tcp_read_sock);
 	if ((src->sk_shutdown & RCV_SHUTDOWN) &&
-	    skb_queue_empty(&src->sk_receive_queue)) {
-		/*
-		 * Only a FIN (SOCK_DONE) is an end of stream to forward. A
-		 * reset shuts the receive side too, and its error may already
-		 * have been taken by the other direction's send: it must
-		 * never reach the other peer as a FIN.
-		 */
-		if (sock_flag(src, SOCK_DONE))
-			dir->eof = true;
-		else
-			err = -ECONNRESET;
-	}
+	    skb_queue_empty(&src->sk_receive_queue))
+		err = kproxy_read_shut(dir);
 	release_sock(src);
 	return err;
 }

@@ -236,12 +236,8 @@ static int kproxy_tls_read_locked(struct kproxy_dir *dir)
 	 * 0 with the actor never called: no record, and the stream is shut
 	 * (the TLS layer gives 0 only then, -EAGAIN while it waits).
 	 */
-	if (!ret && dir->skbs == skbs) {
-		if (sock_flag(src, SOCK_DONE))
-			dir->eof = true;
-		else
-			ret = -ECONNRESET;
-	}
+	if (!ret && dir->skbs == skbs)
+		ret = kproxy_read_shut(dir);
 	release_sock(src);
 	return ret;
 }
@@ -266,10 +262,7 @@ static int kproxy_tls_read_copy(struct kproxy_dir *dir)
 			     .iov_len = KPROXY_TLS_PEEK_MAX };
 	ret = kproxy_tls_recvmsg(src, &vec, MSG_PEEK, &type);
 	if (ret == 0) {
-		if (sock_flag(src, SOCK_DONE))
-			dir->eof = true;
-		else
-			ret = -ECONNRESET;
+		ret = kproxy_read_shut(dir);
 		goto out;
 	}
 	if (ret < 0)
