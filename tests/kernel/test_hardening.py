@@ -62,12 +62,15 @@ from test_netns_perm import netns  # noqa: F401 - a fixture
 from test_races import Events, Job, assert_clean, make_seed, settled_baseline, sh, wait_objects, window
 from util import (  # noqa: F401 - kp is a fixture
     IO_TIMEOUT,
+    LIMIT_OK_KB,
+    LIMIT_STOP_KB,
     Chain,
     assert_pingpong,
     join_all,
     kp,
     long_or,
     make_chain,
+    measured_trickle,
     module_param,
     recv_exact,
     tcp_pair,
@@ -566,89 +569,6 @@ def test_proc_never_shows_a_released_program(kp, dmesg, say):
 
 
 # --- 5. memory a remote peer can make the kernel hold -----------------------------
-
-
-def kernel_kb() -> int:
-    """Slab + Percpu from /proc/meminfo, in kB."""
-    m = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, v = line.split(":", 1)
-            m[k] = int(v.split()[0])
-    return m["Slab"] + m["Percpu"]
-
-
-class KernelMemory(threading.Thread):
-    """Samples Slab + Percpu every 0.25 s: the peak growth over the value
-    at the start; `over` is set once the growth passes `limit_kb`."""
-
-    def __init__(self, limit_kb: int) -> None:
-        super().__init__(daemon=True)
-        self.limit_kb = limit_kb
-        self.base = kernel_kb()
-        self.peak = 0
-        self.samples = 0
-        self.over = threading.Event()
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(0.25):
-                g = kernel_kb() - self.base
-                self.samples += 1
-                self.peak = max(self.peak, g)
-                if g > self.limit_kb:
-                    self.over.set()
-        except BaseException as e:  # noqa: BLE001
-            self.error = e
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(10)
-        assert self.error is None, repr(self.error)
-
-
-def trickle(s: socket.socket, data: bytes | memoryview, start: int, seconds: float, mem: KernelMemory) -> int:
-    """Send data[start:] one byte per send() for `seconds`, or until the
-    kernel's memory grew past the sampler's limit; returns the offset
-    reached.  A full send buffer waits for room (select, 0.1 s)."""
-    s.setblocking(False)
-    send = s.send
-    n = start
-    end = time.monotonic() + seconds
-    try:
-        while n < len(data):
-            if n & 63 == 0 and (time.monotonic() > end or mem.over.is_set()):
-                break
-            try:
-                send(data[n : n + 1])
-                n += 1
-            except BlockingIOError:
-                if time.monotonic() > end or mem.over.is_set():
-                    break
-                select.select([], [s], [], 0.1)
-    finally:
-        s.settimeout(IO_TIMEOUT)
-    return n
-
-
-LIMIT_STOP_KB = 64 * 1024  # stop early: the VM has 1 GiB
-LIMIT_OK_KB = 32 * 1024
-
-
-def measured_trickle(s: socket.socket, data: bytes | memoryview, start: int,
-                     seconds: float) -> tuple[int, float, KernelMemory]:
-    """trickle() while kernel memory is sampled: (where it got to, seconds
-    it took, the sampler with its peak)."""
-    mem = KernelMemory(LIMIT_STOP_KB)
-    mem.start()
-    t0 = time.monotonic()
-    try:
-        at = trickle(s, data, start, seconds, mem)
-    finally:
-        mem.finish()
-    return at, time.monotonic() - t0, mem
 
 
 def test_trickled_bytes_cannot_pin_kernel_memory(kp, dmesg, say):

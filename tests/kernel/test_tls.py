@@ -27,8 +27,8 @@ from kpctl.tls import ClientConfig, ServerConfig, accept_tls, connect_tls
 from tlsutil import (HANDSHAKE_TIMEOUT, RECORD_ALERT, RECORD_HANDSHAKE, SOL_TLS, TCP_ULP, TLS_RX,
                      TLS_TX, Peer, RawPeer, dummy_crypto_info, make_pki, peer_client_ctx,
                      peer_server_ctx, send_record)
-from util import (IO_TIMEOUT, Receiver, Sender, join_all, kp, long_or,  # noqa: F401 - kp: a fixture
-                  proc_proxies, recv_exact, tcp_pair, wait_for)
+from util import (IO_TIMEOUT, LIMIT_OK_KB, Receiver, Sender, join_all,  # noqa: F401 - kp: a fixture
+                  kp, long_or, measured_trickle, proc_proxies, recv_exact, tcp_pair, wait_for)
 
 TOTAL = long_or(16 << 20, 1 << 20)
 MATRIX = [(v, c) for v in ("TLSv1.2", "TLSv1.3")
@@ -351,6 +351,31 @@ def test_verdict_drops_a_prefix_of_decrypted_messages(kp, pki, server_cfg, dmesg
         t.close()
         lp.close()
         dp.close()
+    assert dmesg.bad() == []
+
+
+# --- a hostile peer --------------------------------------------------------------
+
+
+def test_one_byte_records_toward_an_app_that_never_reads_hold_bounded_memory(kp, pki, server_cfg,
+                                                                              dmesg, say):
+    """A kTLS peer sends one-byte records (each a record of its own: ~22
+    bytes of ciphertext for one of plaintext) toward an app that does not
+    read. What the TLS layer and the proxy hold stays bounded by memory:
+    the kernel's Slab + Percpu grow by at most 32 MiB (the sender stops
+    early past 64 MiB); then the app reads every byte, in order."""
+    t = terminate(kp, server_cfg, peer_tls="ktls", pki=pki)
+    try:
+        t.app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        data = bytes(range(251)) * ((4 << 20) // 251)
+        sent, took, mem = measured_trickle(t.peer, data, 0, long_or(60, 20))
+        say(f"one-byte TLS records: {sent} in {took:.1f}s, kernel memory (Slab+Percpu) peak "
+            f"+{mem.peak / 1024:.1f} MiB")
+        assert not mem.over.is_set(), f"kernel memory grew past 64 MiB after {sent} records"
+        assert mem.peak <= LIMIT_OK_KB, f"kernel memory grew by {mem.peak / 1024:.1f} MiB (at most 32)"
+        assert recv_exact(t.app, sent) == data[:sent]
+    finally:
+        t.close()
     assert dmesg.bad() == []
 
 
