@@ -151,9 +151,10 @@ def test_list_text(chain):
     r = kpctl("list", check_rc=0)
     rows = [l.split() for l in r.stdout.splitlines()]
     assert rows[0] == ["ID", "STATE", "A-LOCAL", "A-REMOTE", "B-LOCAL", "B-REMOTE", "A→B",
-                       "B→A", "AGE"]
+                       "B→A", "AGE", "TLS"]
     mine = [row for row in rows[1:] if row[0] == str(p["id"])]
     assert mine and mine[0][1] == "active" and mine[0][2] == p["a"]["local"]
+    assert mine[0][-1] == "-"  # plain TCP on both sides
     assert "\x1b[" not in r.stdout
     r = kpctl("list", "-j", check_rc=0)  # a global option after the command
     assert p["id"] in [x["id"] for x in json.loads(r.stdout)]
