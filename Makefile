@@ -116,7 +116,7 @@ SPARSE := $(SPARSE_DIR)/sparse
 $(SPARSE): | $(APT_SID)
 	rm -rf $(SPARSE_DIR) && mkdir -p $(SPARSE_DIR)/src
 	cd $(SPARSE_DIR) && apt-get -o APT::Sandbox::User=root source --download-only sparse/sid
-	tar -xzf $(SPARSE_DIR)/sparse_*.orig.tar.gz -C $(SPARSE_DIR)/src --strip-components=1
+	tar -xf $(SPARSE_DIR)/sparse_*.orig.tar.* -C $(SPARSE_DIR)/src --strip-components=1
 	$(MAKE) -C $(SPARSE_DIR)/src -j$$(nproc) sparse >$(SPARSE_DIR)/build.log 2>&1
 	cp $(SPARSE_DIR)/src/sparse $@
 
