@@ -67,7 +67,8 @@ Events (kind, data):
                  stage (socket|connect|timeout|tls|create|attach|shutdown);
                  stage "tls" also has side (client|target)
     refused      client, reason ("max-conns"), limit
-    ended        id, reason, a_to_b, b_to_a (bytes; client->target, target->client)
+    ended        id, reason, a_to_b, b_to_a (bytes; client->target, target->client),
+                 tls_alert (reason tls-alert: the alert's description number)
     accept-error errno, message, backoff (seconds)
     signal       signal, action
     warning      message
@@ -473,6 +474,13 @@ class Server:
         if not self.options.uses_tls or self._tls is not None:
             return
         self._tls = self._tls_build(self.options, self.target)
+        o = self.options
+        if (o.terminates_tls and self._tls_accept is None) or \
+                (o.originates_tls and self._tls_connect is None):
+            from .tls import TlsError, kernel_has_ktls
+            if not kernel_has_ktls():  # else every connection would fail, one by one
+                raise TlsError(errno.ENOENT, "this kernel has no kTLS (CONFIG_TLS, module "
+                                             "tls): serve cannot terminate or originate TLS")
         self._handshakes = HandshakePool(self._tls, self.options.handshake_workers,
                                          self.options.handshake_timeout, self._wake,
                                          accept=self._tls_accept, connect=self._tls_connect,
@@ -949,7 +957,7 @@ class Server:
         for ev in events:
             if ev.kind == "del" and ev.proxy.id in self._live:
                 self._ended(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
-                            ev.proxy.b_to_a.bytes)
+                            ev.proxy.b_to_a.bytes, tls_alert=getattr(ev, "tls_alert", None))
 
     def _reconcile(self) -> None:
         """The kernel dropped some of our ends (our socket's buffer was
@@ -970,7 +978,8 @@ class Server:
         for pid in gone:
             self._ended(pid, "gone", 0, 0, lost=True)
 
-    def _ended(self, pid: int, reason: str, ab: int, ba: int, *, lost: bool = False) -> None:
+    def _ended(self, pid: int, reason: str, ab: int, ba: int, *, lost: bool = False,
+               tls_alert: int | None = None) -> None:
         if pid not in self._live:
             return
         self._live.discard(pid)
@@ -979,7 +988,10 @@ class Server:
         c.lost += int(lost)
         c.bytes_a_to_b += ab
         c.bytes_b_to_a += ba
-        self._emit("ended", {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba})
+        event: dict[str, Any] = {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba}
+        if tls_alert is not None:
+            event["tls_alert"] = tls_alert  # reason tls-alert: the alert's description
+        self._emit("ended", event)
 
     # -- stopping --------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
     else:
         from kpctl.serve import Server as factory
     loading: list[str] = []  # which spec failed: the option to name
-    load_error: list[BaseException] = []  # what loading it raised (not, say, a TlsError)
+    load_failed: list[str] = []  # the open() error came from loading (not, say, a TlsError)
 
     def loader(spec: str) -> Any:
         loading.append(spec)
@@ -74,15 +74,15 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
                 return ctx.prog_loader(spec)
             from kpctl.bpf import load
             return load(spec)
-        except BaseException as e:
-            load_error.append(e)
+        except BaseException:
+            load_failed.append(spec)  # not the exception: its traceback would make a cycle
             raise
     server = factory(client, listen, target, serve_options(ns), on_event=on_event,
                      netns=ctx.netns, loader=loader)
     try:
         server.open()           # loads the programs and certificates once; EADDRINUSE,
     except Exception as e:      # EACCES, a bad certificate...: exit 2
-        if _is_bad_name(e) and load_error and load_error[-1] is e:
+        if _is_bad_name(e) and load_failed:
             kind = "parser" if loading[-1] == ns.parser and len(loading) == 1 else "verdict"
             raise UsageError(f"serve: --{kind}: {e.message}", cmd) from None  # type: ignore[attr-defined]
         raise

@@ -266,6 +266,7 @@ class RelayKproxy:
         self.r, self.w = socket.socketpair()
         self.r.setblocking(False)
         self.closed = False
+        self.tls_end = None  # (reason, alert): how every proxy ends, as a kTLS one may
 
     def create(self, a, b, *, notify_end=False):
         self.calls.append("create")
@@ -324,9 +325,12 @@ class RelayKproxy:
             self.overrun = True
         else:
             ab, ba = self.bytes[pid]
+            alert = None
+            if self.tls_end is not None:
+                reason, alert = self.tls_end
             self.ends.append(Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
                                                 DirStats(bytes=ab), DirStats(bytes=ba)),
-                                   reason, time.time()))
+                                   reason, time.time(), alert))
         try:
             self.w.send(b"x")
         except OSError:
@@ -1774,22 +1778,36 @@ def test_max_conns_counts_connections_in_a_handshake():
 
 
 def test_workers_bound_the_handshakes_and_a_queued_one_keeps_its_deadline():
-    """--handshake-workers 1: a second client waits for the one worker; its
-    deadline runs from the accept, so it times out without a handshake."""
+    """--handshake-workers 1: a second client waits for the one worker, busy
+    with a handshake slower than --handshake-timeout; the second's deadline
+    runs from its accept, so it fails without a handshake."""
+    from kpctl.tls import TlsError
     echo = EchoServer()
-    r = _TlsServe(RelayKproxy(), echo.addr, FakeTls(), **TERMINATE, handshake_workers=1,
+    workers = set()
+
+    def slow_accept(sock, config, timeout):
+        workers.add(threading.current_thread().name)
+        time.sleep(1.5)  # e.g. a slow key exchange, past the 1 s
+        raise TlsError(errno.ETIMEDOUT, f"TLS handshake timed out after {timeout:g} s")
+
+    fake = FakeTls()
+    fake.accept = slow_accept
+    r = _TlsServe(RelayKproxy(), echo.addr, fake, **TERMINATE, handshake_workers=1,
                   handshake_timeout=1.0)
     try:
-        first, second = r.connect(), r.connect()
+        first = r.connect()
+        wait_for(lambda: workers, what="the first handshake running")
+        second = r.connect()
         second.sendall(b"HELLO")  # ready, but no worker is free for it
         wait_for(lambda: len(r.kinds("failed")) == 2, what="both failed")
-        reasons = sorted(e["reason"] for e in r.kinds("failed"))
-        assert reasons == ["TLS with the client: TLS handshake timed out after 1 s",
-                           "TLS with the client: TLS handshake timed out after 1 s (waiting "
-                           "for a free handshake worker)"]
-        assert len(_tls_threads()) == 1
-        first.close()
-        second.close()
+        assert [e["reason"] for e in r.kinds("failed")] == [
+            "TLS with the client: TLS handshake timed out after 1 s",
+            "TLS with the client: TLS handshake timed out after 1 s (waiting for a free "
+            "handshake worker)"]
+        assert len(workers) == 1 and len(_tls_threads()) == 1
+        for c in (first, second):
+            assert ended_by_server(c)
+            c.close()
         r.stop()
         assert not _tls_threads()
     finally:
@@ -1877,6 +1895,39 @@ def test_status_counts_handshakes_in_the_snapshot():
         snap = r.server.snapshot()
         assert {k: snap[k] for k in ("handshaking", "handshakes", "handshakes_failed")} == \
             {"handshaking": 0, "handshakes": 1, "handshakes_failed": 0}
+        r.stop()
+    finally:
+        echo.close()
+
+
+def test_kernel_without_ktls_exits_2_before_listening(pem, monkeypatch):
+    import kpctl.tls
+    monkeypatch.setattr(kpctl.tls, "kernel_has_ktls", lambda: False)
+    port = free_port()
+    h = Harness(FakeKproxy())
+    assert h.run("serve", f"127.0.0.1:{port}", "127.0.0.1:9", "--tls-cert", pem[0],
+                 "--tls-key", pem[1]) == 2
+    assert h.err == ("Error: this kernel has no kTLS (CONFIG_TLS, module tls): serve cannot "
+                     "terminate or originate TLS (ENOENT)\n")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=T).close()
+
+
+def test_ended_event_names_the_alert():
+    """An end with reason tls-alert carries the alert's description."""
+    echo = EchoServer()
+    kp = RelayKproxy()
+    r = Running(kp, echo.addr)
+    try:
+        with r.connect() as c:
+            _echo(c)
+        wait_for(lambda: r.kinds("ended"))
+        kp.tls_end = ("tls-alert", 40)
+        with r.connect() as c:
+            _echo(c)
+        wait_for(lambda: len(r.kinds("ended")) == 2)
+        assert [(e["reason"], e.get("tls_alert", "absent")) for e in r.kinds("ended")] == \
+            [("closed", "absent"), ("tls-alert", 40)]
         r.stop()
     finally:
         echo.close()
