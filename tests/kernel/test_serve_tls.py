@@ -352,6 +352,8 @@ def test_a_handshake_that_never_completes_times_out(terminating, pki, dmesg):
         took = time.monotonic() - t0
     finally:
         silent.close()
+    # the reset can reach the client before serve's line reaches us
+    wait_for(lambda: new_events(s, "failed", seen), timeout=IO_TIMEOUT, what="failed event")
     [ev] = new_events(s, "failed", seen)
     assert ev["reason"] == "TLS with the client: TLS handshake timed out after 10 s"
     assert (ev["stage"], ev["error"]["errno_name"]) == ("tls", "ETIMEDOUT")
