@@ -16,6 +16,21 @@ the process only counts.  One thread, one `selectors` loop:
     every second       -> a tick for the status line (counters we keep:
                           nothing is asked of the kernel)
     stop(), signals    -> through a wakeup socket, handled in the loop
+    a handshake done   -> through the same wakeup socket (TLS, below)
+
+TLS (kpctl.serve_tls): with --tls-cert/--tls-key serve terminates TLS, with
+--target-tls it originates it, with both it re-encrypts; the kernel then
+joins kTLS sockets and carries plaintext between them (so --parser and
+--verdict see plaintext).  The configs are built once, by open().  A
+handshake blocks, so it runs in a bounded thread pool, never in the loop:
+
+    accepted -> [terminate: accept_tls in the pool] -> connect to the target
+             -> [originate: connect_tls in the pool] -> create the proxy
+
+A connection in a handshake holds a --max-conns slot.  A handshake that
+fails or outlasts --handshake-timeout resets that client (a "failed" event,
+stage "tls"); stopping cuts the handshakes in flight short (their sockets
+shut down) and waits for the pool's threads before run() returns.
 
 The work per second does not grow with the number of proxies: no dump, no
 multicast group carrying every process's notifications. Bytes are counted
@@ -46,11 +61,14 @@ other (the shell runs services as background jobs).
 Events (kind, data):
     listening    listen, target, options, pid, programs (kind -> id, name, source;
                  only with BPF programs)
-    proxy        id, client, upstream (the local address towards the target)
-    failed       client, reason, errno (name or None),
-                 stage (socket|connect|timeout|create|attach|shutdown)
+    proxy        id, client, upstream (the local address towards the target),
+                 tls: {client, target}, each {version, cipher} or None (plain)
+    failed       client, reason, error (kpctl's error shape, or None),
+                 stage (socket|connect|timeout|tls|create|attach|shutdown);
+                 stage "tls" also has side (client|target)
     refused      client, reason ("max-conns"), limit
-    ended        id, reason, a_to_b, b_to_a (bytes; client->target, target->client)
+    ended        id, reason, a_to_b, b_to_a (bytes; client->target, target->client),
+                 tls_alert (reason tls-alert: the alert's description number)
     accept-error errno, message, backoff (seconds)
     signal       signal, action
     warning      message
@@ -74,6 +92,9 @@ from typing import Any, Callable
 
 from .address import Address, Resolver, ServeError
 from .errors import KproxyError
+from .serve_tls import (DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HANDSHAKE_WORKERS, Handshake,
+                        HandshakePool, TlsConfigs, handshake_error, session_info)
+from .serve_tls import check_options as check_tls_options
 
 STOP_MODES = ("leave", "drain", "kill")
 PROGRAM_KINDS = ("parser", "verdict")  # attached in this order, each on both directions
@@ -112,6 +133,30 @@ class ServeOptions:
     verdict: str | None = None            # parser on both directions, then the verdict
     prefix: str | None = None             # drop-prefix verdict: what it drops
     offset: int | None = None             # where the payload starts (default 4)
+    # TLS (kpctl.serve_tls): terminated with the client when tls_cert/tls_key
+    # are given, originated to the target with target_tls; both: re-encrypted.
+    tls_cert: str | None = None           # PEM certificate chain shown to clients
+    tls_key: str | None = None            # its private key (PEM)
+    target_tls: bool = False              # speak TLS to the target
+    target_ca: str | None = None          # trusted CAs for the target (None: system store)
+    target_sni: str | None = None         # SNI / name checked (None: TARGET's host name)
+    target_insecure: bool = False         # accept any target certificate
+    tls_versions: tuple[str, ...] | None = None  # ("1.2", "1.3"); None: both
+    tls_ciphers: tuple[str, ...] | None = None   # families or suites (kpctl.tls); None: all
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # from accept to the end of both
+    handshake_workers: int = DEFAULT_HANDSHAKE_WORKERS    # threads running handshakes
+
+    @property
+    def terminates_tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def originates_tls(self) -> bool:
+        return self.target_tls
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.terminates_tls or self.originates_tls
 
     @staticmethod
     def stop_mode(drain: bool, kill: bool) -> str:
@@ -149,6 +194,7 @@ class ServeOptions:
             raise ServeError("--backlog must be 1 or more")
         if self.on_stop not in STOP_MODES:
             raise ServeError(f"on_stop must be one of {', '.join(STOP_MODES)}")
+        check_tls_options(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +206,9 @@ class Counters:
     created: int = 0         # proxies made
     active: int = 0          # our proxies alive in the kernel now
     pending: int = 0         # connects to the target in progress
+    handshaking: int = 0     # TLS handshakes in progress (either side)
+    handshakes: int = 0      # TLS handshakes done (a re-encrypting proxy: two)
+    handshakes_failed: int = 0  # connections failed in a handshake (stage "tls")
     failed: int = 0          # target refused / timed out / kernel refused
     refused: int = 0         # over --max-conns
     accept_errors: int = 0   # accept() errors (EMFILE, ...)
@@ -220,11 +269,12 @@ def describe_programs(progs: dict[str, Any] | None) -> dict[str, dict[str, Any]]
 
 
 class _Pending:
-    __slots__ = ("client", "peer", "up", "deadline")
+    __slots__ = ("client", "peer", "up", "deadline", "client_tls")
 
     def __init__(self, client: socket.socket, peer: str, up: socket.socket,
-                 deadline: float) -> None:
+                 deadline: float, client_tls: dict[str, str] | None) -> None:
         self.client, self.peer, self.up, self.deadline = client, peer, up, deadline
+        self.client_tls = client_tls  # the client side's TLS, when serve terminates it
 
 
 def _fmt_peer(addr: Any) -> str:
@@ -289,6 +339,9 @@ class Server:
     `create` and `attach`: override client.create and client.attach (tests);
     `accept`: overrides listener.accept (tests inject EMFILE);
     `socket_factory(family)` makes the upstream sockets.
+    TLS (tests): `tls_configs(options, target)` builds the configs
+    (default TlsConfigs.build), `tls_accept(sock, config, timeout)` and
+    `tls_connect(...)` replace kpctl.tls's accept_tls and connect_tls.
 
     Threads: run() in one thread; stop(), snapshot() and address from any.
     """
@@ -303,6 +356,9 @@ class Server:
                  accept: Callable[[socket.socket], tuple] | None = None,
                  socket_factory: Callable[[int], socket.socket] | None = None,
                  netns: str | None = None,
+                 tls_configs: Callable[[ServeOptions, Address], TlsConfigs] | None = None,
+                 tls_accept: Callable[[socket.socket, Any, float], Any] | None = None,
+                 tls_connect: Callable[[socket.socket, Any, float], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or ServeOptions()
         self.options.check()
@@ -328,6 +384,10 @@ class Server:
         self._in_netns = False  # the loop's thread has entered netns
         self._socket_factory = socket_factory or self._new_socket
         self._clock = clock
+        self._tls_build = tls_configs or TlsConfigs.build
+        self._tls_accept, self._tls_connect = tls_accept, tls_connect
+        self._tls: TlsConfigs | None = None        # built by open(), closed when run() ends
+        self._handshakes: HandshakePool | None = None
         self.counters = Counters()
         self._listener: socket.socket | None = None
         self._sel: selectors.BaseSelector | None = None
@@ -363,12 +423,15 @@ class Server:
 
         Raises OSError (EADDRINUSE, EACCES, ...) for the caller to report,
         and, when the programs are ours to load, what loading raises
-        (a BpfError: no such file, the verifier's refusal...).
+        (a BpfError: no such file, the verifier's refusal...), and a
+        TlsError when a certificate, key or CA cannot be loaded.
         """
         self.load_programs()
         try:
+            self._open_tls()
             ls = self._new_socket(self.listen_addr.family)
         except BaseException:
+            self._close_tls()
             self._close_own_programs()
             raise
         try:
@@ -382,6 +445,7 @@ class Server:
             ls.setblocking(False)
         except BaseException:
             ls.close()
+            self._close_tls()
             self._close_own_programs()
             raise
         self._listener = ls
@@ -403,6 +467,33 @@ class Server:
                 self._programs = load_programs(self.options, self._loader)
                 self._own_programs = True
         return self._programs
+
+    def _open_tls(self) -> None:
+        """The TLS configs, built once for every handshake, and the pool
+        that runs the handshakes (its threads start with the first one)."""
+        if not self.options.uses_tls or self._tls is not None:
+            return
+        self._tls = self._tls_build(self.options, self.target)
+        o = self.options
+        if (o.terminates_tls and self._tls_accept is None) or \
+                (o.originates_tls and self._tls_connect is None):
+            from .tls import TlsError, kernel_has_ktls
+            if not kernel_has_ktls():  # else every connection would fail, one by one
+                raise TlsError(errno.ENOENT, "this kernel has no kTLS (CONFIG_TLS, module "
+                                             "tls): serve cannot terminate or originate TLS")
+        self._handshakes = HandshakePool(self._tls, self.options.handshake_workers,
+                                         self.options.handshake_timeout, self._wake,
+                                         accept=self._tls_accept, connect=self._tls_connect,
+                                         clock=self._clock)
+
+    def _close_tls(self) -> None:
+        """After the pool is closed (no handshake uses the configs)."""
+        if self._handshakes is not None:
+            self._fail_handshakes(self._handshakes.close())
+            self._handshakes = None
+        if self._tls is not None:
+            self._tls.close()
+            self._tls = None
 
     def _close_own_programs(self) -> None:
         if self._own_programs:
@@ -440,10 +531,18 @@ class Server:
     def _request(self, req: tuple[str, str | None]) -> None:
         with self._req_lock:
             self._requests.append(req)
-            try:
-                self._wake_w.send(b"\0")
-            except OSError:  # full (a wakeup is pending anyway) or closed (stopped)
-                pass
+            self._wake_locked()
+
+    def _wake(self) -> None:
+        """Wake the loop (a handshake finished): from any thread."""
+        with self._req_lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wakeup is pending anyway) or closed (stopped)
+            pass
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Runs between bytecodes of the main thread: only record it; the
@@ -544,6 +643,7 @@ class Server:
                 # client keeps the ends that arrive while it waits for an
                 # answer (a proxy may end before create() returns).
                 self._on_ends()
+                self._take_handshakes()
                 if self._handle_requests():
                     break
                 now = self._clock()
@@ -558,7 +658,8 @@ class Server:
                 if now >= next_tick:
                     next_tick = now + TICK
                     self._emit("tick", snap)
-                if self._stopping and not self._live and not self._pending:
+                if self._stopping and not self._live and not self._pending \
+                        and not self._handshaking():
                     break  # drained, killed (or nothing was left)
         finally:
             if saved:
@@ -574,6 +675,7 @@ class Server:
     def _finish(self) -> None:
         for p in list(self._pending.values()):
             self._fail(p, "shutting down", None, "shutdown")
+        self._close_tls()  # waits for the handshakes' threads
         if self._listener is not None:
             self._listen_off()
             _close(self._listener)
@@ -609,6 +711,7 @@ class Server:
         c = self.counters
         c.active = len(self._live)
         c.pending = len(self._pending)
+        c.handshaking = self._handshaking()
         self._published = snap = c.to_dict()
         return snap
 
@@ -654,11 +757,19 @@ class Server:
 
     def _start(self, conn: socket.socket, peer: str) -> None:
         limit = self.options.max_conns
-        if limit is not None and len(self._live) + len(self._pending) >= limit:
+        if limit is not None and \
+                len(self._live) + len(self._pending) + self._handshaking() >= limit:
             self.counters.refused += 1
             _reset_close(conn)
             self._emit("refused", {"client": peer, "reason": "max-conns", "limit": limit})
             return
+        if self.options.terminates_tls:
+            self._handshake(Handshake("client", conn, peer, None, self._hs_deadline()))
+            return
+        self._connect(conn, peer, None)
+
+    def _connect(self, conn: socket.socket, peer: str, client_tls: dict[str, str] | None) -> None:
+        """Start the connect to the target (the client's TLS, if any, done)."""
         try:
             up = self._socket_factory(self.target.family)
         except (OSError, KproxyError) as e:
@@ -669,13 +780,13 @@ class Server:
         up.setblocking(False)
         rc = up.connect_ex(self.target.sockaddr())
         if rc == 0:
-            self._join(conn, peer, up)
+            self._connected(conn, peer, up, client_tls)
             return
         if rc not in (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN):
             self._fail_sockets(conn, up, peer, f"connect to {self.target}: {os.strerror(rc)}",
                                rc, "connect")
             return
-        p = _Pending(conn, peer, up, self._clock() + self.options.connect_timeout)
+        p = _Pending(conn, peer, up, self._clock() + self.options.connect_timeout, client_tls)
         self._pending[up.fileno()] = p
         assert self._sel is not None
         self._sel.register(up, selectors.EVENT_WRITE, p)
@@ -695,7 +806,54 @@ class Server:
             self._fail_sockets(p.client, p.up, p.peer,
                                f"connect to {self.target}: {os.strerror(err)}", err, "connect")
             return
-        self._join(p.client, p.peer, p.up)
+        self._connected(p.client, p.peer, p.up, p.client_tls)
+
+    def _connected(self, conn: socket.socket, peer: str, up: socket.socket,
+                   client_tls: dict[str, str] | None) -> None:
+        """The target accepted: join now, or after our TLS handshake with it."""
+        if self.options.originates_tls:
+            self._handshake(Handshake("target", conn, peer, up, self._hs_deadline(), client_tls))
+            return
+        self._join(conn, peer, up, client_tls, None)
+
+    # -- TLS handshakes (kpctl.serve_tls: run in its pool, finished ones here) --
+
+    def _handshaking(self) -> int:
+        return len(self._handshakes) if self._handshakes is not None else 0
+
+    def _hs_deadline(self) -> float:
+        return self._clock() + self.options.handshake_timeout
+
+    def _handshake(self, hs: Handshake) -> None:
+        assert self._handshakes is not None
+        self._handshakes.submit(hs)
+
+    def _take_handshakes(self) -> None:
+        if self._handshakes is None:
+            return
+        for hs in self._handshakes.take_done():
+            if self._stopping or hs.cancelled:
+                self._fail_handshakes([hs])
+            elif hs.error is not None:
+                num, message = handshake_error(hs.error)
+                self.counters.handshakes_failed += 1
+                who = "the client" if hs.side == "client" else f"the target {self.target}"
+                self._fail_sockets(hs.conn, hs.up, hs.peer, f"TLS with {who}: {message}", num,
+                                   "tls", side=hs.side)
+            else:
+                self.counters.handshakes += 1
+                info = session_info(hs.session)
+                if hs.side == "client":
+                    self._connect(hs.conn, hs.peer, info)
+                else:
+                    assert hs.up is not None
+                    self._join(hs.conn, hs.peer, hs.up, hs.client_tls, info)
+
+    def _fail_handshakes(self, done: list[Handshake]) -> None:
+        """Handshakes the service's stop cut short (or that finished as it
+        stopped): failed at stage "shutdown", like pending connects."""
+        for hs in done:
+            self._fail_sockets(hs.conn, hs.up, hs.peer, "shutting down", None, "shutdown")
 
     def _expire(self, now: float) -> None:
         for p in [p for p in self._pending.values() if now >= p.deadline]:
@@ -709,17 +867,21 @@ class Server:
         self._fail_sockets(p.client, p.up, p.peer, reason, num, stage)
 
     def _fail_sockets(self, conn: socket.socket, up: socket.socket | None, peer: str,
-                      reason: str, num: int | None, stage: str) -> None:
+                      reason: str, num: int | None, stage: str, *,
+                      side: str | None = None) -> None:
         _reset_close(conn)
         _close(up)
         c = self.counters
         c.failed += 1
         key = _errname(num) or stage
         c.failures[key] = c.failures.get(key, 0) + 1
-        self._emit("failed", {"client": peer, "reason": reason, "stage": stage,
-                              "error": _error(num, reason)})
+        event = {"client": peer, "reason": reason, "stage": stage, "error": _error(num, reason)}
+        if side is not None:
+            event["side"] = side  # stage "tls": whose handshake failed (client, target)
+        self._emit("failed", event)
 
-    def _join(self, conn: socket.socket, peer: str, up: socket.socket) -> None:
+    def _join(self, conn: socket.socket, peer: str, up: socket.socket,
+              client_tls: dict[str, str] | None, target_tls: dict[str, str] | None) -> None:
         try:
             local = _fmt_peer(up.getsockname())
         except OSError:
@@ -741,7 +903,8 @@ class Server:
         _close(up)
         self.counters.created += 1
         self._live.add(pid)
-        self._emit("proxy", {"id": pid, "client": peer, "upstream": local})
+        self._emit("proxy", {"id": pid, "client": peer, "upstream": local,
+                             "tls": {"client": client_tls, "target": target_tls}})
 
     def _attach_programs(self, pid: int, conn: socket.socket, up: socket.socket,
                          peer: str) -> bool:
@@ -794,7 +957,7 @@ class Server:
         for ev in events:
             if ev.kind == "del" and ev.proxy.id in self._live:
                 self._ended(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
-                            ev.proxy.b_to_a.bytes)
+                            ev.proxy.b_to_a.bytes, tls_alert=getattr(ev, "tls_alert", None))
 
     def _reconcile(self) -> None:
         """The kernel dropped some of our ends (our socket's buffer was
@@ -815,7 +978,8 @@ class Server:
         for pid in gone:
             self._ended(pid, "gone", 0, 0, lost=True)
 
-    def _ended(self, pid: int, reason: str, ab: int, ba: int, *, lost: bool = False) -> None:
+    def _ended(self, pid: int, reason: str, ab: int, ba: int, *, lost: bool = False,
+               tls_alert: int | None = None) -> None:
         if pid not in self._live:
             return
         self._live.discard(pid)
@@ -824,7 +988,10 @@ class Server:
         c.lost += int(lost)
         c.bytes_a_to_b += ab
         c.bytes_b_to_a += ba
-        self._emit("ended", {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba})
+        event: dict[str, Any] = {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba}
+        if tls_alert is not None:
+            event["tls_alert"] = tls_alert  # reason tls-alert: the alert's description
+        self._emit("ended", event)
 
     # -- stopping --------------------------------------------------------------
 
@@ -875,6 +1042,8 @@ class Server:
         self._backoff_until = None
         for p in list(self._pending.values()):
             self._fail(p, "shutting down", None, "shutdown")
+        if self._handshakes is not None:
+            self._handshakes.cancel_all()  # they come back failed, at once
         self._emit("stopping", {"mode": mode, "active": len(self._live)})
         if mode == "kill":
             self._kill_all()

@@ -223,6 +223,13 @@ def count(text: str) -> int:
     return v
 
 
+def tls_list(text: str) -> tuple[str, ...]:
+    """serve's --tls-versions and --tls-ciphers: a comma list (the names are
+    checked by ServeOptions.check())."""
+    from kpctl.serve_tls import split_list
+    return split_list(text)
+
+
 def job_number(text: str) -> int:
     t = text[1:] if text.startswith("%") else text  # `stop %1`, as in sh
     try:

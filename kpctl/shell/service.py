@@ -26,7 +26,13 @@ def serve_options(ns: Namespace) -> Any:
                         backlog=ns.backlog, reuseport=ns.reuseport,
                         on_stop="drain" if ns.drain else "kill" if ns.kill else "leave",
                         parser=ns.parser, verdict=ns.verdict, prefix=ns.prefix,
-                        offset=ns.offset)
+                        offset=ns.offset,
+                        tls_cert=ns.tls_cert, tls_key=ns.tls_key, target_tls=ns.target_tls,
+                        target_ca=ns.target_ca, target_sni=ns.target_sni,
+                        target_insecure=ns.target_insecure, tls_versions=ns.tls_versions,
+                        tls_ciphers=ns.tls_ciphers, handshake_timeout=ns.handshake_timeout,
+                        handshake_workers=ns.handshake_workers)
+
 
 
 def check_serve(cmd: Command, ns: Namespace) -> None:
@@ -59,19 +65,24 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
     else:
         from kpctl.serve import Server as factory
     loading: list[str] = []  # which spec failed: the option to name
+    load_failed: list[str] = []  # the open() error came from loading (not, say, a TlsError)
 
     def loader(spec: str) -> Any:
         loading.append(spec)
-        if ctx.prog_loader is not None:
-            return ctx.prog_loader(spec)
-        from kpctl.bpf import load
-        return load(spec)
+        try:
+            if ctx.prog_loader is not None:
+                return ctx.prog_loader(spec)
+            from kpctl.bpf import load
+            return load(spec)
+        except BaseException:
+            load_failed.append(spec)  # not the exception: its traceback would make a cycle
+            raise
     server = factory(client, listen, target, serve_options(ns), on_event=on_event,
                      netns=ctx.netns, loader=loader)
     try:
-        server.open()           # loads the programs once; EADDRINUSE, EACCES...: exit 2
-    except Exception as e:
-        if _is_bad_name(e) and loading:
+        server.open()           # loads the programs and certificates once; EADDRINUSE,
+    except Exception as e:      # EACCES, a bad certificate...: exit 2
+        if _is_bad_name(e) and load_failed:
             kind = "parser" if loading[-1] == ns.parser and len(loading) == 1 else "verdict"
             raise UsageError(f"serve: --{kind}: {e.message}", cmd) from None  # type: ignore[attr-defined]
         raise

@@ -17,7 +17,8 @@ from typing import Sequence
 from kpctl.shell import misc, observe, programs, proxies, service
 from kpctl.shell.args import (EXIT_KERNEL, EXIT_USAGE, Arg, Command, HelpRequested, Opt,
                               UsageError, count, fd_number, hostport, job_number,
-                              listen_hostport, offset_value, parse_args, proxy_id, seconds)
+                              listen_hostport, offset_value, parse_args, proxy_id, seconds,
+                              tls_list)
 from kpctl.shell.context import Context, is_kernel_error
 
 _DIR = Opt(("--dir",), "dir", "direction the program applies to", metavar="DIR",
@@ -155,7 +156,33 @@ COMMANDS: list[Command] = [
                       "payload starts with TEXT", metavar="TEXT"),
                   Opt(("--offset",), "offset", "drop-prefix verdict: where the payload starts "
                       "in a message (default 4, after lenprefix's header)", metavar="N",
-                      type=offset_value)),
+                      type=offset_value),
+                  Opt(("--tls-cert",), "tls_cert", "terminate TLS: the certificate chain "
+                      "(PEM) shown to clients (needs --tls-key)", metavar="FILE",
+                      complete="file"),
+                  Opt(("--tls-key",), "tls_key", "terminate TLS: the private key (PEM) of "
+                      "--tls-cert", metavar="FILE", complete="file"),
+                  Opt(("--target-tls",), "target_tls", "originate TLS: speak TLS to TARGET "
+                      "(with --tls-cert: re-encrypt)"),
+                  Opt(("--target-ca",), "target_ca", "CA certificates (PEM) that TARGET's "
+                      "certificate must chain to (default: the system store)",
+                      metavar="FILE", complete="file"),
+                  Opt(("--target-sni",), "target_sni", "the name sent as SNI and checked in "
+                      "TARGET's certificate (default: TARGET's host name)", metavar="NAME"),
+                  Opt(("--target-insecure",), "target_insecure", "accept any certificate "
+                      "from TARGET (no check: for tests)"),
+                  Opt(("--tls-versions",), "tls_versions", "TLS versions allowed on both "
+                      "sides, e.g. 1.3 (default 1.2,1.3)", metavar="LIST", type=tls_list),
+                  Opt(("--tls-ciphers",), "tls_ciphers", "ciphers allowed on both sides: "
+                      "AES-128-GCM, AES-256-GCM, CHACHA20-POLY1305 or suite names, "
+                      "comma-separated (default: all that kTLS takes)", metavar="LIST",
+                      type=tls_list),
+                  Opt(("--handshake-timeout",), "handshake_timeout", "reset a client whose "
+                      "TLS handshake (either side) is not done after SECS (default 10)",
+                      metavar="SECS", type=seconds, default=10.0),
+                  Opt(("--handshake-workers",), "handshake_workers", "threads running TLS "
+                      "handshakes beside the accept loop (default 16)", metavar="N",
+                      type=count, default=16)),
             check=service.check_serve, changes=True, usage="LISTEN TARGET [OPTIONS] [&]",
             description="Accepts on LISTEN, connects to TARGET without blocking, joins the two "
                         "sockets in the kernel and closes its own fds: the process carries no "
@@ -172,12 +199,21 @@ COMMANDS: list[Command] = [
                         "yet: bytes a client sent before the attach pass as a plain stream. "
                         "In the shell, a trailing & (or --background) runs the service as a "
                         "job beside the prompt: 'jobs' lists the jobs with their counters, "
-                        "'stop N' ends one, the toolbar shows them.",
+                        "'stop N' ends one, the toolbar shows them. "
+                        "TLS: --tls-cert/--tls-key terminate it (clients speak TLS, TARGET "
+                        "plain), --target-tls originates it (clients plain, TARGET TLS), both "
+                        "re-encrypt; the kernel (kTLS) then carries the records, the parser "
+                        "and verdict see plaintext. Certificates are loaded once at start. "
+                        "Handshakes run in a pool of threads, never in the accept loop; one "
+                        "that fails or outlasts --handshake-timeout resets that client "
+                        "(failed, stage tls), and counts toward --max-conns while it runs.",
             examples=("kpctl serve 0.0.0.0:8080 127.0.0.1:80",
                       "kpctl serve [::]:443 backend.internal:443 --max-conns 1000",
                       "kpctl serve -j --drain :5432 10.0.0.7:5432",
                       "kpctl serve :9000 127.0.0.1:9001 --parser lenprefix "
                       "--verdict drop-prefix --prefix DROP",
+                      "kpctl serve :443 127.0.0.1:8080 --tls-cert site.pem --tls-key site.key",
+                      "kpctl serve :8080 api.internal:443 --target-tls",
                       "kpctl> serve :9000 127.0.0.1:9001 &    # in the shell: a job")),
     Command("jobs", "list the shell's background services with their counters",
             service.cmd_jobs,

@@ -266,6 +266,7 @@ class RelayKproxy:
         self.r, self.w = socket.socketpair()
         self.r.setblocking(False)
         self.closed = False
+        self.tls_end = None  # (reason, alert): how every proxy ends, as a kTLS one may
 
     def create(self, a, b, *, notify_end=False):
         self.calls.append("create")
@@ -324,9 +325,12 @@ class RelayKproxy:
             self.overrun = True
         else:
             ab, ba = self.bytes[pid]
+            alert = None
+            if self.tls_end is not None:
+                reason, alert = self.tls_end
             self.ends.append(Event("del", Proxy(pid, "closing", p.created_ns, p.a, p.b,
                                                 DirStats(bytes=ab), DirStats(bytes=ba)),
-                                   reason, time.time()))
+                                   reason, time.time(), alert))
         try:
             self.w.send(b"x")
         except OSError:
@@ -1380,3 +1384,550 @@ def test_view_listening_line_names_the_programs():
     assert ctx.stdout.getvalue() == (
         "kpctl serve: listening on :9000, forwarding to 127.0.0.1:9001 (parser lenprefix "
         "(id 7), verdict drop-prefix (id 8) dropping 'DROP') through kproxy\n")
+
+
+# -- TLS: options, configs, the handshake pool (fakes: no kTLS on the host) -----------
+
+def _pem_pair(tmp_path):
+    """A real certificate and key (openssl), for the option checks' files."""
+    import subprocess
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True,
+                   timeout=60)
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def pem(tmp_path):
+    return _pem_pair(tmp_path)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--tls-cert", "{cert}"], "--tls-cert and --tls-key go together"),
+    (["--tls-key", "{key}"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "{key}"],
+     "serve: --tls-cert: cannot read /nonexistent/c.pem: No such file or directory"),
+    (["--tls-cert", "{cert}", "--tls-key", "{dir}"], "serve: --tls-key: cannot read"),
+    (["--target-ca", "{cert}"], "serve: --target-ca goes with --target-tls"),
+    (["--target-sni", "db.internal"], "serve: --target-sni goes with --target-tls"),
+    (["--target-insecure"], "serve: --target-insecure goes with --target-tls"),
+    (["--target-tls", "--target-ca", "/nonexistent/ca.pem"],
+     "serve: --target-ca: cannot read /nonexistent/ca.pem"),
+    (["--target-tls", "--target-insecure", "--target-ca", "{cert}"],
+     "--target-insecure and --target-ca are exclusive"),
+    (["--target-tls", "--target-sni", ""], "--target-sni must not be empty"),
+    (["--tls-versions", "1.3"], "serve: --tls-versions goes with --tls-cert or --target-tls"),
+    (["--tls-ciphers", "AES-128-GCM"], "--tls-ciphers goes with --tls-cert or --target-tls"),
+    (["--target-tls", "--tls-versions", "1.1,1.3"],
+     "serve: --tls-versions: 1.1 cannot be offloaded to kTLS (choose from 1.2, 1.3)"),
+    (["--target-tls", "--tls-versions", ","], "--tls-versions must name a version"),
+    (["--target-tls", "--tls-ciphers", "RC4"], "--tls-ciphers: RC4 cannot be offloaded to kTLS"),
+    (["--target-tls", "--tls-versions", "1.2", "--tls-ciphers", "TLS_AES_128_GCM_SHA256"],
+     "--tls-ciphers: none of TLS_AES_128_GCM_SHA256 is a TLS 1.2 suite"),
+    (["--target-tls", "--handshake-timeout", "0"], "not a positive number of seconds"),
+    (["--target-tls", "--handshake-workers", "0"], "'0' is not a count"),
+])
+def test_serve_tls_usage_errors(extra, msg, pem, tmp_path):
+    cert, key = pem
+    args = [a.format(cert=cert, key=key, dir=tmp_path) for a in extra]
+    port = free_port()
+    h = Harness(FakeKproxy())
+    assert h.run("serve", f"127.0.0.1:{port}", "127.0.0.1:9", *args) == 1
+    assert msg in h.err, h.err
+    assert "Traceback" not in h.err and "usage: kpctl serve" in h.err
+    assert h.client.calls == []
+    with pytest.raises(ConnectionRefusedError):  # nothing listened
+        socket.create_connection(("127.0.0.1", port), timeout=T).close()
+
+
+def test_serve_tls_usage_error_json(pem):
+    h = Harness(FakeKproxy())
+    assert h.run("-j", "serve", ":8080", "127.0.0.1:80", "--tls-cert", pem[0]) == 1
+    assert json.loads(h.out) == {"error": {"errno": 22, "errno_name": "EINVAL", "message":
+                                           "serve: --tls-cert and --tls-key go together (the "
+                                           "certificate and its private key)"}}
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"handshake_workers": 2000}, "--handshake-workers must be 1 to 1024"),
+    ({"handshake_timeout": float("inf")}, "--handshake-timeout must be a positive number"),
+    ({"target_tls": True, "tls_versions": ()}, "--tls-versions must name a version"),
+    ({"target_tls": True, "tls_ciphers": ()}, "--tls-ciphers must name a cipher"),
+])
+def test_options_check_tls(kw, msg):
+    with pytest.raises(ServeError) as ei:
+        ServeOptions(**kw).check()
+    assert msg in ei.value.message
+
+
+def test_bad_certificate_exits_2_before_listening(pem, tmp_path):
+    """The files are readable but not a certificate and key: open() builds
+    the config and kpctl.tls's TlsError is the one line (exit 2)."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    port = free_port()
+    h = Harness(FakeKproxy())
+    rc = h.run("serve", f"127.0.0.1:{port}", "127.0.0.1:9", "--tls-cert", str(junk),
+               "--tls-key", pem[1])
+    assert rc == 2, h.err
+    assert h.err.startswith(f"Error: cannot load certificate {junk} / key {pem[1]}: ")
+    assert h.err.endswith("(EINVAL)\n") and h.err.count("\n") == 1 and "usage:" not in h.err
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=T).close()
+    # a key that is not the certificate's: the same
+    (tmp_path / "other").mkdir()
+    other_cert, _ = _pem_pair(tmp_path / "other")
+    h = Harness(FakeKproxy())
+    assert h.run("serve", f"127.0.0.1:{port}", "127.0.0.1:9", "--tls-cert", other_cert,
+                 "--tls-key", pem[1]) == 2
+    assert "Error: cannot load certificate" in h.err and "key values mismatch" in h.err
+
+
+def test_real_configs_built_once_from_the_options(pem):
+    """TlsConfigs.build: the real kpctl.tls configs (no handshake here)."""
+    from kpctl.serve_tls import TlsConfigs, target_server_name
+    from kpctl.tls import ClientConfig, ServerConfig
+    cert, key = pem
+    target = resolve("127.0.0.1:443")
+    o = ServeOptions(tls_cert=cert, tls_key=key, target_tls=True, target_ca=cert,
+                     tls_versions=("1.3",), tls_ciphers=("AES-256-GCM",))
+    cfg = TlsConfigs.build(o, target)
+    try:
+        assert isinstance(cfg.server, ServerConfig) and isinstance(cfg.client, ClientConfig)
+        assert tuple(cfg.server.versions) == ("TLSv1.3",) and cfg.client.ca == cert
+        assert cfg.client.server_name == "127.0.0.1" and cfg.client.verify
+    finally:
+        cfg.close()
+    assert cfg.server is None and cfg.client is None
+    named = Address("10.0.0.7", 443, socket.AF_INET, "api.internal:443")
+    assert target_server_name(ServeOptions(target_tls=True), named) == "api.internal"
+    assert target_server_name(ServeOptions(target_tls=True, target_sni="x.test"), named) \
+        == "x.test"
+    v6 = Address("::1", 443, socket.AF_INET6, "[::1]:https")
+    assert target_server_name(ServeOptions(target_tls=True), v6) == "::1"
+    insecure = TlsConfigs.build(ServeOptions(target_tls=True, target_insecure=True), target)
+    assert insecure.server is None and insecure.client.verify is False
+    insecure.close()
+
+
+class FakeSession:
+    def __init__(self, version="TLSv1.3", cipher_type=51):
+        self.version, self.cipher_type = version, cipher_type
+
+
+class FakeTls:
+    """Stands for kpctl.tls: a "handshake" is b"HELLO" one way and an
+    answer the other, on the real sockets, under the real timeout; what
+    the config was and which thread ran it are recorded."""
+
+    def __init__(self, session=None):
+        self.session = session or FakeSession()
+        self.threads = set()
+        self.configs = []
+        self.lock = threading.Lock()
+
+    def _record(self, config):
+        with self.lock:
+            self.threads.add(threading.current_thread().name)
+            self.configs.append(config)
+
+    def accept(self, sock, config, timeout):
+        from kpctl.tls import TlsError
+        self._record(config)
+        sock.settimeout(timeout)
+        try:
+            hello = recv_all(sock, 5)
+        except TimeoutError:
+            raise TlsError(errno.ETIMEDOUT, f"TLS handshake timed out after {timeout:g} s") \
+                from None
+        if hello != b"HELLO":
+            raise TlsError(errno.EPROTO, f"TLS handshake failed: the peer sent no TLS record "
+                                         f"(it began with {hello!r})")
+        sock.sendall(b"WELCOME")
+        return self.session
+
+    def connect(self, sock, config, timeout):
+        from kpctl.tls import TlsError
+        self._record(config)
+        sock.settimeout(timeout)
+        sock.sendall(b"HELLO")
+        if recv_all(sock, 5) != b"HELLO":  # the echo target answers in kind
+            raise TlsError(errno.ECONNRESET, "TLS handshake failed: the peer closed the "
+                                             "connection")
+        return FakeSession("TLSv1.2", 52)
+
+
+class FakeConfigs:
+    built = []
+
+    def __init__(self, options, target):
+        self.server = ("server-config", options.tls_cert) if options.terminates_tls else None
+        self.client = ("client-config", str(target)) if options.originates_tls else None
+        self.closed = 0
+        FakeConfigs.built.append(self)
+
+    def close(self):
+        self.closed += 1
+
+
+def _tls_running(kp, target, fake, **options):
+    FakeConfigs.built = []
+    return Running(kp, target, options=options, tls_configs=FakeConfigs,
+                   tls_accept=fake.accept, tls_connect=fake.connect)
+
+
+def _hello(r):
+    c = r.connect()
+    c.sendall(b"HELLO")
+    assert recv_all(c, 7) == b"WELCOME"
+    return c
+
+
+def _echo(c, data=b"ping"):
+    c.sendall(data)
+    assert recv_all(c, len(data)) == data
+
+
+def _tls_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("kpctl-serve-tls")]
+
+
+@pytest.mark.parametrize("sides", ["terminate", "originate", "both"])
+def test_tls_sides_handshake_then_join_with_the_proxy_event(sides):
+    echo = EchoServer()
+    kp = RelayKproxy()
+    fake = FakeTls()
+    opts = {"tls_cert": "c.pem" if sides != "originate" else None,
+            "tls_key": "k.pem" if sides != "originate" else None,
+            "target_tls": sides != "terminate"}
+    r = _TlsServe(kp, echo.addr, fake, **opts)
+    try:
+        for _ in range(3):
+            c = _hello(r) if sides != "originate" else r.connect()
+            with c:
+                _echo(c)
+        wait_for(lambda: r.server.snapshot()["ended"] == 3, what="3 proxies ended")
+        counters = r.stop()
+    finally:
+        echo.close()
+    per_conn = 2 if sides == "both" else 1
+    assert (counters.created, counters.handshakes, counters.handshakes_failed,
+            counters.failed) == (3, 3 * per_conn, 0, 0)
+    want = {"client": {"version": "1.3", "cipher": "aes-128-gcm"} if sides != "originate"
+            else None,
+            "target": {"version": "1.2", "cipher": "aes-256-gcm"} if sides != "terminate"
+            else None}
+    assert [e["tls"] for e in r.kinds("proxy")] == [want] * 3
+    # one config per side, built once and shared by every handshake, closed at the end
+    [cfg] = FakeConfigs.built
+    assert set(map(id, fake.configs)) == {id(x) for x in (cfg.server, cfg.client) if x}
+    assert len(fake.configs) == 3 * per_conn and cfg.closed == 1
+    # the handshakes ran in the pool, never in the loop's thread; none is left
+    assert fake.threads and all(n.startswith("kpctl-serve-tls") for n in fake.threads)
+    assert not _tls_threads()
+
+
+def _unchecked(**kw):
+    """ServeOptions whose files need not exist (the configs are fakes)."""
+    return ServeOptions(**{k: v for k, v in kw.items() if v is not None})
+
+
+class _TlsServe(Running):
+    """Running with fake TLS configs and handshakes, options not checked
+    for files (tls_cert names none)."""
+
+    def __init__(self, client, target, fake, **options):
+        self.events, self.ev_lock = [], threading.Lock()
+        FakeConfigs.built = []
+        self.server = Server(client, resolve("127.0.0.1:0", listen=True), target, None,
+                             on_event=self._on, tls_configs=FakeConfigs,
+                             tls_accept=fake.accept, tls_connect=fake.connect)
+        self.server.options = _unchecked(**options)  # set before open(), as the loop reads it
+        self.addr = self.server.open()
+        self.result = self.error = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+
+TERMINATE = {"tls_cert": "c.pem", "tls_key": "k.pem"}
+
+
+def test_plain_proxy_event_says_no_tls():
+    echo = EchoServer()
+    r = Running(RelayKproxy(), echo.addr)
+    try:
+        with r.connect() as c:
+            _echo(c)
+        wait_for(lambda: r.kinds("proxy"))
+        assert r.kinds("proxy")[0]["tls"] == {"client": None, "target": None}
+        c = r.stop()
+        assert (c.handshakes, c.handshakes_failed, c.handshaking) == (0, 0, 0)
+    finally:
+        echo.close()
+
+
+def test_slow_handshake_does_not_stall_the_loop_and_times_out():
+    """A client that never says hello holds one worker, not the loop: others
+    are served meanwhile; it fails at stage tls after --handshake-timeout."""
+    echo = EchoServer()
+    r = _TlsServe(RelayKproxy(), echo.addr, FakeTls(), **TERMINATE, handshake_timeout=1.5)
+    try:
+        t0 = time.monotonic()
+        silent = r.connect()
+        wait_for(lambda: r.server.snapshot()["handshaking"] == 1, what="one handshake running")
+        for _ in range(3):
+            with _hello(r) as c:
+                _echo(c)
+        assert time.monotonic() - t0 < 1.5, "the others waited for the silent one"
+        wait_for(lambda: r.kinds("failed"), what="the silent client failed")
+        [ev] = r.kinds("failed")
+        took = time.monotonic() - t0
+        assert 1.4 <= took < 1.5 + 2, took
+        assert ev == {"client": ev["client"], "stage": "tls", "side": "client",
+                      "reason": "TLS with the client: TLS handshake timed out after 1.5 s",
+                      "error": {"errno": errno.ETIMEDOUT, "errno_name": "ETIMEDOUT",
+                                "message": "TLS with the client: TLS handshake timed out "
+                                           "after 1.5 s"}}
+        assert ended_by_server(silent)
+        silent.close()
+        with _hello(r) as c:  # and it goes on
+            _echo(c)
+        wait_for(lambda: r.server.snapshot()["ended"] == 4)
+        c = r.stop()
+        assert (c.accepted, c.created, c.handshakes, c.handshakes_failed, c.failed) == \
+            (5, 4, 4, 1, 1)
+        assert c.failures == {"ETIMEDOUT": 1}
+    finally:
+        echo.close()
+
+
+def test_garbage_instead_of_a_hello_fails_that_client_only():
+    echo = EchoServer()
+    r = _TlsServe(RelayKproxy(), echo.addr, FakeTls(), **TERMINATE)
+    try:
+        with r.connect() as bad:
+            bad.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert ended_by_server(bad)
+        wait_for(lambda: r.kinds("failed"))
+        [ev] = r.kinds("failed")
+        assert ev["stage"] == "tls" and ev["side"] == "client"
+        assert ev["error"]["errno_name"] == "EPROTO"
+        assert ev["reason"] == ("TLS with the client: TLS handshake failed: the peer sent no "
+                                "TLS record (it began with b'GET /')")
+        with _hello(r) as c:
+            _echo(c)
+        wait_for(lambda: r.server.snapshot()["ended"] == 1)
+        c = r.stop()
+        assert (c.created, c.handshakes, c.handshakes_failed) == (1, 1, 1)
+    finally:
+        echo.close()
+
+
+def test_target_handshake_failure_resets_the_client():
+    """--target-tls against a target that closes at once: side target."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    closer_stop = threading.Event()
+
+    def closer():
+        while not closer_stop.is_set():
+            try:
+                s, _ = ls.accept()
+            except OSError:
+                return
+            s.close()
+    threading.Thread(target=closer, daemon=True).start()
+    target = resolve("127.0.0.1:%d" % ls.getsockname()[1])
+    kp = RelayKproxy()
+    r = _TlsServe(kp, target, FakeTls(), target_tls=True)
+    try:
+        with r.connect() as c:
+            assert ended_by_server(c)
+        wait_for(lambda: r.kinds("failed"))
+        [ev] = r.kinds("failed")
+        assert (ev["stage"], ev["side"], ev["error"]["errno_name"]) == \
+            ("tls", "target", "ECONNRESET")
+        assert ev["reason"].startswith(f"TLS with the target {target}: TLS handshake failed")
+        c = r.stop()
+        assert (c.created, c.handshakes_failed) == (0, 1) and kp.calls == []
+    finally:
+        closer_stop.set()
+        ls.close()
+
+
+def test_max_conns_counts_connections_in_a_handshake():
+    echo = EchoServer()
+    r = _TlsServe(RelayKproxy(), echo.addr, FakeTls(), **TERMINATE, max_conns=1,
+                  handshake_timeout=30)
+    try:
+        silent = r.connect()
+        wait_for(lambda: r.server.snapshot()["handshaking"] == 1)
+        assert r.connect_refused()
+        wait_for(lambda: r.kinds("refused"))
+        assert r.kinds("refused")[0]["limit"] == 1
+        silent.close()  # its handshake fails (EOF): the slot is free again
+        wait_for(lambda: r.server.snapshot()["handshaking"] == 0)
+        with _hello(r) as c:
+            _echo(c)
+        r.stop()
+    finally:
+        echo.close()
+
+
+def test_workers_bound_the_handshakes_and_a_queued_one_keeps_its_deadline():
+    """--handshake-workers 1: a second client waits for the one worker, busy
+    with a handshake slower than --handshake-timeout; the second's deadline
+    runs from its accept, so it fails without a handshake."""
+    from kpctl.tls import TlsError
+    echo = EchoServer()
+    workers = set()
+
+    def slow_accept(sock, config, timeout):
+        workers.add(threading.current_thread().name)
+        time.sleep(1.5)  # e.g. a slow key exchange, past the 1 s
+        raise TlsError(errno.ETIMEDOUT, f"TLS handshake timed out after {timeout:g} s")
+
+    fake = FakeTls()
+    fake.accept = slow_accept
+    r = _TlsServe(RelayKproxy(), echo.addr, fake, **TERMINATE, handshake_workers=1,
+                  handshake_timeout=1.0)
+    try:
+        first = r.connect()
+        wait_for(lambda: workers, what="the first handshake running")
+        second = r.connect()
+        second.sendall(b"HELLO")  # ready, but no worker is free for it
+        wait_for(lambda: len(r.kinds("failed")) == 2, what="both failed")
+        assert [e["reason"] for e in r.kinds("failed")] == [
+            "TLS with the client: TLS handshake timed out after 1 s",
+            "TLS with the client: TLS handshake timed out after 1 s (waiting for a free "
+            "handshake worker)"]
+        assert len(workers) == 1 and len(_tls_threads()) == 1
+        for c in (first, second):
+            assert ended_by_server(c)
+            c.close()
+        r.stop()
+        assert not _tls_threads()
+    finally:
+        echo.close()
+
+
+def test_finished_handshakes_continue_in_the_loop_thread():
+    """The pool posts completions back: connect and create run in the loop's
+    thread (the kproxy client is not shared with the workers)."""
+    echo = EchoServer()
+    kp = RelayKproxy()
+    seen = []
+    real_create = kp.create
+
+    def create(a, b):
+        seen.append(threading.current_thread())
+        return real_create(a, b, notify_end=True)
+
+    fake = FakeTls()
+    FakeConfigs.built = []
+    events = []
+    server = Server(kp, resolve("127.0.0.1:0", listen=True), echo.addr, None,
+                    on_event=lambda k, d: events.append(k), tls_configs=FakeConfigs,
+                    tls_accept=fake.accept, tls_connect=fake.connect, create=create)
+    server.options = _unchecked(**TERMINATE, target_tls=True)
+    addr = server.open()
+    t = threading.Thread(target=server.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    try:
+        c = socket.create_connection(addr.sockaddr()[:2], timeout=T)
+        c.sendall(b"HELLO")
+        assert recv_all(c, 7) == b"WELCOME"
+        _echo(c)
+        c.close()
+        assert seen == [t]
+    finally:
+        server.stop()
+        t.join(T)
+        echo.close()
+    assert not t.is_alive()
+
+
+@pytest.mark.parametrize("mode", ["leave", "drain", "kill"])
+def test_stop_ends_pending_handshakes_at_once(mode):
+    """Handshakes in flight (workers blocked in recv, others queued) end
+    when serve stops, in every mode: sockets closed, threads joined, no fd
+    left."""
+    echo = EchoServer()
+    before = fd_count()
+    r = _TlsServe(RelayKproxy(), echo.addr, FakeTls(), **TERMINATE, on_stop=mode,
+                  handshake_timeout=60, handshake_workers=2)
+    try:
+        held = [_hello(r) for _ in range(1)]
+        _echo(held[0])
+        silent = [r.connect() for _ in range(4)]  # 2 in workers, 2 queued
+        wait_for(lambda: r.server.snapshot()["handshaking"] == 4)
+        t0 = time.monotonic()
+        r.server.stop()
+        if mode == "drain":
+            held[0].close()
+        c = _stopped_within(r, 5.0)
+        assert time.monotonic() - t0 < 5.0
+        shut = [e for e in r.kinds("failed") if e["stage"] == "shutdown"]
+        assert len(shut) == 4 and all(e["reason"] == "shutting down" for e in shut)
+        assert c.handshakes_failed == 0 and c.handshaking == 0
+        for s in silent:
+            assert ended_by_server(s)
+            s.close()
+        assert not _tls_threads()
+        assert FakeConfigs.built[0].closed == 1
+        for h in held:
+            h.close()
+        wait_for(lambda: fd_count() <= before + 2, what="fds back")  # echo's listener + r's wake
+    finally:
+        echo.close()
+
+
+def test_status_counts_handshakes_in_the_snapshot():
+    echo = EchoServer()
+    r = _TlsServe(RelayKproxy(), echo.addr, FakeTls(), **TERMINATE)
+    try:
+        with _hello(r) as c:
+            _echo(c)
+        wait_for(lambda: r.server.snapshot()["handshakes"] == 1)
+        snap = r.server.snapshot()
+        assert {k: snap[k] for k in ("handshaking", "handshakes", "handshakes_failed")} == \
+            {"handshaking": 0, "handshakes": 1, "handshakes_failed": 0}
+        r.stop()
+    finally:
+        echo.close()
+
+
+def test_kernel_without_ktls_exits_2_before_listening(pem, monkeypatch):
+    import kpctl.tls
+    monkeypatch.setattr(kpctl.tls, "kernel_has_ktls", lambda: False)
+    port = free_port()
+    h = Harness(FakeKproxy())
+    assert h.run("serve", f"127.0.0.1:{port}", "127.0.0.1:9", "--tls-cert", pem[0],
+                 "--tls-key", pem[1]) == 2
+    assert h.err == ("Error: this kernel has no kTLS (CONFIG_TLS, module tls): serve cannot "
+                     "terminate or originate TLS (ENOENT)\n")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=T).close()
+
+
+def test_ended_event_names_the_alert():
+    """An end with reason tls-alert carries the alert's description."""
+    echo = EchoServer()
+    kp = RelayKproxy()
+    r = Running(kp, echo.addr)
+    try:
+        with r.connect() as c:
+            _echo(c)
+        wait_for(lambda: r.kinds("ended"))
+        kp.tls_end = ("tls-alert", 40)
+        with r.connect() as c:
+            _echo(c)
+        wait_for(lambda: len(r.kinds("ended")) == 2)
+        assert [(e["reason"], e.get("tls_alert", "absent")) for e in r.kinds("ended")] == \
+            [("closed", "absent"), ("tls-alert", 40)]
+        r.stop()
+    finally:
+        echo.close()
