@@ -488,7 +488,13 @@ def test_verdict_drops_marked_messages_of_decrypted_traffic(pki, dmesg):
                 assert ev["event"] == "proxy" and ev["tls"]["client"] is not None, ev
                 c.sendall(b"".join(frame(p) for p in payloads))
                 want = b"".join(frame(p) for p in kept)
-                assert recv_exact(c, len(want)) == want
+                try:
+                    got = recv_exact(c, len(want))
+                except AssertionError as e:  # say how the proxy ended, and what passed
+                    ended = s.wait_event(lambda x: x["event"] == "ended", IO_TIMEOUT)
+                    raise AssertionError(f"{e}; serve: {ended}; the target got "
+                                         f"{echo.received}") from None
+                assert got == want
                 assert echo.received == kept
             wait_idle(s)
             summary = s.stop()
