@@ -4,16 +4,17 @@ the handshakes run in serve's thread pool, the records in the kernel (kTLS).
 
 serve runs as a subprocess (`python -m kpctl.cli serve -j ...`, test_serve's
 Serve), its JSON lines read back. Clients are curl (HTTPS with a chosen
-version and cipher), `openssl s_client`, Python's ssl, and kTLS sockets of
-kpctl.tls where a test sends records no TLS stack sends on demand (alerts,
-KeyUpdate). Backends are Python's http.server in a process of its own,
-plain or behind Python's ssl (which sends TLS 1.3 session tickets: the
-kernel consumes them on serve's side). Certificates from tlsutil.make_pki
-(EC P-256, for "localhost").
+version and cipher), `openssl s_client` (a GET, and its `k` command: a
+KeyUpdate), Python's ssl, and kTLS sockets of kpctl.tls where a test sends
+records no TLS stack sends on demand (alerts). The HTTP backend is Debian's
+nginx (nginxutil), plain and HTTPS (its TLS 1.3 sends session tickets: the
+kernel consumes them on serve's side); uploads are PUTs whose stored file is
+hashed. The echo backend is test_serve's framed echo. Certificates from
+tlsutil.make_pki (EC P-256, for "localhost").
 
-Sizes: 16 MiB each way (64 MiB under KPROXY_TEST_LONG). Every test checks
-the kernel log; the tests with failures also that serve's fd count is back
-where it was.
+Sizes: 64 MiB each way, the issue's size, in every HTTPS transfer. Every
+test checks the kernel log; the tests with failures also that serve's fd
+count is back where it was.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from kpctl.procfs import read_totals
 from kpctl.tls import ClientConfig, connect_tls
-from test_serve import (BIG, CURL, FramedEchoServer, Serve, fd_count, free_port,  # noqa: F401
-                        serving, wait_listening)
+from nginxutil import Nginx
+from test_serve import CURL, FramedEchoServer, Serve, fd_count, free_port, serving
 from tlsutil import (HANDSHAKE_TIMEOUT, RECORD_ALERT, RECORD_HANDSHAKE, RawPeer, make_pki,
                      peer_client_ctx, send_record)
 from util import IO_TIMEOUT, recv_exact, wait_for
@@ -50,54 +51,13 @@ CURL_MATRIX = {
                         ("1.3", "aes-256-gcm")),
 }
 CURL_TIMEOUT = 900
+# The issue's size, each way, in every HTTPS transfer test (about 10 s at the
+# 5-10 MiB/s TLS goes through serve under TCG).
+BIG = 64 << 20
 SMALL = b"hello through kTLS\n"
 # Under TCG the default --handshake-timeout (10 s) is ample for a handshake
 # (50-300 ms, 1.5 s for the very first); the timeout test waits it out.
 HS_TIMEOUT_DEFAULT = 10.0
-
-# http.server in its own process: GET serves files of a directory, POST
-# answers "sha256 length" of its body. With a certificate and key it speaks
-# TLS (Python's ssl, tickets on: TLS 1.3 sends two after the handshake).
-BACKEND = r"""
-import functools, hashlib, http.server, ssl, sys
-directory, port = sys.argv[1], int(sys.argv[2])
-ctx = None
-if len(sys.argv) > 3:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length", "0"))
-        h, left = hashlib.sha256(), n
-        while left:
-            b = self.rfile.read(min(left, 1 << 20))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
-        body = f"{h.hexdigest()} {n - left}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 128
-
-    def finish_request(self, request, client_address):
-        if ctx is None:
-            return super().finish_request(request, client_address)
-        with ctx.wrap_socket(request, server_side=True) as tls:
-            super().finish_request(tls, client_address)
-
-Server(("127.0.0.1", port), functools.partial(Handler, directory=directory)).serve_forever()
-"""
-
 
 # -- fixtures --------------------------------------------------------------------------
 
@@ -120,34 +80,24 @@ def www(tmp_path_factory):
     return d, h.hexdigest()
 
 
-def _backend(directory: Path, cert: str | None = None, key: str | None = None):
-    port = free_port()
-    argv = [sys.executable, "-c", BACKEND, str(directory), str(port)]
-    if cert:
-        argv += [cert, key]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening("127.0.0.1", port)
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, port
+@pytest.fixture(scope="module")
+def nginx(www, pki, tmp_path_factory):
+    """One nginx for the module: HTTP (the plain backend) and HTTPS (the TLS
+    backend, which sends TLS 1.3 session tickets) over the same files."""
+    server = Nginx(tmp_path_factory.mktemp("nginx"), www[0], http_port=free_port(),
+                   https_port=free_port(), cert=pki["server_cert"], key=pki["server_key"])
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def plain_backend(www):
-    proc, port = _backend(www[0])
-    yield port
-    proc.terminate()
-    proc.wait(30)
+def plain_backend(nginx):
+    return nginx.http_port
 
 
 @pytest.fixture(scope="module")
-def tls_backend(www, pki):
-    proc, port = _backend(www[0], pki["server_cert"], pki["server_key"])
-    yield port
-    proc.terminate()
-    proc.wait(30)
+def tls_backend(nginx):
+    return nginx.https_port
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +129,14 @@ def download(argv: list[str]) -> tuple[str, float]:
     return r.stdout.strip(), took
 
 
-def upload(argv: list[str], path: Path) -> list[str]:
-    r = subprocess.run(argv[:-1] + ["-H", "Expect:", "-H", "Content-Type: application/octet-stream",
-                                    "--data-binary", f"@{path}", argv[-1]],
+def upload(argv: list[str], path: Path, backend: Nginx) -> tuple[str, int]:
+    """PUTs path as /upload/<its name> (argv's URL path is replaced) and
+    returns the sha256 and size of what the backend stored."""
+    url = argv[-1].rsplit("/", 1)[0] + f"/upload/{path.name}"
+    r = subprocess.run(argv[:-1] + ["-T", str(path), url],
                        capture_output=True, text=True, timeout=CURL_TIMEOUT + 60)
     assert r.returncode == 0, r.stderr
-    return r.stdout.split()
+    return backend.stored(path.name)
 
 
 def new_events(s: Serve, kind: str, seen: int) -> list[dict]:
@@ -213,15 +165,16 @@ def small_get_works(s: Serve, pki) -> None:
 # -- termination: curl and s_client over HTTPS to a plain backend ----------------------
 
 @pytest.mark.parametrize("combo", list(CURL_MATRIX))
-def test_https_download_and_upload_through_termination(terminating, pki, www, combo, dmesg, say):
+def test_https_download_and_upload_through_termination(terminating, pki, www, nginx, combo, dmesg,
+                                                       say):
     directory, digest = www
     versions, cipher, (want_version, want_cipher) = CURL_MATRIX[combo]
     s = terminating
     seen = len(s.kinds("proxy"))
     got, took = download(_curl(s, "big.bin", pki, *versions, *cipher))
     assert got == digest
-    answer = upload(_curl(s, "upload", pki, *versions, *cipher), directory / "big.bin")
-    assert answer == [digest, str(BIG)]
+    assert upload(_curl(s, "", pki, *versions, *cipher), directory / "big.bin", nginx) == \
+        (digest, BIG)
     say(f"serve --tls-cert, curl TLS {want_version} {want_cipher}: download "
         f"{BIG / took / (1 << 20):.1f} MiB/s")
     events = new_events(s, "proxy", seen)
@@ -242,7 +195,7 @@ def test_openssl_s_client_get(terminating, pki, dmesg):
                        input=b"GET /small.txt HTTP/1.0\r\nHost: localhost\r\n\r\n",
                        capture_output=True, timeout=IO_TIMEOUT)
     head, _, body = r.stdout.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 "), (r.stdout, r.stderr)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), (r.stdout, r.stderr)
     assert body == SMALL
     assert b"Content-Length: %d" % len(SMALL) in head
     assert dmesg.bad() == []
@@ -250,14 +203,17 @@ def test_openssl_s_client_get(terminating, pki, dmesg):
 
 # -- origination and re-encryption to a TLS backend -----------------------------------
 
-def test_origination_plain_curl_to_a_tls_backend(pki, www, tls_backend, dmesg, say):
+def test_origination_plain_curl_to_a_tls_backend(pki, www, nginx, tls_backend, dmesg, say):
+    """nginx's TLS 1.3 sends two session tickets after each handshake: they
+    reach the kernel, which consumes and counts them (tls_control)."""
     directory, digest = www
+    tickets = read_totals().tls_control
     with serving("127.0.0.1:0", f"127.0.0.1:{tls_backend}", "--target-tls", "--target-ca",
                  pki["server_cert"], "--target-sni", "localhost") as s:
         got, took = download(_curl(s, "big.bin", pki, scheme="http"))
         assert got == digest
-        assert upload(_curl(s, "upload", pki, scheme="http"), directory / "big.bin") == \
-            [digest, str(BIG)]
+        assert upload(_curl(s, "", pki, scheme="http"), directory / "big.bin", nginx) == \
+            (digest, BIG)
         say(f"serve --target-tls: download {BIG / took / (1 << 20):.1f} MiB/s")
         tls = [e["tls"] for e in s.kinds("proxy")]
         assert len(tls) == 2 and all(t["client"] is None and t["target"]["version"] == "1.3"
@@ -265,6 +221,7 @@ def test_origination_plain_curl_to_a_tls_backend(pki, www, tls_backend, dmesg, s
         wait_idle(s)
         summary = s.stop()
     assert (summary["handshakes"], summary["handshakes_failed"], summary["failed"]) == (2, 0, 0)
+    assert read_totals().tls_control - tickets == 2 * 2
     assert dmesg.bad() == []
 
 
@@ -285,7 +242,8 @@ def test_origination_checks_the_target_certificate(pki, tls_backend, dmesg):
 
 
 @pytest.mark.parametrize("combo", ["1.2-aes-256-gcm", "1.3-aes-128-gcm"])
-def test_reencryption_curl_https_to_a_tls_backend(pki, www, tls_backend, combo, dmesg, say):
+def test_reencryption_curl_https_to_a_tls_backend(pki, www, nginx, tls_backend, combo, dmesg,
+                                                  say):
     directory, digest = www
     versions, cipher, (want_version, want_cipher) = CURL_MATRIX[combo]
     with serving("127.0.0.1:0", f"127.0.0.1:{tls_backend}", "--tls-cert", pki["server_cert"],
@@ -293,8 +251,8 @@ def test_reencryption_curl_https_to_a_tls_backend(pki, www, tls_backend, combo, 
                  pki["server_cert"], "--target-sni", "localhost") as s:
         got, took = download(_curl(s, "big.bin", pki, *versions, *cipher))
         assert got == digest
-        assert upload(_curl(s, "upload", pki, *versions, *cipher), directory / "big.bin") == \
-            [digest, str(BIG)]
+        assert upload(_curl(s, "", pki, *versions, *cipher), directory / "big.bin", nginx) == \
+            (digest, BIG)
         say(f"serve re-encrypting, client TLS {want_version} {want_cipher}: download "
             f"{BIG / took / (1 << 20):.1f} MiB/s")
         for e in s.kinds("proxy"):
@@ -318,18 +276,22 @@ def _ended_by_serve(c: socket.socket, timeout: float = IO_TIMEOUT) -> bool:
         return True
 
 
-def test_garbage_instead_of_a_client_hello(terminating, pki, dmesg):
+def test_garbage_instead_of_a_client_hello(terminating, pki, nginx, dmesg):
+    """Plain HTTP to the TLS port fails the handshake; the request never
+    reaches the backend."""
     s = terminating
     fds = fd_count(s.pid)
     seen = len(s.kinds("failed"))
+    requests = nginx.requests()
     with s.connect() as c:
-        c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        c.sendall(b"GET /garbage HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert _ended_by_serve(c)
     wait_for(lambda: new_events(s, "failed", seen), timeout=IO_TIMEOUT, what="failed event")
     [ev] = new_events(s, "failed", seen)
     assert (ev["stage"], ev["side"], ev["error"]["errno_name"]) == ("tls", "client", "EPROTO")
     assert ev["reason"].startswith("TLS with the client: TLS handshake failed: the peer sent no "
                                    "TLS record")
+    assert nginx.requests() == requests
     small_get_works(s, pki)
     wait_idle(s)
     assert fd_count(s.pid) == fds
@@ -464,6 +426,32 @@ def test_key_update_ends_the_proxy_with_tls_rekey(echoing, pki, dmesg):
         send_record(c, RECORD_HANDSHAKE, bytes([24, 0, 0, 1, 0]))  # update_not_requested
         assert _ended_event(s, proxy["id"])["reason"] == "tls-rekey"
     echo_works(s, pki)
+    assert dmesg.bad() == []
+
+
+def test_openssl_s_client_key_update_ends_the_proxy_with_tls_rekey(terminating, pki, dmesg):
+    """`openssl s_client`'s `k` command sends a KeyUpdate: the proxy ends
+    with tls-rekey, s_client sees its connection end, serve goes on."""
+    s = terminating
+    seen = len(s.kinds("proxy"))
+    client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}",
+                               "-CAfile", pki["server_cert"], "-servername", "localhost",
+                               "-verify_return_error", "-tls1_3"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        proxy = _proxy_of_next_connection(s, seen)
+        client.stdin.write(b"k\n")
+        client.stdin.flush()
+        assert _ended_event(s, proxy["id"])["reason"] == "tls-rekey"
+        client.wait(timeout=IO_TIMEOUT)  # the connection's end ends it: its stdin is open
+        out = client.stdout.read()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert b"KEYUPDATE" in out, out
+    small_get_works(s, pki)
     assert dmesg.bad() == []
 
 
