@@ -4,11 +4,13 @@
     guest.py run --out DIR --ko KO [--quick]
     guest.py echo-server PORT                 (helper process)
     guest.py serve-bpf LISTEN_PORT TARGET_PORT PARSER.o VERDICT.o  (helper)
+    guest.py tls-server PORT [--cert F --key F]  (helper: bench/tls.py's target)
 
 Loads the module, starts the servers (iperf3, sockperf, a 1 KiB echo
 server) and every peer at once, each on its own ports on 127.0.0.1, then
 runs each scenario for every repetition and every peer in turn (so drift
-in the emulator hits all peers alike). Every measurement is one raw
+in the emulator hits all peers alike). Then the TLS-termination peers
+(bench/tls.py) the same way. Every measurement is one raw
 sample in DIR/raw.json (see bench/stats.py); a failed run is a sample
 with value null and an error, never a stop. DIR/guest.log has the story.
 """
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import stats  # noqa: E402
+import tls  # noqa: E402
 
 VENV = ROOT / ".venv" / "bin"
 BENCH_BPF = ROOT / "build" / "bench"
@@ -39,7 +42,7 @@ KP_BPF = ROOT / "build" / "bpf"
 HOST = "127.0.0.1"
 TARGETS = {"iperf3": 5201, "sockperf": 11111, "echo": 7000}
 # Scenario groups, in the order they run (--only picks some).
-GROUPS = ("stream", "rr", "connect", "counts", "control")
+GROUPS = ("stream", "rr", "connect", "counts", "tls", "control")
 
 SIZES = {"64B": 64, "1K": 1024, "16K": 16384, "256K": 262144}
 CPU_SCENARIOS = ("16K", "256K")  # CPU and context switches per GB, 1 connection
@@ -206,6 +209,18 @@ class Peers:
                 if not wait_port(lp, max(5.0, deadline - time.monotonic())):
                     self.broken[peer] = f"port {lp} ({t}) never accepted"
                     log(f"peer {peer}: {self.broken[peer]}")
+
+    def start_tls(self, peers: list[str], pki: dict[str, str]) -> None:
+        """bench/tls.py's target servers and TLS-terminating peers."""
+        for name, argv in tls.peer_argvs(peers, self.work, pki, str(VENV / "kpctl"),
+                                         __file__).items():
+            self._spawn(name, argv)
+        waits = {"target": tls.PLAIN_PORT, **{p: tls.peer_port(peers, p) for p in peers}}
+        deadline = time.monotonic() + 300
+        for name, port in waits.items():
+            if not wait_port(port, max(5.0, deadline - time.monotonic())):
+                self.broken[f"tls {name}"] = f"port {port} never accepted"
+                log(f"peer tls {name}: {self.broken[f'tls {name}']}")
 
     def stop(self) -> None:
         for p in self.procs:
@@ -541,6 +556,23 @@ def counted(b: Bench, port: int, sizes: list[str], secs: int) -> None:
         log(f"counts failed: {type(e).__name__}: {e}")
 
 
+def tls_group(b: Bench, pe: Peers, peers: list[str], quick: bool, reps: int, secs: int) -> None:
+    """The TLS-termination rows (bench/tls.py), with their own peers and
+    target, started after the plain ones stopped."""
+    pki = tls.make_certificate(b.work)
+    pe.start_tls(peers, pki)
+    if "tls target" in pe.broken:
+        return
+    ok = [p for p in peers if f"tls {p}" not in pe.broken]
+    log(f"tls peers up: {', '.join(ok)}")
+    try:
+        tls.run(ok, pki, b.add, log, sizes=["16K"] if quick else ["16K", "256K"],
+                size_bytes=SIZES, ops=["D"] if quick else ["D", "U"],
+                total=(8 if quick else 32) << 20, secs=secs, reps=reps, save=b.save)
+    finally:
+        pe.stop()
+
+
 def cmd_run(args) -> int:
     global LOG
     out = Path(args.out)
@@ -568,7 +600,7 @@ def cmd_run(args) -> int:
         subprocess.call(["sysctl", "-qw", f"{k}={v}"])
     # the peers' ports (20000..) must not be taken as ephemeral ports
     if not args.no_sysctl:
-        subprocess.call(["sysctl", "-qw", "net.ipv4.ip_local_reserved_ports=5201,7000,11111,20000-20099"])
+        subprocess.call(["sysctl", "-qw", "net.ipv4.ip_local_reserved_ports=5201,7000-7002,11111,20000-20099"])
         subprocess.call(["ip", "link", "set", "lo", "up"])
 
     b = Bench(out, quick)
@@ -601,9 +633,12 @@ def cmd_run(args) -> int:
             each(lambda peer, ports: b.connrate(peer, ports["echo"], secs), "connect rate")
         if "counts" in groups and "kproxy" in peers and "kproxy" not in pe.broken:
             counted(b, pe.ports["kproxy"]["iperf3"], ["16K"] if quick else ["1K", "16K", "256K"], secs)
+        pe.stop()
+        if "tls" in groups:
+            tls_group(b, pe, [p for p in stats.TLS_PEERS if not args.peers or p in peers],
+                      quick, reps, secs)
         for peer, why in pe.broken.items():
             b.add("peers", peer, "started", "-", None, why)
-        pe.stop()
         try:
             if "control" in groups and not args.no_control:
                 b.control(n_dump, n_pairs, max(reps, 3))
@@ -636,6 +671,10 @@ def main() -> int:
     r.add_argument("--dump-proxies", type=int, default=0, help="proxies to dump (10000; quick: 1000)")
     e = sub.add_parser("echo-server")
     e.add_argument("port", type=int)
+    t = sub.add_parser("tls-server")
+    t.add_argument("port", type=int)
+    t.add_argument("--cert")
+    t.add_argument("--key")
     s = sub.add_parser("serve-bpf")
     s.add_argument("listen", type=int)
     s.add_argument("target", type=int)
@@ -644,6 +683,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.cmd == "echo-server":
         echo_server(args.port)
+    elif args.cmd == "tls-server":
+        tls.target_server(args.port, args.cert, args.key)
     elif args.cmd == "serve-bpf":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         serve_bpf(args.listen, args.target, args.parser, args.verdict)

@@ -54,18 +54,19 @@ def pick_kernel(kver: str | None) -> str:
     return matches[-1]
 
 
+def _goal(what: str, value: float | None, limit: float | None, ok_if_ge: bool) -> str:
+    if value is None or limit is None:
+        return f"  ?    {what}: no figure"
+    ok = value >= limit if ok_if_ge else value <= limit
+    return f"  {'ok ' if ok else 'MISS'} {what}: {value:.2f} vs {limit:.2f}"
+
+
 # Goals of the benchmarks issue, checked on the medians of one run.
 def goals(recs: list[dict]) -> list[str]:
     med = {(r["scenario"], r["peer"], r["metric"]): r["median"] for r in recs}
 
     def m(scen, peer, metric):
         return med.get((scen, peer, metric))
-
-    def line(what, value, limit, ok_if_ge):
-        if value is None or limit is None:
-            return f"  ?    {what}: no figure"
-        ok = value >= limit if ok_if_ge else value <= limit
-        return f"  {'ok ' if ok else 'MISS'} {what}: {value:.2f} vs {limit:.2f}"
 
     out = []
     for size in ("16K", "256K"):
@@ -74,22 +75,42 @@ def goals(recs: list[dict]) -> list[str]:
         for peer, factor in (("socat", 1.5), ("haproxy-splice", 1.0), ("sockmap", 1.0),
                              ("direct", 0.7)):
             base = m(scen, peer, "throughput")
-            out.append(line(f"{scen} kproxy >= {factor}x {peer} (Gbit/s)", k,
+            out.append(_goal(f"{scen} kproxy >= {factor}x {peer} (Gbit/s)", k,
                             base * factor if base is not None else None, True))
     k, s = m("rr 64B", "kproxy", "p50"), m("rr 64B", "socat", "p50")
-    out.append(line("rr 64B p50 kproxy <= 0.7x socat (us)", k, s * 0.7 if s else None, False))
+    out.append(_goal("rr 64B p50 kproxy <= 0.7x socat (us)", k, s * 0.7 if s else None, False))
     for size in ("16K", "256K"):
         scen = f"stream {size} x1"
         k, s = m(scen, "kproxy", "cpu"), m(scen, "socat", "cpu")
-        out.append(line(f"{scen} CPU kproxy <= 0.5x socat (s/GB)", k, s * 0.5 if s else None, False))
+        out.append(_goal(f"{scen} CPU kproxy <= 0.5x socat (s/GB)", k, s * 0.5 if s else None, False))
     dump = [r for r in recs if r["scenario"].startswith("dump ")]
     if dump:
         scen = dump[0]["scenario"]
         ss = m(scen, "ss -tn", "time")
         for peer in ("kproxy (library)", "kproxy (netlink)"):
-            out.append(line(f"{scen}: {peer} <= 1.5x ss -tn (ms)", m(scen, peer, "time"),
+            out.append(_goal(f"{scen}: {peer} <= 1.5x ss -tn (ms)", m(scen, peer, "time"),
                             ss * 1.5 if ss else None, False))
-    out.append(line("idle proxy slab <= 1024 B", m("idle proxy memory", "kproxy", "slab"), 1024, False))
+    out.append(_goal("idle proxy slab <= 1024 B", m("idle proxy memory", "kproxy", "slab"), 1024, False))
+    out += tls_goals(recs)
+    return out
+
+
+def tls_goals(recs: list[dict]) -> list[str]:
+    """The TLS issue's goal per TLS transfer row: kproxy's throughput at
+    least the best peer's, its CPU per GB at most 0.75x the thriftiest
+    peer's ("direct", the target's own TLS, is no peer)."""
+    out = []
+    scens = dict.fromkeys(r["scenario"] for r in recs
+                          if r["scenario"].startswith("tls ") and r["metric"] == "throughput")
+    for scen in scens:
+        rows = [r for r in recs if r["scenario"] == scen and r["median"] is not None]
+        kp = {r["metric"]: r["median"] for r in rows if r["peer"] == "kproxy"}
+        peers = [r for r in rows if r["peer"] not in ("kproxy", stats.DIRECT)]
+        best = max((r["median"] for r in peers if r["metric"] == "throughput"), default=None)
+        least = min((r["median"] for r in peers if r["metric"] == "cpu"), default=None)
+        out.append(_goal(f"{scen} kproxy >= the best peer (Gbit/s)", kp.get("throughput"), best, True))
+        out.append(_goal(f"{scen} CPU kproxy <= 0.75x the thriftiest peer (s/GB)", kp.get("cpu"),
+                         least * 0.75 if least else None, False))
     return out
 
 
@@ -139,7 +160,7 @@ def main() -> int:
     ap.add_argument("--dump-proxies", type=int, default=int(os.environ.get("BENCH_DUMP_N", "0")),
                     help="proxies for the dump and memory figures (default 10000; quick 1000)")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY") or None,
-                    help="comma-separated scenario groups: stream, rr, connect, counts, control")
+                    help="comma-separated scenario groups: stream, rr, connect, counts, tls, control")
     ap.add_argument("--peers", default=os.environ.get("BENCH_PEERS") or None,
                     help="comma-separated subset of the peers (direct is the ratios' base)")
     ap.add_argument("--memory", default=os.environ.get("KPROXY_VM_MEMORY", "2G"))
@@ -158,7 +179,7 @@ def main() -> int:
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)}: run `make bench` (it builds them)")
-    tools = [t for t in ("iperf3", "sockperf", "haproxy", "socat") if not any(
+    tools = [t for t in ("iperf3", "sockperf", "haproxy", "socat", "nginx", "openssl") if not any(
         Path(d, t).exists() for d in os.environ.get("PATH", "/usr/bin").split(":") + ["/usr/sbin"])]
     if tools:
         sys.exit(f"bench: missing {', '.join(tools)} (Debian packages; `make deps`)")

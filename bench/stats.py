@@ -25,6 +25,9 @@ RECORD_FIELDS = ("scenario", "peer", "metric", "unit", "median", "min", "max", "
 # throughput and latency figure is divided by.
 PEERS = ("direct", "socat", "haproxy", "haproxy-splice", "sockmap", "kproxy", "kproxy-bpf")
 DIRECT = "direct"
+# The TLS-termination rows' peers (bench/tls.py); "direct" there is the
+# target speaking TLS itself.
+TLS_PEERS = ("direct", "kproxy", "nginx", "nginx-ktls", "haproxy", "socat")
 
 # Metrics that get a ratio to direct (higher is better for throughput,
 # lower for latency: the ratio is always peer / direct).
@@ -207,7 +210,7 @@ def records(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in out:
         if r["metric"] in RATIO_METRICS:
             r["ratio_to_direct"] = ratio(r["median"], direct.get((r["scenario"], r["metric"])))
-    order = {p: i for i, p in enumerate(PEERS)}
+    order = {p: i for i, p in enumerate(dict.fromkeys(PEERS + TLS_PEERS))}
     scen_order: dict[str, int] = {}
     for s in (x for x in out):
         scen_order.setdefault(s["scenario"], len(scen_order))

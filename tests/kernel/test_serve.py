@@ -5,10 +5,9 @@ as a subprocess (`python -m kpctl.cli serve -j ...`) as a user would run it;
 its JSON log lines are read back (the first, "listening", tells the port:
 LISTEN is always port 0 here).
 
-The HTTP server is `python3 -m http.server` bound to 127.0.0.1: Debian's
-nginx is not installed on these machines.  Downloads and uploads use curl
-when the guest has it (it shares the host's filesystem: /usr/bin/curl), else
-urllib.
+The HTTP server is `python3 -m http.server` bound to 127.0.0.1 (the TLS
+tests use nginx: nginxutil.py).  Downloads and uploads use curl when the
+guest has it (it shares the host's filesystem: /usr/bin/curl), else urllib.
 
 The VM may run under TCG (10-50x slower than native): every wait is bounded
 and generous.  Tunables (environment):
