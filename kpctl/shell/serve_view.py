@@ -44,7 +44,10 @@ def _duration(s) -> str:
 def status_text(c: dict, listen: str = "", target: str = "") -> str:
     """The one status line (also what the tests check)."""
     head = f"{listen} → {target}  " if listen else ""
-    parts = [f"accepted {c['accepted']}", f"active {c['active']}"]
+    parts = [f"accepted {c['accepted']}"]
+    if c.get("handshaking"):
+        parts.append(f"handshaking {c['handshaking']}")
+    parts.append(f"active {c['active']}")
     if c.get("pending"):
         parts.append(f"connecting {c['pending']}")
     parts.append(f"failed {c['failed']}")
@@ -65,6 +68,9 @@ def summary_text(c: dict, listen: str = "", target: str = "", mode: str = "leave
              f"bytes of the {c['ended']} ended: client→target {_bytes(c['bytes_a_to_b'])} "
              f"({c['bytes_a_to_b']}), target→client {_bytes(c['bytes_b_to_a'])} "
              f"({c['bytes_b_to_a']})"]
+    if c.get("handshakes") or c.get("handshakes_failed"):
+        lines.append(f"TLS handshakes: {c.get('handshakes', 0)} done, "
+                     f"{c.get('handshakes_failed', 0)} failed")
     if c.get("lost"):
         lines.append(f"{c['lost']} of them ended unreported (the kernel dropped their ends: "
                      f"ENOBUFS): their bytes are not counted")

@@ -1333,6 +1333,13 @@ def test_summary():
     ]
 
 
+def test_status_and_summary_count_tls_handshakes():
+    tls = dict(COUNTERS, handshaking=4, handshakes=7, handshakes_failed=1)
+    assert status_text(tls).startswith("accepted 10  handshaking 4  active 3  ")
+    assert "TLS handshakes: 7 done, 1 failed" in summary_text(tls, ":443", "127.0.0.1:80").splitlines()
+    assert "handshak" not in status_text(COUNTERS) + summary_text(COUNTERS)
+
+
 class _Ctx:
     def __init__(self, json_mode=False):
         self.stdout = io.StringIO()
