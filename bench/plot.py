@@ -28,7 +28,8 @@ def peers_of(recs):
 
 
 def throughput(recs, out):
-    tp = [r for r in recs if r["metric"] == "throughput" and r["median"] is not None]
+    tp = [r for r in recs if r["metric"] == "throughput" and r["median"] is not None
+          and r["scenario"].startswith("stream ")]
     if not tp:
         return
     conns = sorted({r["scenario"].split()[-1] for r in tp})

@@ -111,6 +111,13 @@ def tls_goals(recs: list[dict]) -> list[str]:
         out.append(_goal(f"{scen} kproxy >= the best peer (Gbit/s)", kp.get("throughput"), best, True))
         out.append(_goal(f"{scen} CPU kproxy <= 0.75x the thriftiest peer (s/GB)", kp.get("cpu"),
                          least * 0.75 if least else None, False))
+        # The client's and the target's share (the same crypto in every
+        # row) is what direct spends; the rest is the proxy's own.
+        base = next((r["median"] for r in rows if r["peer"] == stats.DIRECT and r["metric"] == "cpu"),
+                    None)
+        if base is not None and kp.get("cpu") is not None and least is not None:
+            out.append(_goal(f"{scen} CPU kproxy adds <= 0.75x what the thriftiest peer adds to "
+                             f"direct's (s/GB)", kp["cpu"] - base, (least - base) * 0.75, False))
     return out
 
 
