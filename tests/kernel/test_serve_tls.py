@@ -139,6 +139,18 @@ def upload(argv: list[str], path: Path, backend: Nginx) -> tuple[str, int]:
     return backend.stored(path.name)
 
 
+def download_and_upload(s: Serve, pki, www, backend: Nginx, *curl_args: str,
+                        scheme: str = "https") -> float:
+    """big.bin down and up through serve with curl (one connection each),
+    sha256 equal both ways; the download's MiB/s."""
+    directory, digest = www
+    got, took = download(_curl(s, "big.bin", pki, *curl_args, scheme=scheme))
+    assert got == digest
+    assert upload(_curl(s, "", pki, *curl_args, scheme=scheme), directory / "big.bin",
+                  backend) == (digest, BIG)
+    return BIG / took / (1 << 20)
+
+
 def new_events(s: Serve, kind: str, seen: int) -> list[dict]:
     return s.kinds(kind)[seen:]
 
@@ -167,16 +179,11 @@ def small_get_works(s: Serve, pki) -> None:
 @pytest.mark.parametrize("combo", list(CURL_MATRIX))
 def test_https_download_and_upload_through_termination(terminating, pki, www, nginx, combo, dmesg,
                                                        say):
-    directory, digest = www
     versions, cipher, (want_version, want_cipher) = CURL_MATRIX[combo]
     s = terminating
     seen = len(s.kinds("proxy"))
-    got, took = download(_curl(s, "big.bin", pki, *versions, *cipher))
-    assert got == digest
-    assert upload(_curl(s, "", pki, *versions, *cipher), directory / "big.bin", nginx) == \
-        (digest, BIG)
-    say(f"serve --tls-cert, curl TLS {want_version} {want_cipher}: download "
-        f"{BIG / took / (1 << 20):.1f} MiB/s")
+    rate = download_and_upload(s, pki, www, nginx, *versions, *cipher)
+    say(f"serve --tls-cert, curl TLS {want_version} {want_cipher}: download {rate:.1f} MiB/s")
     events = new_events(s, "proxy", seen)
     assert [e["tls"] for e in events] == [
         {"client": {"version": want_version, "cipher": want_cipher}, "target": None}] * 2
@@ -206,15 +213,11 @@ def test_openssl_s_client_get(terminating, pki, dmesg):
 def test_origination_plain_curl_to_a_tls_backend(pki, www, nginx, tls_backend, dmesg, say):
     """nginx's TLS 1.3 sends two session tickets after each handshake: they
     reach the kernel, which consumes and counts them (tls_control)."""
-    directory, digest = www
     tickets = read_totals().tls_control
     with serving("127.0.0.1:0", f"127.0.0.1:{tls_backend}", "--target-tls", "--target-ca",
                  pki["server_cert"], "--target-sni", "localhost") as s:
-        got, took = download(_curl(s, "big.bin", pki, scheme="http"))
-        assert got == digest
-        assert upload(_curl(s, "", pki, scheme="http"), directory / "big.bin", nginx) == \
-            (digest, BIG)
-        say(f"serve --target-tls: download {BIG / took / (1 << 20):.1f} MiB/s")
+        rate = download_and_upload(s, pki, www, nginx, scheme="http")
+        say(f"serve --target-tls: download {rate:.1f} MiB/s")
         tls = [e["tls"] for e in s.kinds("proxy")]
         assert len(tls) == 2 and all(t["client"] is None and t["target"]["version"] == "1.3"
                                      for t in tls)
@@ -244,17 +247,13 @@ def test_origination_checks_the_target_certificate(pki, tls_backend, dmesg):
 @pytest.mark.parametrize("combo", ["1.2-aes-256-gcm", "1.3-aes-128-gcm"])
 def test_reencryption_curl_https_to_a_tls_backend(pki, www, nginx, tls_backend, combo, dmesg,
                                                   say):
-    directory, digest = www
     versions, cipher, (want_version, want_cipher) = CURL_MATRIX[combo]
     with serving("127.0.0.1:0", f"127.0.0.1:{tls_backend}", "--tls-cert", pki["server_cert"],
                  "--tls-key", pki["server_key"], "--target-tls", "--target-ca",
                  pki["server_cert"], "--target-sni", "localhost") as s:
-        got, took = download(_curl(s, "big.bin", pki, *versions, *cipher))
-        assert got == digest
-        assert upload(_curl(s, "", pki, *versions, *cipher), directory / "big.bin", nginx) == \
-            (digest, BIG)
+        rate = download_and_upload(s, pki, www, nginx, *versions, *cipher)
         say(f"serve re-encrypting, client TLS {want_version} {want_cipher}: download "
-            f"{BIG / took / (1 << 20):.1f} MiB/s")
+            f"{rate:.1f} MiB/s")
         for e in s.kinds("proxy"):
             assert e["tls"]["client"] == {"version": want_version, "cipher": want_cipher}
             assert e["tls"]["target"]["version"] == "1.3"  # the backend's choice
