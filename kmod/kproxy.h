@@ -216,7 +216,8 @@ struct kproxy_totals {
 
 struct kproxy_net {
 	struct list_head proxies;	/* live and claimed, until destroyed */
-	struct list_head listeners;	/* live ones, see listener.c */
+	struct list_head listeners;	/* see listener.c */
+	u32 listener_count;		/* allocated, until freed (kproxy_lock) */
 	u32 count;			/* entries of proxies */
 	struct kproxy_totals totals;	/* of ended proxies; live ones add theirs */
 	u32 gen;			/* bumped on every change, for dumps */

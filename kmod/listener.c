@@ -558,6 +558,7 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 		goto err_unlock;
 	}
 	list_add_tail(&l->net_node, &kn->listeners);
+	kn->listener_count++;
 	kproxy_listener_count++;
 	kn->gen++;
 	set_bit(KPROXY_LISTENER_RUNNING, &l->flags);
@@ -672,8 +673,9 @@ static void kproxy_listener_destroy(struct kproxy_listener *l, bool end_proxies)
 	mutex_lock(&kproxy_lock);
 	idr_remove(&kproxy_listener_idr, l->id);
 	list_del(&l->net_node);
-	kproxy_listener_count--;
+	kproxy_pernet(l->net)->listener_count--;
 	kproxy_pernet(l->net)->gen++;
+	kproxy_listener_count--;
 	mutex_unlock(&kproxy_lock);
 	/* From here on l->net may be gone: kproxy_listener_end_all() returns. */
 	wake_up_all(&kproxy_listener_wq);
@@ -707,7 +709,8 @@ static bool kproxy_listeners_gone(struct net *net)
 	bool gone;
 
 	mutex_lock(&kproxy_lock);
-	gone = net ? list_empty(&kproxy_pernet(net)->listeners) :
+	/* Counts, not lists: another deleter may hold some on its own list. */
+	gone = net ? !kproxy_pernet(net)->listener_count :
 		     !kproxy_listener_count;
 	mutex_unlock(&kproxy_lock);
 	return gone;

@@ -160,13 +160,13 @@ def compile_proxy(lay: layout_mod.Layout, spec: spec_mod.Spec) -> Callable[[tupl
 
     i_id, i_state, i_time = (index.get((n,)) for n in ("id", "state", "create-time"))
     i_listener = index.get(("listener-id",))
+    label = spec.enums["state"].label
+    deferred = deferred_proxy
     if i_listener is not None:
         # A listener's proxy: the general route, which reads its id too.
         get_id, get_state, get_time = (_getter(index, (n,)) for n in ("id", "state", "create-time"))
         return lambda v: deferred(get_id(v) or 0, _state(spec, get_state(v)),
                                   get_time(v) or 0, nested, v, listener_id=v[i_listener])
-    label = spec.enums["state"].label
-    deferred = deferred_proxy
     if i_id is None or i_state is None or i_time is None:
         # Not what the kernel sends, but a layout all the same.
         get_id, get_state, get_time = (_getter(index, (n,)) for n in ("id", "state", "create-time"))

@@ -30,6 +30,7 @@ from kpctl.shell.args import UsageError
 from kpctl.shell.completer import KpctlCompleter
 from kpctl.shell.context import Context, totals_dict
 from kpctl.shell.jobs import Job, Jobs
+from kpctl.shell.listeners import listener_ids
 
 PROMPT = "kpctl> "
 EXIT_QUESTION = ("{n} job{s} running. Stop {them}: [d]rain (wait for their proxies), "
@@ -161,7 +162,8 @@ def make_session(state: ShellState, *, input=None, output=None, history_path=Non
             history = None
     return PromptSession(
         message=PROMPT,
-        completer=KpctlCompleter(ids=state.live_ids, jobs=state.job_names),
+        completer=KpctlCompleter(ids=state.live_ids, jobs=state.job_names,
+                                 listeners=lambda: listener_ids(state.ctx.netns)),
         complete_in_thread=True,
         complete_while_typing=False,
         auto_suggest=AutoSuggestFromHistory(),
