@@ -133,6 +133,19 @@ def assert_reset(c: socket.socket, timeout: float = 30.0) -> None:
         raise AssertionError(f"got {data!r} instead of a reset")
 
 
+def accept_from(lsock: socket.socket, client: socket.socket) -> socket.socket:
+    """Accept `client`'s connection on `lsock`, skipping (and closing) any
+    queued before it (clients of a storm that connected after the
+    listener was deleted)."""
+    lsock.settimeout(30)
+    want = client.getsockname()[:2]
+    while True:
+        conn, peer = lsock.accept()
+        if peer[:2] == want:
+            return conn
+        conn.close()
+
+
 def dead_port(host: str = LOOP4) -> int:
     """A port nobody listens on."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -468,8 +481,7 @@ def test_delete_during_a_connection_storm(kp, echo, clean, end_proxies):  # noqa
             t.join(60)
         # The socket is its owner's again: a connection waits to be accepted.
         with connect_addr(addr) as c:
-            lsock.settimeout(30)
-            conn, _ = lsock.accept()
+            conn = accept_from(lsock, c)
             conn.sendall(b"owner")
             assert recv_exact(c, 5) == b"owner"
             conn.close()
