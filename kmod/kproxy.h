@@ -342,6 +342,7 @@ struct kproxy_listener_new {
 	struct bpf_prog *prog[2];	/* by kind, references; may be NULL */
 	u32 max_proxies;		/* 0: no limit of its own */
 	u32 timeout_ms;
+	u32 notify_portid;		/* 0: none, see the notify attribute */
 };
 
 extern struct idr kproxy_listener_idr;
@@ -388,6 +389,7 @@ struct kproxy_listener *kproxy_listener_of(struct list_head *node);
 int kproxy_nl_init(void);
 void kproxy_nl_exit(void);
 void kproxy_nl_notify(struct kproxy *kp, u8 cmd);
+void kproxy_nl_notify_new(struct kproxy *kp);
 void kproxy_nl_notify_end(struct kproxy *kp);
 void kproxy_nl_notify_listener(struct net *net,
 			       const struct kproxy_listener_info *info, u8 cmd);

@@ -97,6 +97,7 @@ struct kproxy_listener {
 	unsigned long flags;
 	u32 max_proxies;
 	u32 timeout_ms;
+	u32 notify_portid;		/* given to each proxy, see kproxy.h */
 	u64 created_ns;
 	struct sockaddr_storage target;
 	struct sockaddr_storage source;	/* ss_family 0: none */
@@ -363,9 +364,10 @@ static int kproxy_listener_published(struct kproxy *kp, void *arg)
 		}
 	}
 	kp->listener_id = l->id;
+	kp->notify_portid = l->notify_portid;
 	l->active++;
 	kproxy_count(l, KPROXY_LC_CREATED);
-	kproxy_nl_notify(kp, KPROXY_CMD_PROXY_NEW_NTF);
+	kproxy_nl_notify_new(kp);
 	return 0;
 }
 
@@ -525,6 +527,7 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 	l->source = args->source;
 	l->max_proxies = args->max_proxies;
 	l->timeout_ms = args->timeout_ms;
+	l->notify_portid = args->notify_portid;
 	l->memcg = get_mem_cgroup_from_mm(current->mm);
 	l->created_ns = ktime_get_real_ns();
 	INIT_LIST_HEAD(&l->net_node);

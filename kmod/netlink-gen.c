@@ -46,7 +46,7 @@ static const struct nla_policy kproxy_bpf_detach_nl_policy[KPROXY_A_PROXY_DIRECT
 };
 
 /* KPROXY_CMD_LISTENER_NEW - do */
-static const struct nla_policy kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_VERDICT_FD + 1] = {
+static const struct nla_policy kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_NOTIFY + 1] = {
 	[KPROXY_A_LISTENER_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_TARGET] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
 	[KPROXY_A_LISTENER_SOURCE] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
@@ -54,6 +54,7 @@ static const struct nla_policy kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_V
 	[KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS] = NLA_POLICY_MIN(NLA_U32, 1),
 	[KPROXY_A_LISTENER_PARSER_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_VERDICT_FD] = { .type = NLA_U32, },
+	[KPROXY_A_LISTENER_NOTIFY] = { .type = NLA_FLAG, },
 };
 
 /* KPROXY_CMD_LISTENER_DEL - do */
@@ -114,7 +115,7 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.validate	= 0,
 		.doit		= kproxy_nl_listener_new_doit,
 		.policy		= kproxy_listener_new_nl_policy,
-		.maxattr	= KPROXY_A_LISTENER_VERDICT_FD,
+		.maxattr	= KPROXY_A_LISTENER_NOTIFY,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{

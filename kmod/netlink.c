@@ -206,6 +206,37 @@ void kproxy_nl_notify_end(struct kproxy *kp)
 		genlmsg_unicast(kp->net, uskb, portid);
 }
 
+/*
+ * proxy-new-ntf of a listener's proxy: as kproxy_nl_notify(), and when the
+ * listener's creator asked (notify_portid), unicast to it as well, which
+ * the multicast then skips (see kproxy_nl_notify_end()).
+ */
+void kproxy_nl_notify_new(struct kproxy *kp)
+{
+	u32 portid = kp->notify_portid;
+	struct sk_buff *skb, *uskb = NULL;
+	bool mcast;
+
+	mcast = genl_has_listeners(&kproxy_nl_family, kp->net,
+				   KPROXY_NLGRP_MONITOR);
+	if (!mcast && !portid)
+		return;
+	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!skb)
+		return;
+	if (kproxy_fill(skb, kp, 0, 0, 0, KPROXY_CMD_PROXY_NEW_NTF, NULL)) {
+		nlmsg_free(skb);
+		return;
+	}
+	if (portid)
+		uskb = mcast ? skb_clone(skb, GFP_KERNEL) : skb;
+	if (mcast)
+		genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, portid,
+					KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+	if (uskb)
+		genlmsg_unicast(kp->net, uskb, portid);
+}
+
 /* The proxy a request names by id, or NULL with the reason in extack.
  * Caller holds kproxy_lock.
  */
@@ -758,6 +789,8 @@ static int kproxy_nl_listener_args(struct genl_info *info,
 			return -EINVAL;
 		}
 	}
+	if (attrs[KPROXY_A_LISTENER_NOTIFY])
+		args->notify_portid = info->snd_portid;
 	if (attrs[KPROXY_A_LISTENER_MAX_PROXIES])
 		args->max_proxies = nla_get_u32(attrs[KPROXY_A_LISTENER_MAX_PROXIES]);
 	args->timeout_ms = 10000;

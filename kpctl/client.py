@@ -413,7 +413,8 @@ class Kproxy:
         cmd = wire.GENLMSGHDR.unpack_from(buf, off + 16)[0]
         attrs = self._decoder.attrs(buf, off + wire.HEADERS, off + length)
         ev = event_from_attrs(cmd, attrs, self._spec)
-        if ev is not None and ev.kind == "del":
+        # "new" comes only for the proxies of a listener made with notify.
+        if ev is not None and ev.kind in ("del", "new"):
             self._ends.append(ev)
 
     def _messages(self, cmd: str, body: bytes, dump: bool) -> list[wire.Message]:
@@ -491,18 +492,22 @@ class Kproxy:
             if "notify" not in self._spec.attr_sets[self._spec.root_set]:
                 raise KproxyError(errno.EOPNOTSUPP, "this schema has no notify attribute")
             attrs["notify"] = True
-            with self._lock:
-                if not self._ends_rcvbuf:
-                    # A burst of ends must not crowd out a request's reply.
-                    _big_rcvbuf(self._request_socket(), MONITOR_RCVBUF)
-                    self._ends_rcvbuf = True
+            self._big_request_rcvbuf()
         return self._proxy_reply("proxy-new", attrs)
 
-    def ended(self, timeout: float | None = 0.0) -> list[Event]:
+    def _big_request_rcvbuf(self) -> None:
+        with self._lock:
+            if not self._ends_rcvbuf:
+                # A burst of ends must not crowd out a request's reply.
+                _big_rcvbuf(self._request_socket(), MONITOR_RCVBUF)
+                self._ends_rcvbuf = True
+
+    def ended(self, timeout: float | None = 0.0, *, with_new: bool = False) -> list[Event]:
         """The ends (Events of kind "del") of the proxies this handle made
         with notify_end=True, received since the last call.  Waits up to
         `timeout` seconds (None: until one comes) when there is none yet;
-        0 only reads what is there."""
+        0 only reads what is there.  with_new: also the births ("new") of
+        the proxies of a listener made with notify=True, in order."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             sock = self._request_socket()
@@ -512,9 +517,11 @@ class Kproxy:
                     self._ends_lost = False
                     raise KproxyError(errno.ENOBUFS, "ends of proxies were lost (receive buffer full)")
                 if self._ends:
-                    out = list(self._ends)
+                    out = [e for e in self._ends if with_new or e.kind == "del"]
                     self._ends.clear()
-                    return out
+                    if out or timeout == 0:
+                        return out
+                    continue
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return []
@@ -632,7 +639,8 @@ class Kproxy:
     def listen(self, sock_or_fd: Any, target: Endpoint | str | tuple[str, int], *,
                max_proxies: int | None = None, connect_timeout: float | None = None,
                parser: Any = None, verdict: Any = None,
-               source: Endpoint | str | tuple[str, int] | None = None) -> Listener:
+               source: Endpoint | str | tuple[str, int] | None = None,
+               notify: bool = False) -> Listener:
         """Accept on a listening TCP socket in the kernel: every connection
         is connected to `target` ("HOST:PORT", ("host", port) or an
         Endpoint) and joined to it as a proxy, with no userspace per
@@ -643,7 +651,9 @@ class Kproxy:
         included (beyond: the client is reset); connect_timeout: seconds
         a connect may take (the kernel's default: 10); parser/verdict: BPF
         programs (fds or loaded programs) attached to both directions of
-        every proxy; source: the address (port 0: any) to connect from.
+        every proxy; source: the address (port 0: any) to connect from;
+        notify: the births and ends of its proxies come to this handle
+        (ended(with_new=True)), not through the monitor group.
         """
         attrs: dict[str, Any] = {"fd": _fd(sock_or_fd), "target": _endpoint_attrs(target)}
         if source is not None:
@@ -656,6 +666,9 @@ class Kproxy:
             attrs["parser-fd"] = _prog_fd(parser)
         if verdict is not None:
             attrs["verdict-fd"] = _prog_fd(verdict)
+        if notify:
+            attrs["notify"] = True
+            self._big_request_rcvbuf()
         reply = self._do("listener-new", attrs)
         if reply is None:
             raise KproxyError(errno.EPROTO, "listener-new: no reply from the kernel")

@@ -321,7 +321,16 @@ FAMILY = {'name': 'kproxy',
                                      'doc': 'Proxies of this listener alive now.'},
                                     {'name': 'pending',
                                      'type': 'u32',
-                                     'doc': 'Connects to the target in flight now.'}]}],
+                                     'doc': 'Connects to the target in flight now.'},
+                                    {'name': 'notify',
+                                     'type': 'flag',
+                                     'doc': 'In listener-new: also unicast the proxy-new-ntf and '
+                                            'proxy-del-ntf\n'
+                                            'of every proxy this listener makes to the socket that '
+                                            'sent\n'
+                                            "listener-new (as proxy-new's notify does; that socket "
+                                            'then gets\n'
+                                            'them once, not also through the monitor group).\n'}]}],
  'operations': {'list': [{'name': 'proxy-new',
                           'doc': 'Join two connected TCP sockets given by file descriptor.',
                           'attribute-set': 'proxy',
@@ -403,7 +412,8 @@ FAMILY = {'name': 'kproxy',
                                                             'max-proxies',
                                                             'connect-timeout-ms',
                                                             'parser-fd',
-                                                            'verdict-fd']},
+                                                            'verdict-fd',
+                                                            'notify']},
                                  'reply': {'attributes': ['id',
                                                           'listen',
                                                           'target',

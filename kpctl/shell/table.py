@@ -185,6 +185,9 @@ COMMANDS: list[Command] = [
                       metavar="N", type=count, default=1024),
                   Opt(("--reuseport",), "reuseport",
                       "SO_REUSEPORT: several serve processes share LISTEN"),
+                  Opt(("--userspace",), "userspace",
+                      "accept and connect in kpctl, not in a kernel listener (TLS always "
+                      "does)"),
                   Opt(("--drain",), "drain", "on SIGINT/SIGTERM wait for running proxies to end"),
                   Opt(("--kill",), "kill", "on SIGINT/SIGTERM end running proxies"),
                   Opt(("--background",), "background",
@@ -230,7 +233,12 @@ COMMANDS: list[Command] = [
                       "handshakes beside the accept loop (default 16)", metavar="N",
                       type=count, default=16)),
             check=service.check_serve, changes=True, usage="LISTEN TARGET [OPTIONS] [&]",
-            description="Accepts on LISTEN, connects to TARGET without blocking, joins the two "
+            description="Listens on LISTEN and hands the socket to a kernel listener (see "
+                        "listen): the module accepts, connects to TARGET and joins the two, "
+                        "with no Python per connection; serve reports what the kernel tells "
+                        "it (a failed or refused connection has no client address then). "
+                        "With --userspace, or with TLS, serve itself accepts, connects to "
+                        "TARGET without blocking, joins the two "
                         "sockets in the kernel and closes its own fds: the process carries no "
                         "bytes. A target that refuses or times out resets that client, counted; "
                         "accept errors (EMFILE...) pause accepting. Names are resolved once at "

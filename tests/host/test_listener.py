@@ -290,3 +290,121 @@ def test_completion_of_listener_ids() -> None:
     assert texts("unlisten 1") == ["12"]
     assert texts("show --listener ") == ["7", "12"]
     assert texts("show ") == ["3"]
+
+
+# --- serve on a kernel listener ---------------------------------------------------------
+
+
+class ListenerClient:
+    """What ListenerServer asks of a Kproxy: listen, the news of its
+    proxies on fileno(), the listener's counters, close_listener."""
+
+    def __init__(self) -> None:
+        import threading
+        self.r, self.w = socket.socketpair()
+        self.lock = threading.Lock()
+        self.news: list[Any] = []
+        self.counters: dict[str, int] = {}
+        self.calls: list[tuple] = []
+
+    def fileno(self) -> int:
+        return self.r.fileno()
+
+    def listen(self, sock, target, **kw):
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        self.calls.append(("listen", target, kw))
+        return Listener(5, Endpoint(*sock.getsockname()[:2]), Endpoint(*target), None,
+                        kw.get("max_proxies") or 0, 1000, None, None, 0)
+
+    def push(self, kind: str, pid: int, **attrs: Any) -> None:
+        from kpctl.decode import proxy_from_attrs
+        from kpctl.model import Event
+        p = proxy_from_attrs(dict(fake.proxy_attrs(pid), **{"listener-id": 5}), fake.SPEC)
+        with self.lock:
+            self.news.append(Event(kind, p, attrs.get("reason"), 0.0))
+        self.w.send(b"x")
+
+    def ended(self, timeout=0.0, *, with_new=False):
+        assert with_new
+        try:
+            self.r.recv(4096, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        with self.lock:
+            out, self.news = self.news, []
+        return out
+
+    def get_listener(self, lid):
+        assert lid == 5
+        return Listener(5, Endpoint("127.0.0.1", 1), Endpoint("127.0.0.1", 2), None, 0, 1000,
+                        None, None, 0, **self.counters)
+
+    def close_listener(self, lid, end_proxies=False):
+        self.calls.append(("close_listener", lid, end_proxies))
+
+    def destroy(self, pid):
+        self.calls.append(("destroy", pid))
+        self.push("del", pid, reason="user")
+
+    def list(self):
+        return []
+
+
+def test_serve_on_a_kernel_listener_reports_what_the_kernel_tells() -> None:
+    import threading
+    import time as _time
+
+    from kpctl.address import Address
+    from kpctl.serve import ServeOptions
+    from kpctl.serve_listener import ListenerServer, make_server
+    client = ListenerClient()
+    events: list[tuple[str, dict]] = []
+    opts = ServeOptions(max_conns=3, connect_timeout=1.0, on_stop="kill")
+    server = make_server(client, Address("127.0.0.1", 0, socket.AF_INET),
+                         Address("127.0.0.1", 9, socket.AF_INET), opts,
+                         on_event=lambda k, d: events.append((k, d)))
+    assert isinstance(server, ListenerServer)
+    server.open()
+    assert client.calls[0] == ("listen", ("127.0.0.1", 9),
+                               {"max_proxies": 3, "connect_timeout": 1.0, "parser": None,
+                                "verdict": None, "notify": True})
+    t = threading.Thread(target=server.run, kwargs={"install_signals": False})
+    t.start()
+
+    def wait(pred):
+        deadline = _time.monotonic() + 10
+        while not pred():
+            assert _time.monotonic() < deadline, events
+            _time.sleep(0.02)
+
+    client.push("new", 1)
+    client.push("new", 2)
+    client.push("del", 1, reason="closed")
+    client.counters = {"accepted": 5, "created": 2, "failed_refused": 2, "refused_limit": 1}
+    wait(lambda: len([e for e in events if e[0] == "failed"]) == 2
+         and any(e[0] == "refused" for e in events))
+    server.stop("kill")
+    t.join(10)
+    assert not t.is_alive()
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "listening" and kinds[-1] == "stopped"
+    proxies = [d for k, d in events if k == "proxy"]
+    assert [p["id"] for p in proxies] == [1, 2] and proxies[0]["client"] == "127.0.0.1:10001"
+    failed = [d for k, d in events if k == "failed"][0]
+    assert failed["client"] is None and failed["stage"] == "connect"
+    assert failed["error"]["errno_name"] == "ECONNREFUSED"
+    summary = events[-1][1]
+    assert (summary["accepted"], summary["created"], summary["failed"], summary["refused"]) == (5, 2, 2, 1)
+    assert summary["failures"] == {"ECONNREFUSED": 2} and summary["ended"] == 2
+    assert ("close_listener", 5, False) in client.calls and ("destroy", 2) in client.calls
+
+
+def test_serve_keeps_the_userspace_path_when_asked_or_needed() -> None:
+    from kpctl.address import Address
+    from kpctl.serve import Server, ServeOptions
+    from kpctl.serve_listener import ListenerServer, make_server
+    a = Address("127.0.0.1", 0, socket.AF_INET)
+    b = Address("127.0.0.1", 9, socket.AF_INET)
+    assert type(make_server(ListenerClient(), a, b, ServeOptions(userspace=True))) is Server
+    assert type(make_server(object(), a, b, ServeOptions())) is Server  # no listen()
+    assert type(make_server(None, a, b, ServeOptions())) is ListenerServer
