@@ -326,6 +326,31 @@ def test_a_listeners_proxy_is_an_ordinary_proxy(kp, echo, clean):  # noqa: F811
     assert all(r.listener_id is None for r in proc_proxies() if r.id != p.id)
 
 
+def test_notify_sends_the_listeners_news_to_its_creator_alone(kp, echo, clean):  # noqa: F811
+    """With notify, the births and ends of the listener's proxies come to
+    the socket that made it, and not through the monitor group."""
+    lsock = listening()
+    mon = kp.monitor()
+    try:
+        with Kproxy() as owner:
+            li = owner.listen(lsock, echo.endpoint, notify=True)
+            with connect(lsock) as c:
+                c.sendall(b"news")
+                assert recv_exact(c, 4) == b"news"
+            got: list = []
+            deadline = time.monotonic() + 60
+            while len(got) < 2 and time.monotonic() < deadline:
+                got += owner.ended(1, with_new=True)
+            assert [e.kind for e in got] == ["new", "del"], got
+            assert got[0].proxy.listener_id == li.id and got[1].proxy.id == got[0].proxy.id
+            assert got[1].proxy.a_to_b.bytes == 4 and got[1].reason == "closed"
+            assert mon.get(1) is None, "the monitor group heard the creator's news too"
+            owner.close_listener(li.id)
+    finally:
+        mon.close()
+        lsock.close()
+
+
 def test_ipv6_and_across_families(kp, clean):  # noqa: F811
     echo6 = EchoServer(LOOP6)
     try:
