@@ -155,7 +155,7 @@ COMMANDS: list[Command] = [
                         "its rate per second (active is a gauge: its value). With -j, "
                         "one JSON object per interval and line.",
             examples=("kpctl stats", "kpctl stats -w 1 -c 5")),
-    Command("monitor", "print proxy events (new, del) until interrupted", observe.cmd_monitor,
+    Command("monitor", "print proxy and listener events until interrupted", observe.cmd_monitor,
             opts=(Opt(("-c", "--count"), "count", "stop after COUNT events",
                       metavar="COUNT", type=count),),
             description="One line per event with its timestamp; with -j one JSON object "

@@ -408,3 +408,22 @@ def test_serve_keeps_the_userspace_path_when_asked_or_needed() -> None:
     assert type(make_server(ListenerClient(), a, b, ServeOptions(userspace=True))) is Server
     assert type(make_server(object(), a, b, ServeOptions())) is Server  # no listen()
     assert type(make_server(None, a, b, ServeOptions())) is ListenerServer
+
+
+def test_monitor_prints_listener_events() -> None:
+    from kpctl.decode import listener_from_attrs
+    from kpctl.model import ListenerEvent
+
+    class MonitoringFake(ListeningFake):
+        def monitor(self, listeners=False):
+            assert listeners
+            li = listener_from_attrs(listener_attrs(3))
+            return iter([ListenerEvent("listener-new", li, 1.0), ListenerEvent("listener-del", li, 2.0)])
+
+    h = Harness(MonitoringFake())
+    assert h.run("monitor") == 0
+    first, second = h.out.splitlines()
+    assert "[LISTEN] listener 3 127.0.0.1:8080 > [::1]:80" in first
+    assert "[UNLISTEN]" in second and "accepted 12 created 9 failed 2 refused 1" in second
+    assert h.run("-j", "monitor") == 0
+    assert [json.loads(x)["kind"] for x in h.out.splitlines()] == ["listener-new", "listener-del"]
