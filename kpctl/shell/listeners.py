@@ -120,14 +120,14 @@ def cmd_show_listener(ctx: Context, listener_id: int) -> int:
 
 
 def listener_ids(netns: str | None = None) -> dict[int, str]:
-    """For completion: the listeners of /proc/net/kproxy_listeners, each
-    with its "LISTEN > TARGET"; {} without the module."""
-    from kpctl.procfs import LISTENERS_PATH, read_listeners
-    path = LISTENERS_PATH
-    if netns is not None:
-        return {}  # another netns's /proc is not ours to read here
+    """For completion and the toolbar: the listeners of the netns's
+    /proc/net/kproxy_listeners, each with its "LISTEN > TARGET"; {} when it
+    cannot be read (no module, a module without listeners)."""
+    from kpctl.procfs import read_listeners
+    from kpctl.shell.context import _proc_path, in_netns
     try:
-        return {li.id: f"{li.listen} > {li.target}" for li in read_listeners(path)}
-    except (FileNotFoundError, ValueError):
+        listeners = in_netns(netns, lambda: read_listeners(_proc_path(netns, "kproxy_listeners")))
+    except Exception:  # noqa: BLE001 - nothing to offer
         return {}
+    return {li.id: f"{li.listen} > {li.target}" for li in listeners}
 

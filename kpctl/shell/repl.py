@@ -51,6 +51,7 @@ class ShellState:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.ids: dict[int, str] = {}
+        self.listeners: dict[int, str] = {}
         self.count: int | None = None
         self.totals: dict | None = None
         self.problem: str | None = None
@@ -74,6 +75,7 @@ class ShellState:
         except Exception:  # noqa: BLE001 - the toolbar shows what it has
             totals = None
         self.ids, self.count, self.totals, self.problem = ids, count, totals, problem
+        self.listeners = listener_ids(self.ctx.netns)  # {} without the file
 
     def refresh_in_background(self) -> None:
         """A refresh in a thread; one at a time, and one more if asked meanwhile."""
@@ -123,6 +125,9 @@ class ShellState:
             parts.append(f" kpctl: {self.problem}")
         else:
             parts.append(f" {self.count} prox{'y' if self.count == 1 else 'ies'}")
+            if self.listeners:
+                n = len(self.listeners)
+                parts.append(f"{n} listener{'' if n == 1 else 's'}")
         if self.totals:
             from kpctl.shell.units import human_bytes
             t = self.totals
