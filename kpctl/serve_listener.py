@@ -84,9 +84,9 @@ class ListenerServer(Server):
     def _listen_off(self) -> None:
         if self.listener_id is None:
             return
+        self._poll()  # the last failures and refusals, before the counters go
         lid, self.listener_id = self.listener_id, None
         self._listening = False
-        self._poll()  # the last failures and refusals, before the counters go
         try:
             self.client.close_listener(lid)
         except KproxyError as e:
