@@ -64,10 +64,11 @@ static inline int kproxy_sendmsg_page(struct socket *sock, struct page *page,
 
 /*
  * A listener's upstream socket is a kernel socket (sock_create_kern()),
- * which holds no reference on its netns. Once released it may live on in
- * TCP (FIN_WAIT, LAST_ACK) with timers that use the netns, so it is made
- * to hold one as a user's socket does; false when the netns is already
- * going away (its refcount is 0 and may not be raised). 6.1 does it by
+ * which holds no reference on its netns. Once joined and later released
+ * it may live on in TCP (FIN_WAIT, LAST_ACK) with timers that use the
+ * netns, so when it is joined it is made to hold one as a user's socket
+ * does (listener.c); false when the netns is already going away (its
+ * refcount is 0 and may not be raised). 6.1 does it by
  * hand as its MPTCP does; later kernels track kernel sockets apart and
  * have sk_net_refcnt_upgrade() (6.14, backported to 6.12.y).
  */
