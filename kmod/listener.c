@@ -19,14 +19,15 @@
  * listeners others are deleting (kproxy_listener_end_all()).
  *
  * The listening socket is held by file reference (the caller may close
- * its fd). Its sk_data_ready is ours while the listener lives, installed
- * and restored under sk_callback_lock with sk_user_data pointing at the
- * listener; the callback (softirq) only queues the accept work. TCP
- * copies both into every child it clones from the listening socket: a
- * child we accept gets the owner's callback back before it is joined,
- * and those still in the accept queue when the listener is deleted are
- * given it back there (kproxy_listener_fix_children()), so no socket the
- * owner may accept later calls into a listener that is gone.
+ * its fd). The listener learns of new connections as epoll and vhost do:
+ * an entry of its own (l->wait) in the socket's wait queue, which the
+ * socket wakes when a connection is ready (sock_def_readable, softirq);
+ * the entry only queues the accept work. Nothing of the socket's is
+ * replaced, so the children TCP clones from it carry nothing of ours, and
+ * whoever else accepts on the fd meanwhile gets a plain socket. The entry
+ * is added once the listener is published and removed first when it is
+ * deleted; remove_wait_queue() takes the queue's lock, under which every
+ * wakeup runs, so after it no wakeup reaches the listener.
  *
  * The accept work accepts in batches (kernel_accept(), O_NONBLOCK) and
  * gives each connection to a struct kproxy_conn, which owns the accepted
@@ -61,12 +62,11 @@
 #include <linux/bpf.h>
 #include <linux/file.h>
 #include <linux/memcontrol.h>
+#include <linux/poll.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/timekeeping.h>
-#include <net/inet_connection_sock.h>
 #include <net/ipv6.h>
-#include <net/request_sock.h>
 #include <net/sock.h>
 #include <net/tcp.h>
 
@@ -87,7 +87,7 @@ struct kproxy_listener {
 	struct net *net;		/* owner netns, no reference */
 	struct list_head net_node;	/* in kproxy_net->listeners */
 	struct socket *sock;		/* listening; file reference */
-	void (*saved_data_ready)(struct sock *sk);
+	struct wait_queue_entry wait;	/* in the socket's wait queue */
 	struct work_struct accept_work;
 	spinlock_t lock;		/* conns */
 	struct list_head conns;
@@ -144,96 +144,53 @@ static void kproxy_reset(struct socket *sock)
 
 /* ---- the listening socket ---------------------------------------------- */
 
-static void kproxy_listener_data_ready(struct sock *sk)
+static int kproxy_listener_wake(struct wait_queue_entry *wait,
+				unsigned int mode, int sync, void *key)
+{
+	struct kproxy_listener *l = container_of(wait, struct kproxy_listener,
+						 wait);
+
+	if (!key || (key_to_poll(key) & (EPOLLIN | EPOLLRDNORM)))
+		queue_work(kproxy_wq, &l->accept_work);
+	return 0;
+}
+
+/* Caller holds kproxy_lock: is @sk the socket of a listener already? */
+static bool kproxy_listener_sock_taken(const struct sock *sk)
 {
 	struct kproxy_listener *l;
+	int id;
 
-	read_lock_bh(&sk->sk_callback_lock);
-	l = sk->sk_user_data;
-	if (l) {
-		/*
-		 * A child TCP cloned with our callback, not accepted yet: it
-		 * behaves as the owner's socket would. The listener is alive:
-		 * children are given their callback back before it is freed.
-		 */
-		if (sk->sk_state != TCP_LISTEN)
-			l->saved_data_ready(sk);
-		else
-			queue_work(kproxy_wq, &l->accept_work);
-	}
-	read_unlock_bh(&sk->sk_callback_lock);
+	lockdep_assert_held(&kproxy_lock);
+	idr_for_each_entry(&kproxy_listener_idr, l, id)
+		if (l->sock->sk == sk)
+			return true;
+	return false;
 }
 
-/* Give a child TCP cloned from the listening socket its owner's callback. */
-static void kproxy_listener_fix_child(struct kproxy_listener *l,
-				      struct sock *child)
-{
-	write_lock_bh(&child->sk_callback_lock);
-	if (child->sk_data_ready == kproxy_listener_data_ready)
-		WRITE_ONCE(child->sk_data_ready, l->saved_data_ready);
-	if (child->sk_user_data == l)
-		child->sk_user_data = NULL;
-	write_unlock_bh(&child->sk_callback_lock);
-}
-
-/* The children waiting in the accept queue, once the socket is unhooked. */
-static void kproxy_listener_fix_children(struct kproxy_listener *l)
-{
-	struct request_sock_queue *queue =
-		&inet_csk(l->sock->sk)->icsk_accept_queue;
-	struct request_sock *req;
-
-	spin_lock_bh(&queue->rskq_lock);
-	for (req = queue->rskq_accept_head; req; req = req->dl_next)
-		if (req->sk)
-			kproxy_listener_fix_child(l, req->sk);
-	spin_unlock_bh(&queue->rskq_lock);
-}
-
-static int kproxy_listener_hook(struct kproxy_listener *l,
-				struct netlink_ext_ack *extack)
+/* Can the socket listen for us? 0 or -errno with an extack. */
+static int kproxy_listener_check_sock(struct kproxy_listener *l,
+				      struct netlink_ext_ack *extack)
 {
 	struct sock *sk = l->sock->sk;
+	bool owned;
 	int err = 0;
 
 	lock_sock(sk);
-	write_lock_bh(&sk->sk_callback_lock);
+	read_lock_bh(&sk->sk_callback_lock);
+	owned = READ_ONCE(sk->sk_user_data);
+	read_unlock_bh(&sk->sk_callback_lock);
 	if (sk->sk_state != TCP_LISTEN) {
 		NL_SET_ERR_MSG(extack,
 			       "fd is not a listening socket (call listen() on it first)");
 		err = -EINVAL;
-	} else if (sk->sk_data_ready == kproxy_listener_data_ready) {
-		NL_SET_ERR_MSG(extack, "fd is already the socket of a listener");
-		err = -EBUSY;
-	} else if (sk->sk_user_data) {
+	} else if (owned) {
 		NL_SET_ERR_MSG(extack,
 			       "fd is owned by another kernel user (sockmap or KCM)");
 		err = -EBUSY;
-	} else {
-		l->saved_data_ready = sk->sk_data_ready;
-		sk->sk_user_data = l;
-		WRITE_ONCE(sk->sk_data_ready, kproxy_listener_data_ready);
 	}
-	write_unlock_bh(&sk->sk_callback_lock);
 	release_sock(sk);
 	return err;
-}
-
-/*
- * After this returns no callback of the listening socket reaches the
- * listener; children cloned before may still carry our callback until
- * kproxy_listener_fix_children().
- */
-static void kproxy_listener_unhook(struct kproxy_listener *l)
-{
-	struct sock *sk = l->sock->sk;
-
-	write_lock_bh(&sk->sk_callback_lock);
-	if (sk->sk_data_ready == kproxy_listener_data_ready)
-		WRITE_ONCE(sk->sk_data_ready, l->saved_data_ready);
-	if (sk->sk_user_data == l)
-		sk->sk_user_data = NULL;
-	write_unlock_bh(&sk->sk_callback_lock);
 }
 
 /* ---- connections: accept, connect, join -------------------------------- */
@@ -451,7 +408,6 @@ static void kproxy_listener_take(struct kproxy_listener *l,
 	u32 max = l->max_proxies;
 	struct kproxy_conn *c;
 
-	kproxy_listener_fix_child(l, client->sk);
 	if (max && READ_ONCE(l->active) + atomic_read(&l->pending) >= max) {
 		kproxy_count(l, KPROXY_LC_REFUSED_LIMIT);
 		kproxy_reset(client);
@@ -539,7 +495,9 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 	for (i = 0; i < 2; i++)
 		l->prog[i] = args->prog[i];
 
-	err = kproxy_listener_hook(l, extack);
+	init_waitqueue_func_entry(&l->wait, kproxy_listener_wake);
+
+	err = kproxy_listener_check_sock(l, extack);
 	if (err)
 		goto err_free;
 
@@ -547,6 +505,11 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 	if (kproxy_unloading) {
 		NL_SET_ERR_MSG(extack, "kproxy is being unloaded");
 		err = -ESHUTDOWN;
+		goto err_unlock;
+	}
+	if (kproxy_listener_sock_taken(l->sock->sk)) {
+		NL_SET_ERR_MSG(extack, "fd is already the socket of a listener");
+		err = -EBUSY;
 		goto err_unlock;
 	}
 	id = idr_alloc_cyclic(&kproxy_listener_idr, l, 1, INT_MAX, GFP_KERNEL);
@@ -565,6 +528,7 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 	kproxy_listener_count++;
 	kn->gen++;
 	set_bit(KPROXY_LISTENER_RUNNING, &l->flags);
+	add_wait_queue(&l->sock->wq.wait, &l->wait);
 	/* Connections may be waiting already. */
 	queue_work(kproxy_wq, &l->accept_work);
 	mutex_unlock(&kproxy_lock);
@@ -572,9 +536,6 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 
 err_unlock:
 	mutex_unlock(&kproxy_lock);
-	kproxy_listener_unhook(l);
-	/* A queued run returns at once (not RUNNING). */
-	cancel_work_sync(&l->accept_work);
 err_free:
 	mem_cgroup_put(l->memcg);
 	kfree(l);
@@ -643,21 +604,11 @@ static void kproxy_listener_destroy(struct kproxy_listener *l, bool end_proxies)
 {
 	struct kproxy_listener_info info;
 	struct kproxy_conn *c;
-	struct sock *sk = l->sock->sk;
 	int i;
 
-	kproxy_listener_unhook(l);
-	/*
-	 * TCP clones children in softirq, inside an RCU read-side section:
-	 * once a grace period has passed, every child cloned with our
-	 * callback is in the accept queue (or gone).
-	 */
-	synchronize_rcu();
+	/* No wakeup reaches the listener after this, and no accept runs. */
+	remove_wait_queue(&l->sock->wq.wait, &l->wait);
 	cancel_work_sync(&l->accept_work);
-	kproxy_listener_fix_children(l);
-	/* Its owner's poller never heard of the connections waiting. */
-	if (!reqsk_queue_empty(&inet_csk(sk)->icsk_accept_queue))
-		sk->sk_data_ready(sk);
 
 	spin_lock(&l->lock);
 	list_for_each_entry(c, &l->conns, node)

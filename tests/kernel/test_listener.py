@@ -564,6 +564,55 @@ def test_unload_with_a_listener_and_pending_connects(kp, clean):  # noqa: F811
         hole.close()
 
 
+def test_what_the_owner_accepts_meanwhile_is_a_plain_socket(kp, echo, clean):  # noqa: F811
+    """A co-owner of the fd may accept on it while the listener lives, and
+    wins some connections. Those are the owner's ordinary sockets: nothing
+    of the listener's rides along in them, so data still reaches them
+    after the listener is deleted and after the module is unloaded (were
+    the listener hooked into the socket's callbacks, TCP would copy the
+    hook into every connection it clones from it)."""
+    lsock = listening()
+    li = kp.listen(lsock, echo.endpoint)
+    won: dict[tuple, socket.socket] = {}
+    stop = threading.Event()
+
+    def owner() -> None:
+        # Short waits: it also tries accept() often without being woken.
+        lsock.settimeout(0.01)
+        while not stop.is_set():
+            try:
+                conn, peer = lsock.accept()
+            except TimeoutError:
+                continue
+            won[peer[:2]] = conn
+
+    thread = threading.Thread(target=owner, daemon=True)
+    thread.start()
+    clients = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(won) < 3 and len(clients) < 300 and time.monotonic() < deadline:
+            clients.append(connect(lsock))
+        stop.set()
+        thread.join(10)
+        mine = [(c, won[c.getsockname()[:2]]) for c in clients if c.getsockname()[:2] in won]
+        assert mine, f"the owner won none of {len(clients)} connections"
+        kp.close_listener(li.id, end_proxies=True)
+        for step in (b"after the listener", b"after the unload"):
+            if step == b"after the unload":
+                subprocess.run(["rmmod", "kproxy"], check=True, timeout=120)
+            for c, conn in mine:
+                c.sendall(step)
+                conn.settimeout(IO_TIMEOUT)
+                assert recv_exact(conn, len(step)) == step
+                conn.sendall(step)
+                assert recv_exact(c, len(step)) == step
+    finally:
+        stop.set()
+        for sock in [*clients, *won.values(), lsock]:
+            sock.close()
+
+
 def test_netns_deletion_ends_its_listener(kp, netns, clean):  # noqa: F811
     """The listener belongs to the netns of the request; its upstream
     sockets are made there. Deleting the netns ends the listener and its
