@@ -193,9 +193,16 @@ class Peers:
                                         str(BENCH_BPF / "sockmap.o"),
                                         *(f"{lp}:{TARGETS[t]}" for t, lp in ports.items())])
             elif peer == "kproxy":
+                # serve's own accept loop: the row kept its meaning when
+                # serve moved to a kernel listener (kproxy-listener below).
                 for t, lp in ports.items():
-                    self._spawn(f"kproxy-{t}", [str(VENV / "kpctl"), "serve", f"{HOST}:{lp}",
-                                                f"{HOST}:{TARGETS[t]}"])
+                    self._spawn(f"kproxy-{t}", [str(VENV / "kpctl"), "serve", "--userspace",
+                                                f"{HOST}:{lp}", f"{HOST}:{TARGETS[t]}"])
+            elif peer == "kproxy-listener":
+                # A kernel listener (issue 21): no Python per connection.
+                for t, lp in ports.items():
+                    self._spawn(f"kproxy-listener-{t}", [str(VENV / "kpctl"), "serve",
+                                                         f"{HOST}:{lp}", f"{HOST}:{TARGETS[t]}"])
             elif peer == "kproxy-bpf":
                 for t, lp in ports.items():
                     self._spawn(f"kproxy-bpf-{t}", [sys.executable, __file__, "serve-bpf", str(lp),
@@ -619,6 +626,9 @@ def cmd_run(args) -> int:
         for rep in range(reps):
             for peer in peers:
                 if peer in pe.broken:
+                    continue
+                # The listener's data path is kproxy's: only its connection rate differs.
+                if peer == "kproxy-listener" and scen_desc != "connect rate":
                     continue
                 fn(peer, pe.ports[peer])
             b.save()

@@ -23,7 +23,8 @@ RECORD_FIELDS = ("scenario", "peer", "metric", "unit", "median", "min", "max", "
 
 # Peers in the order they are reported; "direct" is the ceiling every
 # throughput and latency figure is divided by.
-PEERS = ("direct", "socat", "haproxy", "haproxy-splice", "sockmap", "kproxy", "kproxy-bpf")
+PEERS = ("direct", "socat", "haproxy", "haproxy-splice", "sockmap", "kproxy", "kproxy-bpf",
+         "kproxy-listener")
 DIRECT = "direct"
 # The TLS-termination rows' peers (bench/tls.py); "direct" there is the
 # target speaking TLS itself.

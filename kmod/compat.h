@@ -14,6 +14,8 @@
 #include <linux/skbuff.h>
 #include <linux/socket.h>
 #include <linux/uio.h>
+#include <net/net_namespace.h>
+#include <net/sock.h>
 
 /*
  * Send @len bytes of @skb from @offset on the locked TCP socket @sk
@@ -59,5 +61,40 @@ static inline int kproxy_sendmsg_page(struct socket *sock, struct page *page,
 	return sock_sendmsg(sock, &msg);
 #endif
 }
+
+/*
+ * A listener's upstream socket is a kernel socket (sock_create_kern()),
+ * which holds no reference on its netns. Once joined and later released
+ * it may live on in TCP (FIN_WAIT, LAST_ACK) with timers that use the
+ * netns, so when it is joined it is made to hold one as a user's socket
+ * does (listener.c); false when the netns is already going away (its
+ * refcount is 0 and may not be raised). 6.1 does it by
+ * hand as its MPTCP does; later kernels track kernel sockets apart and
+ * have sk_net_refcnt_upgrade() (6.14, backported to 6.12.y).
+ */
+static inline bool kproxy_sock_hold_net(struct sock *sk)
+{
+	struct net *net = sock_net(sk);
+
+	if (!maybe_get_net(net))
+		return false;
+#ifdef KPROXY_HAVE_NET_REFCNT_UPGRADE
+	sk_net_refcnt_upgrade(sk);
+	put_net(net);
+#else
+	/* The reference from maybe_get_net() becomes the socket's. */
+	sk->sk_net_refcnt = 1;
+	netns_tracker_alloc(net, &sk->ns_tracker, GFP_KERNEL);
+	sock_inuse_add(net, 1);
+#endif
+	return true;
+}
+
+/* kernel_connect() and kernel_bind() take a sockaddr_unsized since 6.19. */
+#ifdef KPROXY_HAVE_SOCKADDR_UNSIZED
+#define KPROXY_SOCKADDR(addr)	((struct sockaddr_unsized *)(addr))
+#else
+#define KPROXY_SOCKADDR(addr)	((struct sockaddr *)(addr))
+#endif
 
 #endif /* _KPROXY_COMPAT_H */

@@ -38,18 +38,30 @@
  * (a work item never runs concurrently with itself); readers use
  * READ_ONCE on the counters.
  *
- * References: the proxy holds one file reference on each socket (taken
- * by sockfd_lookup() and kept), so the caller may close its descriptors,
- * and one reference on its creator's memory cgroup (kp->memcg), which is
- * charged for the proxy and the data it holds. It holds no reference on
- * its network namespace: the pernet exit ends the namespace's proxies,
- * and waits until the last is destroyed, before the namespace goes away.
+ * References: a proxy made by proxy-new holds one file reference on each
+ * socket (taken by sockfd_lookup() and kept), so the caller may close its
+ * descriptors. A proxy made by a listener (KPROXY_KERNEL_SOCKS) owns two
+ * file-less sockets instead, the accepted one and the upstream one the
+ * listener made: nobody else has them, and kproxy_destroy() releases them
+ * with sock_release(). Either way the proxy holds one reference on its
+ * creator's memory cgroup (kp->memcg), which is charged for the proxy and
+ * the data it holds. It holds no reference on its network namespace: the
+ * pernet exit ends the namespace's proxies, and waits until the last is
+ * destroyed, before the namespace goes away.
+ *
+ * Listeners (listener.c) have their own rules, stated there; between them
+ * and proxies: a proxy knows its listener only by id (kp->listener_id);
+ * the listener's count of active proxies is changed under kproxy_lock
+ * when the proxy is published and when it is destroyed, by looking the
+ * id up in kproxy_listener_idr (a deleted listener is simply not found).
+ * Ending a netns or unloading ends listeners before proxies.
  */
 #ifndef _KPROXY_H
 #define _KPROXY_H
 
 #include <linux/idr.h>
 #include <linux/list.h>
+#include <linux/memcontrol.h>
 #include <linux/mutex.h>
 #include <linux/net.h>
 #include <linux/netlink.h>
@@ -60,8 +72,6 @@
 
 #include "uapi/kproxy.h"
 
-struct mem_cgroup;
-
 /* Direction indices: dir[KPROXY_A_TO_B] reads sock[0] and sends on sock[1]. */
 enum { KPROXY_A_TO_B, KPROXY_B_TO_A };
 
@@ -69,6 +79,9 @@ enum { KPROXY_A_TO_B, KPROXY_B_TO_A };
 enum {
 	KPROXY_RUNNING,	/* both sockets hooked, works may forward */
 	KPROXY_DEAD,	/* claimed for teardown, see kproxy_claim() */
+	KPROXY_KERNEL_SOCKS,	/* owns file-less sockets, see above */
+	KPROXY_SHUT_A_TO_B,	/* the direction forwarded its FIN ... */
+	KPROXY_SHUT_B_TO_A,	/* ... this one too: the proxy ends */
 };
 
 /*
@@ -150,7 +163,6 @@ struct kproxy {
 	struct mem_cgroup *memcg;	/* the creator's, charged; may be NULL */
 	struct work_struct end_work;
 	u32 id;
-	atomic_t shut_dirs;		/* directions whose FIN was forwarded */
 	u8 reason;			/* enum kproxy_reason, by kproxy_claim() */
 	/*
 	 * The fatal alert a kTLS side received: written by the direction's
@@ -168,6 +180,7 @@ struct kproxy {
 	 * group shows to anyone anyway. Fills the tail padding (512 bytes).
 	 */
 	u32 notify_portid;
+	u32 listener_id;		/* its listener, 0 for proxy-new; fixed */
 };
 
 static inline struct kproxy *kproxy_of(struct kproxy_dir *dir)
@@ -203,6 +216,8 @@ struct kproxy_totals {
 
 struct kproxy_net {
 	struct list_head proxies;	/* live and claimed, until destroyed */
+	struct list_head listeners;	/* see listener.c */
+	u32 listener_count;		/* allocated, until freed (kproxy_lock) */
 	u32 count;			/* entries of proxies */
 	struct kproxy_totals totals;	/* of ended proxies; live ones add theirs */
 	u32 gen;			/* bumped on every change, for dumps */
@@ -227,10 +242,24 @@ extern atomic_t kproxy_objects;
 
 struct kproxy_net *kproxy_pernet(struct net *net);
 
+/* Another reference on @memcg, which may be NULL (memcg disabled). */
+static inline struct mem_cgroup *kproxy_memcg_get(struct mem_cgroup *memcg)
+{
+#ifdef CONFIG_MEMCG
+	if (memcg)
+		css_get(&memcg->css);
+#endif
+	return memcg;
+}
+
 /* proxy.c */
 int kproxy_create(struct net *net, int fd_a, int fd_b,
 		  int (*published)(struct kproxy *kp, void *arg), void *arg,
 		  struct netlink_ext_ack *extack);
+int kproxy_join(struct net *net, struct socket *sock_a, struct socket *sock_b,
+		bool kernel_socks, struct mem_cgroup *memcg,
+		int (*published)(struct kproxy *kp, void *arg), void *arg,
+		struct netlink_ext_ack *extack);
 struct kproxy *kproxy_find(struct net *net, u32 id);
 bool kproxy_claim(struct kproxy *kp, enum kproxy_reason reason);
 void kproxy_destroy(struct kproxy *kp);
@@ -303,11 +332,67 @@ int kproxy_tls_send_skb(struct sock *sk, struct sk_buff *skb, int offset,
 			int len, bool more);
 int kproxy_tls_close_notify(struct sock *sk);
 
+/* listener.c */
+struct kproxy_listener;
+
+struct kproxy_listener_new {
+	struct socket *sock;		/* listening, with its file reference */
+	struct sockaddr_storage target;
+	struct sockaddr_storage source;	/* ss_family 0: none */
+	struct bpf_prog *prog[2];	/* by kind, references; may be NULL */
+	u32 max_proxies;		/* 0: no limit of its own */
+	u32 timeout_ms;
+	u32 notify_portid;		/* 0: none, see the notify attribute */
+};
+
+extern struct idr kproxy_listener_idr;
+int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
+			   int (*published)(struct kproxy_listener *l, void *arg),
+			   void *arg, struct netlink_ext_ack *extack);
+struct kproxy_listener *kproxy_listener_find(struct net *net, u32 id);
+int kproxy_listener_delete(struct net *net, u32 id, bool end_proxies);
+void kproxy_listener_end_all(struct net *net);
+void kproxy_listener_proxy_ended(struct kproxy *kp);
+
+/* What a listener shows (netlink, /proc); read under kproxy_lock. */
+enum {
+	KPROXY_LC_ACCEPTED,
+	KPROXY_LC_CREATED,
+	KPROXY_LC_FAILED_REFUSED,
+	KPROXY_LC_FAILED_UNREACHABLE,
+	KPROXY_LC_FAILED_TIMEOUT,
+	KPROXY_LC_FAILED_OTHER,
+	KPROXY_LC_REFUSED_LIMIT,
+	KPROXY_LC_MAX,
+};
+
+struct kproxy_listener_info {
+	u32 id;
+	struct sockaddr_storage listen;
+	struct sockaddr_storage target;
+	struct sockaddr_storage source;
+	u32 max_proxies;
+	u32 timeout_ms;
+	u32 prog_id[2];
+	u64 created_ns;
+	u64 counters[KPROXY_LC_MAX];
+	u32 active;
+	u32 pending;
+};
+
+void kproxy_listener_info(const struct kproxy_listener *l,
+			  struct kproxy_listener_info *info);
+bool kproxy_listener_live(const struct kproxy_listener *l);
+struct kproxy_listener *kproxy_listener_of(struct list_head *node);
+
 /* netlink.c */
 int kproxy_nl_init(void);
 void kproxy_nl_exit(void);
 void kproxy_nl_notify(struct kproxy *kp, u8 cmd);
+void kproxy_nl_notify_new(struct kproxy *kp);
 void kproxy_nl_notify_end(struct kproxy *kp);
+void kproxy_nl_notify_listener(struct net *net,
+			       const struct kproxy_listener_info *info, u8 cmd);
 
 /* proc.c */
 int kproxy_proc_init(struct net *net);

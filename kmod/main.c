@@ -51,11 +51,14 @@ static int __net_init kproxy_net_init(struct net *net)
 	struct kproxy_net *kn = kproxy_pernet(net);
 
 	INIT_LIST_HEAD(&kn->proxies);
+	INIT_LIST_HEAD(&kn->listeners);
 	return kproxy_proc_init(net);
 }
 
 static void __net_exit kproxy_net_exit(struct net *net)
 {
+	/* Listeners first: none makes a proxy once they are gone. */
+	kproxy_listener_end_all(net);
 	kproxy_end_all(net, KPROXY_REASON_NETNS_EXIT);
 	kproxy_proc_exit(net);
 }
@@ -108,6 +111,7 @@ static void __exit kproxy_exit(void)
 	mutex_lock(&kproxy_lock);
 	kproxy_unloading = true;
 	mutex_unlock(&kproxy_lock);
+	kproxy_listener_end_all(NULL);
 	kproxy_end_all(NULL, KPROXY_REASON_UNLOAD);
 	debugfs_remove_recursive(kproxy_debugfs);
 
@@ -115,6 +119,7 @@ static void __exit kproxy_exit(void)
 	unregister_pernet_subsys(&kproxy_net_ops);
 	destroy_workqueue(kproxy_wq);
 	idr_destroy(&kproxy_idr);
+	idr_destroy(&kproxy_listener_idr);
 }
 
 module_init(kproxy_init);

@@ -6,6 +6,13 @@
 
 #include "netlink-gen.h"
 
+/* Nested: endpoint */
+static const struct nla_policy kproxy_endpoint_nl_policy[KPROXY_A_ENDPOINT_MAX + 1] = {
+	[KPROXY_A_ENDPOINT_FAMILY] = { .type = NLA_U16, },
+	[KPROXY_A_ENDPOINT_ADDR] = NLA_POLICY_RANGE(NLA_BINARY, 4, 16),
+	[KPROXY_A_ENDPOINT_PORT] = { .type = NLA_U16, },
+};
+
 /* KPROXY_CMD_PROXY_NEW - do */
 static const struct nla_policy kproxy_proxy_new_nl_policy[KPROXY_A_PROXY_NOTIFY + 1] = {
 	[KPROXY_A_PROXY_FD_A] = { .type = NLA_U32, },
@@ -36,6 +43,29 @@ static const struct nla_policy kproxy_bpf_detach_nl_policy[KPROXY_A_PROXY_DIRECT
 	[KPROXY_A_PROXY_ID] = NLA_POLICY_MIN(NLA_U32, 1),
 	[KPROXY_A_PROXY_KIND] = NLA_POLICY_MAX(NLA_U32, 1),
 	[KPROXY_A_PROXY_DIRECTION] = NLA_POLICY_MAX(NLA_U32, 2),
+};
+
+/* KPROXY_CMD_LISTENER_NEW - do */
+static const struct nla_policy kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_NOTIFY + 1] = {
+	[KPROXY_A_LISTENER_FD] = { .type = NLA_U32, },
+	[KPROXY_A_LISTENER_TARGET] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
+	[KPROXY_A_LISTENER_SOURCE] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
+	[KPROXY_A_LISTENER_MAX_PROXIES] = { .type = NLA_U32, },
+	[KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS] = NLA_POLICY_MIN(NLA_U32, 1),
+	[KPROXY_A_LISTENER_PARSER_FD] = { .type = NLA_U32, },
+	[KPROXY_A_LISTENER_VERDICT_FD] = { .type = NLA_U32, },
+	[KPROXY_A_LISTENER_NOTIFY] = { .type = NLA_FLAG, },
+};
+
+/* KPROXY_CMD_LISTENER_DEL - do */
+static const struct nla_policy kproxy_listener_del_nl_policy[KPROXY_A_LISTENER_END_PROXIES + 1] = {
+	[KPROXY_A_LISTENER_ID] = NLA_POLICY_MIN(NLA_U32, 1),
+	[KPROXY_A_LISTENER_END_PROXIES] = { .type = NLA_FLAG, },
+};
+
+/* KPROXY_CMD_LISTENER_GET - do */
+static const struct nla_policy kproxy_listener_get_nl_policy[KPROXY_A_LISTENER_ID + 1] = {
+	[KPROXY_A_LISTENER_ID] = NLA_POLICY_MIN(NLA_U32, 1),
 };
 
 /* Ops table for kproxy */
@@ -79,6 +109,30 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.policy		= kproxy_bpf_detach_nl_policy,
 		.maxattr	= KPROXY_A_PROXY_DIRECTION,
 		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd		= KPROXY_CMD_LISTENER_NEW,
+		.validate	= 0,
+		.doit		= kproxy_nl_listener_new_doit,
+		.policy		= kproxy_listener_new_nl_policy,
+		.maxattr	= KPROXY_A_LISTENER_NOTIFY,
+		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd		= KPROXY_CMD_LISTENER_DEL,
+		.validate	= 0,
+		.doit		= kproxy_nl_listener_del_doit,
+		.policy		= kproxy_listener_del_nl_policy,
+		.maxattr	= KPROXY_A_LISTENER_END_PROXIES,
+		.flags		= GENL_UNS_ADMIN_PERM,
+	},
+	{
+		.cmd		= KPROXY_CMD_LISTENER_GET,
+		.validate	= 0,
+		.doit		= kproxy_nl_listener_get_doit,
+		.dumpit		= kproxy_nl_listener_get_dumpit,
+		.policy		= kproxy_listener_get_nl_policy,
+		.maxattr	= KPROXY_A_LISTENER_ID,
 	},
 };
 

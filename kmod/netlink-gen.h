@@ -15,6 +15,10 @@ int kproxy_nl_proxy_get_doit(struct sk_buff *skb, struct genl_info *info);
 int kproxy_nl_proxy_get_dumpit(struct sk_buff *skb, struct netlink_callback *cb);
 int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info);
 int kproxy_nl_bpf_detach_doit(struct sk_buff *skb, struct genl_info *info);
+int kproxy_nl_listener_new_doit(struct sk_buff *skb, struct genl_info *info);
+int kproxy_nl_listener_del_doit(struct sk_buff *skb, struct genl_info *info);
+int kproxy_nl_listener_get_doit(struct sk_buff *skb, struct genl_info *info);
+int kproxy_nl_listener_get_dumpit(struct sk_buff *skb, struct netlink_callback *cb);
 
 enum {
 	KPROXY_NLGRP_MONITOR,

@@ -144,7 +144,9 @@ static int kproxy_fill(struct sk_buff *skb, struct kproxy *kp, u32 portid,
 	     nla_put_u32(skb, KPROXY_A_PROXY_REASON, kp->reason)) ||
 	    (cmd == KPROXY_CMD_PROXY_DEL_NTF &&
 	     kp->reason == KPROXY_REASON_TLS_ALERT &&
-	     nla_put_u8(skb, KPROXY_A_PROXY_TLS_ALERT, kp->tls_alert))) {
+	     nla_put_u8(skb, KPROXY_A_PROXY_TLS_ALERT, kp->tls_alert)) ||
+	    (kp->listener_id &&
+	     nla_put_u32(skb, KPROXY_A_PROXY_LISTENER_ID, kp->listener_id))) {
 		genlmsg_cancel(skb, hdr);
 		return -EMSGSIZE;
 	}
@@ -192,6 +194,37 @@ void kproxy_nl_notify_end(struct kproxy *kp)
 	if (!skb)
 		return;
 	if (kproxy_fill(skb, kp, 0, 0, 0, KPROXY_CMD_PROXY_DEL_NTF, NULL)) {
+		nlmsg_free(skb);
+		return;
+	}
+	if (portid)
+		uskb = mcast ? skb_clone(skb, GFP_KERNEL) : skb;
+	if (mcast)
+		genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, portid,
+					KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+	if (uskb)
+		genlmsg_unicast(kp->net, uskb, portid);
+}
+
+/*
+ * proxy-new-ntf of a listener's proxy: as kproxy_nl_notify(), and when the
+ * listener's creator asked (notify_portid), unicast to it as well, which
+ * the multicast then skips (see kproxy_nl_notify_end()).
+ */
+void kproxy_nl_notify_new(struct kproxy *kp)
+{
+	u32 portid = kp->notify_portid;
+	struct sk_buff *skb, *uskb = NULL;
+	bool mcast;
+
+	mcast = genl_has_listeners(&kproxy_nl_family, kp->net,
+				   KPROXY_NLGRP_MONITOR);
+	if (!mcast && !portid)
+		return;
+	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!skb)
+		return;
+	if (kproxy_fill(skb, kp, 0, 0, 0, KPROXY_CMD_PROXY_NEW_NTF, NULL)) {
 		nlmsg_free(skb);
 		return;
 	}
@@ -508,6 +541,424 @@ out_unlock:
 		if (old[d])
 			bpf_prog_put(old[d]);
 	return err;
+}
+
+/* ---- listeners ------------------------------------------------------------ */
+
+static int kproxy_put_endpoint(struct sk_buff *skb, int attr,
+			       const struct sockaddr_storage *ss)
+{
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+	struct nlattr *nest;
+	int err;
+
+	nest = nla_nest_start(skb, attr);
+	if (!nest)
+		return -EMSGSIZE;
+	if (ss->ss_family == AF_INET6)
+		err = nla_put_u16(skb, KPROXY_A_ENDPOINT_FAMILY, AF_INET6) ||
+		      nla_put_in6_addr(skb, KPROXY_A_ENDPOINT_ADDR,
+				       &sin6->sin6_addr) ||
+		      nla_put_u16(skb, KPROXY_A_ENDPOINT_PORT,
+				  ntohs(sin6->sin6_port));
+	else
+		err = nla_put_u16(skb, KPROXY_A_ENDPOINT_FAMILY, AF_INET) ||
+		      nla_put_in_addr(skb, KPROXY_A_ENDPOINT_ADDR,
+				      sin->sin_addr.s_addr) ||
+		      nla_put_u16(skb, KPROXY_A_ENDPOINT_PORT,
+				  ntohs(sin->sin_port));
+	if (err) {
+		nla_nest_cancel(skb, nest);
+		return -EMSGSIZE;
+	}
+	nla_nest_end(skb, nest);
+	return 0;
+}
+
+static int kproxy_put_counter(struct sk_buff *skb, int attr, u64 value)
+{
+	return nla_put_u64_64bit(skb, attr, value, KPROXY_A_LISTENER_PAD);
+}
+
+static int kproxy_fill_listener(struct sk_buff *skb,
+				const struct kproxy_listener_info *info,
+				u32 portid, u32 seq, int flags, u8 cmd,
+				struct netlink_callback *cb)
+{
+	const u64 *c = info->counters;
+	void *hdr;
+
+	hdr = genlmsg_put(skb, portid, seq, &kproxy_nl_family, flags, cmd);
+	if (!hdr)
+		return -EMSGSIZE;
+	if (cb)
+		genl_dump_check_consistent(cb, hdr);
+
+	if (nla_put_u32(skb, KPROXY_A_LISTENER_ID, info->id) ||
+	    kproxy_put_endpoint(skb, KPROXY_A_LISTENER_LISTEN, &info->listen) ||
+	    kproxy_put_endpoint(skb, KPROXY_A_LISTENER_TARGET, &info->target) ||
+	    (info->source.ss_family &&
+	     kproxy_put_endpoint(skb, KPROXY_A_LISTENER_SOURCE, &info->source)) ||
+	    nla_put_u32(skb, KPROXY_A_LISTENER_MAX_PROXIES, info->max_proxies) ||
+	    nla_put_u32(skb, KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS,
+			info->timeout_ms) ||
+	    (info->prog_id[KPROXY_BPF_KIND_PARSER] &&
+	     nla_put_u32(skb, KPROXY_A_LISTENER_PARSER_ID,
+			 info->prog_id[KPROXY_BPF_KIND_PARSER])) ||
+	    (info->prog_id[KPROXY_BPF_KIND_VERDICT] &&
+	     nla_put_u32(skb, KPROXY_A_LISTENER_VERDICT_ID,
+			 info->prog_id[KPROXY_BPF_KIND_VERDICT])) ||
+	    nla_put_u64_64bit(skb, KPROXY_A_LISTENER_CREATE_TIME,
+			      info->created_ns, KPROXY_A_LISTENER_PAD) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_ACCEPTED,
+			       c[KPROXY_LC_ACCEPTED]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_CREATED,
+			       c[KPROXY_LC_CREATED]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_FAILED_REFUSED,
+			       c[KPROXY_LC_FAILED_REFUSED]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_FAILED_UNREACHABLE,
+			       c[KPROXY_LC_FAILED_UNREACHABLE]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_FAILED_TIMEOUT,
+			       c[KPROXY_LC_FAILED_TIMEOUT]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_FAILED_OTHER,
+			       c[KPROXY_LC_FAILED_OTHER]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_REFUSED_LIMIT,
+			       c[KPROXY_LC_REFUSED_LIMIT]) ||
+	    nla_put_u32(skb, KPROXY_A_LISTENER_ACTIVE, info->active) ||
+	    nla_put_u32(skb, KPROXY_A_LISTENER_PENDING, info->pending)) {
+		genlmsg_cancel(skb, hdr);
+		return -EMSGSIZE;
+	}
+	genlmsg_end(skb, hdr);
+	return 0;
+}
+
+void kproxy_nl_notify_listener(struct net *net,
+			       const struct kproxy_listener_info *info, u8 cmd)
+{
+	struct sk_buff *skb;
+
+	if (!genl_has_listeners(&kproxy_nl_family, net, KPROXY_NLGRP_MONITOR))
+		return;
+	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!skb)
+		return;
+	if (kproxy_fill_listener(skb, info, 0, 0, 0, cmd, NULL)) {
+		nlmsg_free(skb);
+		return;
+	}
+	genlmsg_multicast_netns(&kproxy_nl_family, net, skb, 0,
+				KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+}
+
+/* An endpoint nest into a sockaddr; @target: the port must not be 0. */
+static int kproxy_nl_endpoint(struct nlattr *nest, bool target,
+			      struct sockaddr_storage *ss,
+			      struct netlink_ext_ack *extack)
+{
+	struct nlattr *tb[KPROXY_A_ENDPOINT_MAX + 1];
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+	struct nlattr *addr;
+	u16 port = 0;
+	int err;
+
+	/* The generated policy has validated the nest already. */
+	err = nla_parse_nested(tb, KPROXY_A_ENDPOINT_MAX, nest, NULL, extack);
+	if (err)
+		return err;
+	addr = tb[KPROXY_A_ENDPOINT_ADDR];
+	if (!tb[KPROXY_A_ENDPOINT_FAMILY] || !addr) {
+		NL_SET_ERR_MSG_ATTR(extack, nest,
+				    "an endpoint needs a family and an addr");
+		return -EINVAL;
+	}
+	if (tb[KPROXY_A_ENDPOINT_PORT])
+		port = nla_get_u16(tb[KPROXY_A_ENDPOINT_PORT]);
+	if (target && !port) {
+		NL_SET_ERR_MSG_ATTR(extack, nest, "the target needs a port");
+		return -EINVAL;
+	}
+	memset(ss, 0, sizeof(*ss));
+	switch (nla_get_u16(tb[KPROXY_A_ENDPOINT_FAMILY])) {
+	case AF_INET:
+		if (nla_len(addr) != sizeof(struct in_addr)) {
+			NL_SET_ERR_MSG_ATTR(extack, addr,
+					    "an AF_INET addr is 4 bytes");
+			return -EINVAL;
+		}
+		sin->sin_family = AF_INET;
+		sin->sin_addr.s_addr = nla_get_in_addr(addr);
+		sin->sin_port = htons(port);
+		return 0;
+	case AF_INET6:
+		if (!IS_ENABLED(CONFIG_IPV6))
+			break;
+		if (nla_len(addr) != sizeof(struct in6_addr)) {
+			NL_SET_ERR_MSG_ATTR(extack, addr,
+					    "an AF_INET6 addr is 16 bytes");
+			return -EINVAL;
+		}
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_addr = nla_get_in6_addr(addr);
+		sin6->sin6_port = htons(port);
+		return 0;
+	}
+	NL_SET_ERR_MSG_ATTR(extack, tb[KPROXY_A_ENDPOINT_FAMILY],
+			    "family must be AF_INET (2) or AF_INET6 (10)");
+	return -EAFNOSUPPORT;
+}
+
+/* The listening socket by fd: a TCP socket of a netns the caller administers. */
+static struct socket *kproxy_nl_listen_socket(struct genl_info *info)
+{
+	struct nlattr *attr = info->attrs[KPROXY_A_LISTENER_FD];
+	struct socket *sock;
+	struct sock *sk;
+	int err;
+
+	sock = sockfd_lookup(nla_get_u32(attr), &err);
+	if (!sock) {
+		if (err == -ENOTSOCK)
+			NL_SET_ERR_MSG_ATTR(info->extack, attr,
+					    "fd is not a socket");
+		else
+			NL_SET_ERR_MSG_ATTR(info->extack, attr,
+					    "fd is not an open file descriptor");
+		return ERR_PTR(err);
+	}
+	sk = sock->sk;
+	if (!sk || sk->sk_type != SOCK_STREAM ||
+	    sk->sk_protocol != IPPROTO_TCP ||
+	    (sk->sk_family != AF_INET && sk->sk_family != AF_INET6)) {
+		NL_SET_ERR_MSG_ATTR(info->extack, attr, "fd is not a TCP socket");
+		sockfd_put(sock);
+		return ERR_PTR(-EPROTONOSUPPORT);
+	}
+	if (!ns_capable(sock_net(sk)->user_ns, CAP_NET_ADMIN)) {
+		NL_SET_ERR_MSG_ATTR(info->extack, attr,
+				    "fd belongs to a network namespace the caller does not administer (CAP_NET_ADMIN)");
+		sockfd_put(sock);
+		return ERR_PTR(-EPERM);
+	}
+	return sock;
+}
+
+static struct bpf_prog *kproxy_nl_listener_prog(struct genl_info *info,
+						int attr_type)
+{
+	struct nlattr *attr = info->attrs[attr_type];
+	struct bpf_prog *prog;
+
+	if (!attr)
+		return NULL;
+	prog = bpf_prog_get_type(nla_get_u32(attr), BPF_PROG_TYPE_SOCKET_FILTER);
+	if (IS_ERR(prog)) {
+		if (PTR_ERR(prog) == -EINVAL)
+			NL_SET_ERR_MSG_ATTR(info->extack, attr,
+					    "program is not of type socket_filter");
+		else
+			NL_SET_ERR_MSG_ATTR(info->extack, attr,
+					    "not a BPF program");
+	}
+	return prog;
+}
+
+/* Everything listener-new asks for, checked, before anything is hooked. */
+static int kproxy_nl_listener_args(struct genl_info *info,
+				   struct kproxy_listener_new *args)
+{
+	struct nlattr **attrs = info->attrs;
+	struct bpf_prog *prog;
+	int err, kind;
+
+	err = kproxy_nl_endpoint(attrs[KPROXY_A_LISTENER_TARGET], true,
+				 &args->target, info->extack);
+	if (err)
+		return err;
+	if (attrs[KPROXY_A_LISTENER_SOURCE]) {
+		err = kproxy_nl_endpoint(attrs[KPROXY_A_LISTENER_SOURCE], false,
+					 &args->source, info->extack);
+		if (err)
+			return err;
+		if (args->source.ss_family != args->target.ss_family) {
+			NL_SET_ERR_MSG_ATTR(info->extack,
+					    attrs[KPROXY_A_LISTENER_SOURCE],
+					    "source and target must be of the same family");
+			return -EINVAL;
+		}
+	}
+	if (attrs[KPROXY_A_LISTENER_NOTIFY])
+		args->notify_portid = info->snd_portid;
+	if (attrs[KPROXY_A_LISTENER_MAX_PROXIES])
+		args->max_proxies = nla_get_u32(attrs[KPROXY_A_LISTENER_MAX_PROXIES]);
+	args->timeout_ms = 10000;
+	if (attrs[KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS])
+		args->timeout_ms =
+			nla_get_u32(attrs[KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS]);
+	if (attrs[KPROXY_A_LISTENER_VERDICT_FD] &&
+	    !attrs[KPROXY_A_LISTENER_PARSER_FD]) {
+		NL_SET_ERR_MSG_ATTR(info->extack, attrs[KPROXY_A_LISTENER_VERDICT_FD],
+				    "a verdict needs a parser: give parser-fd too");
+		return -EINVAL;
+	}
+	for (kind = 0; kind < 2; kind++) {
+		prog = kproxy_nl_listener_prog(info, kind == KPROXY_BPF_KIND_PARSER ?
+					       KPROXY_A_LISTENER_PARSER_FD :
+					       KPROXY_A_LISTENER_VERDICT_FD);
+		if (IS_ERR(prog))
+			return PTR_ERR(prog);
+		args->prog[kind] = prog;
+	}
+	args->sock = kproxy_nl_listen_socket(info);
+	if (IS_ERR(args->sock)) {
+		err = PTR_ERR(args->sock);
+		args->sock = NULL;
+		return err;
+	}
+	return 0;
+}
+
+struct kproxy_listener_reply {
+	struct sk_buff *skb;
+	struct genl_info *info;
+};
+
+/* kproxy_listener_create()'s @published: reply and listener-new-ntf. */
+static int kproxy_nl_listener_published(struct kproxy_listener *l, void *arg)
+{
+	struct kproxy_listener_reply *r = arg;
+	struct kproxy_listener_info li;
+	int err;
+
+	kproxy_listener_info(l, &li);
+	err = kproxy_fill_listener(r->skb, &li, r->info->snd_portid,
+				   r->info->snd_seq, 0,
+				   KPROXY_CMD_LISTENER_NEW, NULL);
+	if (!err)
+		kproxy_nl_notify_listener(genl_info_net(r->info), &li,
+					  KPROXY_CMD_LISTENER_NEW_NTF);
+	return err;
+}
+
+int kproxy_nl_listener_new_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct kproxy_listener_reply r = { .info = info };
+	struct kproxy_listener_new args = {};
+	int err, kind;
+
+	err = kproxy_nl_may_mutate(skb, info);
+	if (err)
+		return err;
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_LISTENER_FD) ||
+	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_LISTENER_TARGET))
+		return -EINVAL;
+
+	err = kproxy_nl_listener_args(info, &args);
+	if (err)
+		goto out_put;
+	r.skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!r.skb) {
+		err = -ENOMEM;
+		goto out_put;
+	}
+	err = kproxy_listener_create(genl_info_net(info), &args,
+				     kproxy_nl_listener_published, &r,
+				     info->extack);
+	if (!err)
+		return genlmsg_reply(r.skb, info);
+	nlmsg_free(r.skb);
+out_put:
+	if (args.sock)
+		sockfd_put(args.sock);
+	for (kind = 0; kind < 2; kind++)
+		if (!IS_ERR_OR_NULL(args.prog[kind]))
+			bpf_prog_put(args.prog[kind]);
+	return err;
+}
+
+int kproxy_nl_listener_del_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct nlattr *attr = info->attrs[KPROXY_A_LISTENER_ID];
+	int err;
+
+	err = kproxy_nl_may_mutate(skb, info);
+	if (err)
+		return err;
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_LISTENER_ID))
+		return -EINVAL;
+	err = kproxy_listener_delete(genl_info_net(info), nla_get_u32(attr),
+				     info->attrs[KPROXY_A_LISTENER_END_PROXIES]);
+	if (err == -ENOENT)
+		NL_SET_ERR_MSG_ATTR(info->extack, attr,
+				    "no such listener in this network namespace");
+	return err;
+}
+
+int kproxy_nl_listener_get_doit(struct sk_buff *skb, struct genl_info *info)
+{
+	struct nlattr *attr = info->attrs[KPROXY_A_LISTENER_ID];
+	struct kproxy_listener_info li;
+	struct kproxy_listener *l;
+	struct sk_buff *reply;
+	int err;
+
+	if (GENL_REQ_ATTR_CHECK(info, KPROXY_A_LISTENER_ID))
+		return -EINVAL;
+
+	mutex_lock(&kproxy_lock);
+	l = kproxy_listener_find(genl_info_net(info), nla_get_u32(attr));
+	if (l)
+		kproxy_listener_info(l, &li);
+	mutex_unlock(&kproxy_lock);
+	if (!l) {
+		NL_SET_ERR_MSG_ATTR(info->extack, attr,
+				    "no such listener in this network namespace");
+		return -ENOENT;
+	}
+
+	reply = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
+	if (!reply)
+		return -ENOMEM;
+	err = kproxy_fill_listener(reply, &li, info->snd_portid, info->snd_seq,
+				   0, KPROXY_CMD_LISTENER_GET, NULL);
+	if (err) {
+		nlmsg_free(reply);
+		return err;
+	}
+	return genlmsg_reply(reply, info);
+}
+
+/* cb->args[0]: the id to resume the dump from. */
+int kproxy_nl_listener_get_dumpit(struct sk_buff *skb,
+				  struct netlink_callback *cb)
+{
+	struct net *net = sock_net(skb->sk);
+	struct kproxy_listener_info li;
+	struct kproxy_listener *l;
+	int id = cb->args[0];
+	int err = 0;
+
+	mutex_lock(&kproxy_lock);
+	cb->seq = kproxy_pernet(net)->gen;
+	for (l = idr_get_next(&kproxy_listener_idr, &id); l;
+	     id++, l = idr_get_next(&kproxy_listener_idr, &id)) {
+		if (!kproxy_listener_find(net, id))
+			continue;
+		kproxy_listener_info(l, &li);
+		err = kproxy_fill_listener(skb, &li, NETLINK_CB(cb->skb).portid,
+					   cb->nlh->nlmsg_seq, NLM_F_MULTI,
+					   KPROXY_CMD_LISTENER_GET, cb);
+		if (err)
+			break;
+	}
+	mutex_unlock(&kproxy_lock);
+
+	cb->args[0] = id;
+	if (err == -EMSGSIZE && skb->len)
+		return skb->len;
+	return err ?: skb->len;
 }
 
 int kproxy_nl_init(void)

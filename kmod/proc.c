@@ -2,6 +2,7 @@
 /*
  * /proc/net/kproxy: a header naming every column, then one line per
  * proxy of the reader's netns. /proc/net/kproxy_stat: that netns's totals.
+ * /proc/net/kproxy_listeners: a header, then one line per listener.
  * The format is documented in README.md; columns are only ever appended.
  */
 #include <linux/proc_fs.h>
@@ -127,7 +128,7 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 
 	if (v == &kn->proxies) {
 		seq_puts(seq,
-			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict a_tls b_tls\n");
+			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict a_tls b_tls listener\n");
 		return 0;
 	}
 
@@ -144,7 +145,10 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 			   kproxy_bpf_id(&kp->dir[d], KPROXY_BPF_KIND_VERDICT));
 	kproxy_seq_tls(seq, kp, 0);
 	kproxy_seq_tls(seq, kp, 1);
-	seq_putc(seq, '\n');
+	if (kp->listener_id)
+		seq_printf(seq, " %u\n", kp->listener_id);
+	else
+		seq_puts(seq, " -\n");
 	return 0;
 }
 
@@ -153,6 +157,75 @@ static const struct seq_operations kproxy_seq_ops = {
 	.next = kproxy_seq_next,
 	.stop = kproxy_seq_stop,
 	.show = kproxy_seq_show,
+};
+
+/* /proc/net/kproxy_listeners: one line per live listener of the netns. */
+static void *kproxy_lseq_start(struct seq_file *seq, loff_t *pos)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_net(seq));
+
+	mutex_lock(&kproxy_lock);
+	return seq_list_start_head(&kn->listeners, *pos);
+}
+
+static void *kproxy_lseq_next(struct seq_file *seq, void *v, loff_t *pos)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_net(seq));
+
+	return seq_list_next(v, &kn->listeners, pos);
+}
+
+static void kproxy_seq_sockaddr(struct seq_file *seq,
+				const struct sockaddr_storage *ss)
+{
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+	if (ss->ss_family == AF_INET6)
+		kproxy_seq_addr(seq, AF_INET6, 0, &sin6->sin6_addr,
+				sin6->sin6_port);
+	else if (ss->ss_family == AF_INET)
+		kproxy_seq_addr(seq, AF_INET, sin->sin_addr.s_addr, NULL,
+				sin->sin_port);
+	else
+		seq_puts(seq, " -");
+}
+
+static int kproxy_lseq_show(struct seq_file *seq, void *v)
+{
+	struct kproxy_net *kn = kproxy_pernet(seq_file_net(seq));
+	struct kproxy_listener_info info;
+	struct kproxy_listener *l;
+	int i;
+
+	if (v == &kn->listeners) {
+		seq_puts(seq,
+			 "id listen target source max_proxies connect_timeout_ms parser verdict accepted created failed_refused failed_unreachable failed_timeout failed_other refused_limit active pending created_ns\n");
+		return 0;
+	}
+	l = kproxy_listener_of(v);
+	if (!kproxy_listener_live(l))
+		return 0;
+	kproxy_listener_info(l, &info);
+	seq_printf(seq, "%u", info.id);
+	kproxy_seq_sockaddr(seq, &info.listen);
+	kproxy_seq_sockaddr(seq, &info.target);
+	kproxy_seq_sockaddr(seq, &info.source);
+	seq_printf(seq, " %u %u %u %u", info.max_proxies, info.timeout_ms,
+		   info.prog_id[KPROXY_BPF_KIND_PARSER],
+		   info.prog_id[KPROXY_BPF_KIND_VERDICT]);
+	for (i = 0; i < KPROXY_LC_MAX; i++)
+		seq_printf(seq, " %llu", info.counters[i]);
+	seq_printf(seq, " %u %u %llu\n", info.active, info.pending,
+		   info.created_ns);
+	return 0;
+}
+
+static const struct seq_operations kproxy_lseq_ops = {
+	.start = kproxy_lseq_start,
+	.next = kproxy_lseq_next,
+	.stop = kproxy_seq_stop,
+	.show = kproxy_lseq_show,
 };
 
 static int kproxy_stat_show(struct seq_file *seq, void *v)
@@ -192,15 +265,23 @@ int kproxy_proc_init(struct net *net)
 			     sizeof(struct seq_net_private)))
 		return -ENOMEM;
 	if (!proc_create_net_single("kproxy_stat", 0444, net->proc_net,
-				    kproxy_stat_show, NULL)) {
-		remove_proc_entry("kproxy", net->proc_net);
-		return -ENOMEM;
-	}
+				    kproxy_stat_show, NULL))
+		goto err_proxies;
+	if (!proc_create_net("kproxy_listeners", 0444, net->proc_net,
+			     &kproxy_lseq_ops, sizeof(struct seq_net_private)))
+		goto err_stat;
 	return 0;
+
+err_stat:
+	remove_proc_entry("kproxy_stat", net->proc_net);
+err_proxies:
+	remove_proc_entry("kproxy", net->proc_net);
+	return -ENOMEM;
 }
 
 void kproxy_proc_exit(struct net *net)
 {
+	remove_proc_entry("kproxy_listeners", net->proc_net);
 	remove_proc_entry("kproxy_stat", net->proc_net);
 	remove_proc_entry("kproxy", net->proc_net);
 }

@@ -12,6 +12,7 @@
 #include <net/sock.h>
 #include <net/tcp.h>
 
+#include "compat.h"
 #include "kproxy.h"
 #include "netlink-gen.h"
 
@@ -20,16 +21,36 @@ static void kproxy_end_work(struct work_struct *work)
 	kproxy_destroy(container_of(work, struct kproxy, end_work));
 }
 
+/* Give a proxy's sockets up: file references, or file-less sockets it owns. */
+static void kproxy_put_socks(struct kproxy *kp)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (test_bit(KPROXY_KERNEL_SOCKS, &kp->flags))
+			sock_release(kp->sock[i]);
+		else
+			sockfd_put(kp->sock[i]);
+	}
+}
+
 /*
+ * Join two sockets the caller holds: by file reference (sockfd_lookup(),
+ * @kernel_socks false) or file-less ones it owns (@kernel_socks true, a
+ * listener's). On success the proxy has taken them over; on error they
+ * are still the caller's. The proxy takes its own reference on @memcg.
+ *
  * @published runs under kproxy_lock once the proxy has its id, just
  * before it is made visible: the one moment its creator may describe it,
  * since ending it takes kproxy_lock (kproxy_claim()) and it may end, and
  * be freed, as soon as the lock is released. An error from @published
- * undoes the creation, so an error always means no proxy was made.
+ * undoes the creation, so an error always means no proxy was made; BPF
+ * programs @published attached are released then.
  */
-int kproxy_create(struct net *net, int fd_a, int fd_b,
-		  int (*published)(struct kproxy *kp, void *arg), void *arg,
-		  struct netlink_ext_ack *extack)
+int kproxy_join(struct net *net, struct socket *sock_a, struct socket *sock_b,
+		bool kernel_socks, struct mem_cgroup *memcg,
+		int (*published)(struct kproxy *kp, void *arg), void *arg,
+		struct netlink_ext_ack *extack)
 {
 	struct kproxy_net *kn = kproxy_pernet(net);
 	struct kproxy *kp;
@@ -38,38 +59,30 @@ int kproxy_create(struct net *net, int fd_a, int fd_b,
 	/* An idle proxy costs one kmalloc-512 object (lock debugging aside). */
 	BUILD_BUG_ON(!IS_ENABLED(CONFIG_DEBUG_SPINLOCK) &&
 		     !IS_ENABLED(CONFIG_LOCKDEP) && sizeof(*kp) > 512);
+	if (sock_a == sock_b) {
+		NL_SET_ERR_MSG(extack, "fd-a and fd-b are the same socket");
+		return -EINVAL;
+	}
 	kp = kzalloc(sizeof(*kp), GFP_KERNEL_ACCOUNT);
 	if (!kp)
 		return -ENOMEM;
 	atomic_inc(&kproxy_objects);
 	kp->net = net;
-	kp->memcg = get_mem_cgroup_from_mm(current->mm);
+	kp->memcg = kproxy_memcg_get(memcg);
 	INIT_LIST_HEAD(&kp->net_node);
 	INIT_WORK(&kp->end_work, kproxy_end_work);
 	kp->created_ns = ktime_get_real_ns();
-
-	kp->sock[0] = kproxy_get_socket(fd_a, 0, extack);
-	if (IS_ERR(kp->sock[0])) {
-		err = PTR_ERR(kp->sock[0]);
-		goto err_free;
-	}
-	kp->sock[1] = kproxy_get_socket(fd_b, 1, extack);
-	if (IS_ERR(kp->sock[1])) {
-		err = PTR_ERR(kp->sock[1]);
-		goto err_put_a;
-	}
-	if (kp->sock[0] == kp->sock[1]) {
-		NL_SET_ERR_MSG(extack, "fd-a and fd-b are the same socket");
-		err = -EINVAL;
-		goto err_put_b;
-	}
+	kp->sock[0] = sock_a;
+	kp->sock[1] = sock_b;
+	if (kernel_socks)
+		__set_bit(KPROXY_KERNEL_SOCKS, &kp->flags);
 
 	for (i = 0; i < 2; i++)
 		kproxy_dir_init(kp, i);
 
 	err = kproxy_hook(kp, 0, extack);
 	if (err)
-		goto err_put_b;
+		goto err_free;
 	err = kproxy_hook(kp, 1, extack);
 	if (err)
 		goto err_unhook_a;
@@ -116,15 +129,42 @@ err_unhook_a:
 	/* Callbacks may have queued works; they return at once (not RUNNING). */
 	cancel_work_sync(&kp->dir[0].work);
 	cancel_work_sync(&kp->dir[1].work);
-err_put_b:
-	sockfd_put(kp->sock[1]);
-err_put_a:
-	sockfd_put(kp->sock[0]);
+	kproxy_bpf_release(&kp->dir[0]);
+	kproxy_bpf_release(&kp->dir[1]);
 err_free:
 	mem_cgroup_put(kp->memcg);
 	kfree(kp);
 	atomic_dec(&kproxy_objects);
 	wake_up_all(&kproxy_destroyed_wq);	/* an unload may be waiting */
+	return err;
+}
+
+/* proxy-new: join two sockets of the caller's fd table; see kproxy_join(). */
+int kproxy_create(struct net *net, int fd_a, int fd_b,
+		  int (*published)(struct kproxy *kp, void *arg), void *arg,
+		  struct netlink_ext_ack *extack)
+{
+	struct socket *sock_a, *sock_b;
+	struct mem_cgroup *memcg;
+	int err;
+
+	sock_a = kproxy_get_socket(fd_a, 0, extack);
+	if (IS_ERR(sock_a))
+		return PTR_ERR(sock_a);
+	sock_b = kproxy_get_socket(fd_b, 1, extack);
+	if (IS_ERR(sock_b)) {
+		err = PTR_ERR(sock_b);
+		goto out_put_a;
+	}
+	memcg = get_mem_cgroup_from_mm(current->mm);
+	err = kproxy_join(net, sock_a, sock_b, false, memcg, published, arg,
+			  extack);
+	mem_cgroup_put(memcg);
+	if (!err)
+		return 0;
+	sockfd_put(sock_b);
+out_put_a:
+	sockfd_put(sock_a);
 	return err;
 }
 
@@ -145,7 +185,8 @@ enum kproxy_state kproxy_state(const struct kproxy *kp)
 {
 	if (test_bit(KPROXY_DEAD, &kp->flags))
 		return KPROXY_STATE_CLOSING;
-	if (atomic_read(&kp->shut_dirs))
+	if (test_bit(KPROXY_SHUT_A_TO_B, &kp->flags) ||
+	    test_bit(KPROXY_SHUT_B_TO_A, &kp->flags))
 		return KPROXY_STATE_HALF_CLOSED;
 	return KPROXY_STATE_ACTIVE;
 }
@@ -240,11 +281,12 @@ void kproxy_destroy(struct kproxy *kp)
 	kn->totals.ended[kp->reason]++;
 	kproxy_add_totals(&kn->totals, kp);
 	kn->gen++;
+	if (kp->listener_id)
+		kproxy_listener_proxy_ended(kp);
 	mutex_unlock(&kproxy_lock);
 	/* From here on kp->net may be gone: kproxy_end_all() may return. */
 
-	sockfd_put(kp->sock[0]);
-	sockfd_put(kp->sock[1]);
+	kproxy_put_socks(kp);
 	mem_cgroup_put(kp->memcg);
 	kfree(kp);
 	atomic_dec(&kproxy_objects);

@@ -339,7 +339,12 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 
 	kernel_sock_shutdown(kproxy_dst(dir)->sk_socket, SHUT_WR);
 	WRITE_ONCE(dir->shut, true);
-	if (atomic_inc_return(&kp->shut_dirs) == 2)
+	/*
+	 * Both directions may see the other's bit (the bitops are fully
+	 * ordered, so at least one does): the claim picks one.
+	 */
+	test_and_set_bit(KPROXY_SHUT_A_TO_B + dir->idx, &kp->flags);
+	if (test_bit(KPROXY_SHUT_A_TO_B + !dir->idx, &kp->flags))
 		kproxy_end_async(kp, KPROXY_REASON_CLOSED);
 }
 

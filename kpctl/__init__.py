@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import Kproxy, Monitor
     from .errors import KproxyError
-    from .model import DirStats, Endpoint, Event, Proxy, SockInfo, Totals
+    from .model import DirStats, Endpoint, Event, Listener, ListenerEvent, Proxy, SockInfo, Totals
 
 _LAZY = {
     "Kproxy": ".client",
@@ -26,6 +26,8 @@ _LAZY = {
     "DirStats": ".model",
     "Endpoint": ".model",
     "Event": ".model",
+    "Listener": ".model",
+    "ListenerEvent": ".model",
     "Proxy": ".model",
     "SockInfo": ".model",
     "Totals": ".model",

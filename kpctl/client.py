@@ -26,9 +26,15 @@ from typing import Any, Callable, Iterator
 
 from . import spec as spec_mod
 from . import wire
-from .decode import ProxyReader, event_from_attrs, proxy_from_attrs
+from .decode import (
+    ProxyReader,
+    event_from_attrs,
+    listener_event_from_attrs,
+    listener_from_attrs,
+    proxy_from_attrs,
+)
 from .errors import KproxyError
-from .model import Event, Proxy
+from .model import Endpoint, Event, Listener, ListenerEvent, Proxy
 from .netns import socket_in_netns
 
 __all__ = ["Kproxy", "Monitor", "proxy_from_attrs", "event_from_attrs", "MONITOR_RCVBUF"]
@@ -74,6 +80,25 @@ def _prog_fd(prog: Any) -> int:
     return int(fd)
 
 
+def _endpoint_attrs(where: Endpoint | str | tuple[str, int]) -> dict[str, Any]:
+    """An endpoint nest: from an Endpoint, "HOST:PORT" / "[V6]:PORT", or
+    a (host, port) tuple."""
+    if isinstance(where, tuple):
+        host, port = where[0], where[1]
+        where = Endpoint(host, int(port))
+    elif isinstance(where, str):
+        try:
+            where = Endpoint.parse(where)
+        except ValueError as e:
+            raise KproxyError(errno.EINVAL, str(e)) from None
+    try:
+        family = where.family
+        raw = socket.inet_pton(family, where.host)
+    except (OSError, ValueError) as e:
+        raise KproxyError(errno.EINVAL, f"bad address {where.host!r}: {e}") from None
+    return {"family": int(family), "addr": raw, "port": where.port}
+
+
 def _os_error(e: OSError) -> KproxyError:
     return KproxyError(e.errno or errno.EIO, e.strerror or str(e))
 
@@ -95,12 +120,14 @@ class Monitor:
     cleanly.  get(timeout) waits at most `timeout` seconds.
     """
 
-    def __init__(self, sock: socket.socket, family_id: int, spec: spec_mod.Spec) -> None:
+    def __init__(self, sock: socket.socket, family_id: int, spec: spec_mod.Spec,
+                 listeners: bool = False) -> None:
         self._sock = sock
+        self._listeners = listeners
         self._spec = spec
         self._family_id = family_id
         self._decoder = wire.decoder(spec)
-        self._pending: deque[Event] = deque()
+        self._pending: deque[Event | ListenerEvent] = deque()
         self._closed = False
         # A pipe wakes a reader blocked in select() when close() is called.
         self._wake_r, self._wake_w = os.pipe()
@@ -109,7 +136,7 @@ class Monitor:
     def __iter__(self) -> "Monitor":
         return self
 
-    def __next__(self) -> Event:
+    def __next__(self) -> Any:
         ev = self.get(None)
         if ev is None:
             raise StopIteration
@@ -129,8 +156,9 @@ class Monitor:
         """For callers that multiplex the monitor with other fds."""
         return self._sock.fileno()
 
-    def get(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None on timeout or once closed."""
+    def get(self, timeout: float | None = None) -> Any:
+        """The next event (an Event, or a ListenerEvent on a monitor opened
+        with listeners=True), or None on timeout or once closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._read_lock:
             while not self._pending:
@@ -162,7 +190,9 @@ class Monitor:
         for msg in self._decoder.messages(data, self._family_id):
             if msg.attrs is None:
                 continue
-            ev = event_from_attrs(msg.cmd, msg.attrs, self._spec, now)
+            ev: Event | ListenerEvent | None = event_from_attrs(msg.cmd, msg.attrs, self._spec, now)
+            if ev is None and self._listeners:
+                ev = listener_event_from_attrs(msg.cmd, msg.attrs, self._spec, now)
             if ev is not None:
                 self._pending.append(ev)
 
@@ -383,7 +413,8 @@ class Kproxy:
         cmd = wire.GENLMSGHDR.unpack_from(buf, off + 16)[0]
         attrs = self._decoder.attrs(buf, off + wire.HEADERS, off + length)
         ev = event_from_attrs(cmd, attrs, self._spec)
-        if ev is not None and ev.kind == "del":
+        # "new" comes only for the proxies of a listener made with notify.
+        if ev is not None and ev.kind in ("del", "new"):
             self._ends.append(ev)
 
     def _messages(self, cmd: str, body: bytes, dump: bool) -> list[wire.Message]:
@@ -391,10 +422,13 @@ class Kproxy:
         out: list[wire.Message] = []
         decode = self._decoder.attrs
 
+        table_of = self._decoder.table_of
+
         def keep(buf: bytearray, off: int, length: int, mtype: int, flags: int) -> None:
             _len, _t, _f, seq, _pid = wire.NLMSGHDR.unpack_from(buf, off)
-            out.append(wire.Message(mtype, flags, seq, wire.GENLMSGHDR.unpack_from(buf, off + 16)[0],
-                                    decode(buf, off + wire.HEADERS, off + length)))
+            cmd = wire.GENLMSGHDR.unpack_from(buf, off + 16)[0]
+            out.append(wire.Message(mtype, flags, seq, cmd,
+                                    decode(buf, off + wire.HEADERS, off + length, table_of(cmd))))
 
         seq = self._next_seq()
         flags = wire.NLM_F_REQUEST | (wire.NLM_F_DUMP if dump else wire.NLM_F_ACK)
@@ -409,9 +443,10 @@ class Kproxy:
             self._exchange(self._request_socket(), req, seq, self.family_id, keep, dump=False)
         return out
 
-    def _encode(self, attrs: dict[str, Any] | None) -> bytes:
+    def _encode(self, attrs: dict[str, Any] | None, cmd: str | None = None) -> bytes:
+        set_name = self._spec.set_of(self._spec.cmd(cmd)) if cmd else None
         try:
-            return wire.encode_attrs(self._spec, attrs or {})
+            return wire.encode_attrs(self._spec, attrs or {}, set_name)
         except wire.EncodeError as e:
             raise KproxyError(e.errno, str(e)) from None
 
@@ -426,7 +461,7 @@ class Kproxy:
         For tools and tests that need a message the typed API will not build
         (e.g. a request missing an attribute).
         """
-        return self._messages(cmd, self._encode(attrs), dump)
+        return self._messages(cmd, self._encode(attrs, cmd), dump)
 
     def send_raw(self, cmd: str, body: bytes, *, dump: bool = False) -> list[wire.Message]:
         """Send attributes built by the caller (wire.nla(): tests of
@@ -436,7 +471,7 @@ class Kproxy:
     def _do(self, cmd: str, attrs: dict[str, Any]) -> dict[str, Any] | None:
         """A do request of the typed API: the reply's attributes, or None
         when the kernel only acked."""
-        replies = self._messages(cmd, self._encode(attrs), dump=False)
+        replies = self._messages(cmd, self._encode(attrs, cmd), dump=False)
         return replies[-1].attrs if replies else None
 
     def _proxy_reply(self, cmd: str, attrs: dict[str, Any]) -> Proxy:
@@ -457,18 +492,22 @@ class Kproxy:
             if "notify" not in self._spec.attr_sets[self._spec.root_set]:
                 raise KproxyError(errno.EOPNOTSUPP, "this schema has no notify attribute")
             attrs["notify"] = True
-            with self._lock:
-                if not self._ends_rcvbuf:
-                    # A burst of ends must not crowd out a request's reply.
-                    _big_rcvbuf(self._request_socket(), MONITOR_RCVBUF)
-                    self._ends_rcvbuf = True
+            self._big_request_rcvbuf()
         return self._proxy_reply("proxy-new", attrs)
 
-    def ended(self, timeout: float | None = 0.0) -> list[Event]:
+    def _big_request_rcvbuf(self) -> None:
+        with self._lock:
+            if not self._ends_rcvbuf:
+                # A burst of ends must not crowd out a request's reply.
+                _big_rcvbuf(self._request_socket(), MONITOR_RCVBUF)
+                self._ends_rcvbuf = True
+
+    def ended(self, timeout: float | None = 0.0, *, with_new: bool = False) -> list[Event]:
         """The ends (Events of kind "del") of the proxies this handle made
         with notify_end=True, received since the last call.  Waits up to
         `timeout` seconds (None: until one comes) when there is none yet;
-        0 only reads what is there."""
+        0 only reads what is there.  with_new: also the births ("new") of
+        the proxies of a listener made with notify=True, in order."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             sock = self._request_socket()
@@ -478,9 +517,11 @@ class Kproxy:
                     self._ends_lost = False
                     raise KproxyError(errno.ENOBUFS, "ends of proxies were lost (receive buffer full)")
                 if self._ends:
-                    out = list(self._ends)
+                    out = [e for e in self._ends if with_new or e.kind == "del"]
                     self._ends.clear()
-                    return out
+                    if out or timeout == 0:
+                        return out
+                    continue
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return []
@@ -593,11 +634,77 @@ class Kproxy:
                 errno.EINVAL, f"{enum} must be one of {', '.join(en.by_name)}, not {label!r}"
             ) from None
 
-    def monitor(self) -> Monitor:
+    # listeners
+
+    def listen(self, sock_or_fd: Any, target: Endpoint | str | tuple[str, int], *,
+               max_proxies: int | None = None, connect_timeout: float | None = None,
+               parser: Any = None, verdict: Any = None,
+               source: Endpoint | str | tuple[str, int] | None = None,
+               notify: bool = False) -> Listener:
+        """Accept on a listening TCP socket in the kernel: every connection
+        is connected to `target` ("HOST:PORT", ("host", port) or an
+        Endpoint) and joined to it as a proxy, with no userspace per
+        connection.  The listener takes its own reference on the socket:
+        the caller may close its fd.
+
+        max_proxies: its proxies alive at once, connects in flight
+        included (beyond: the client is reset); connect_timeout: seconds
+        a connect may take (the kernel's default: 10); parser/verdict: BPF
+        programs (fds or loaded programs) attached to both directions of
+        every proxy; source: the address (port 0: any) to connect from;
+        notify: the births and ends of its proxies come to this handle
+        (ended(with_new=True)), not through the monitor group.
+        """
+        attrs: dict[str, Any] = {"fd": _fd(sock_or_fd), "target": _endpoint_attrs(target)}
+        if source is not None:
+            attrs["source"] = _endpoint_attrs(source)
+        if max_proxies is not None:
+            attrs["max-proxies"] = int(max_proxies)
+        if connect_timeout is not None:
+            attrs["connect-timeout-ms"] = max(1, round(connect_timeout * 1000))
+        if parser is not None:
+            attrs["parser-fd"] = _prog_fd(parser)
+        if verdict is not None:
+            attrs["verdict-fd"] = _prog_fd(verdict)
+        if notify:
+            attrs["notify"] = True
+            self._big_request_rcvbuf()
+        reply = self._do("listener-new", attrs)
+        if reply is None:
+            raise KproxyError(errno.EPROTO, "listener-new: no reply from the kernel")
+        return listener_from_attrs(reply)
+
+    def listeners(self) -> list[Listener]:
+        """All listeners of this handle's netns, from one consistent dump."""
+        for _ in range(DUMP_RETRIES):
+            msgs = self._messages("listener-get", b"", dump=True)
+            if not any(m.flags & wire.NLM_F_DUMP_INTR for m in msgs):
+                return [listener_from_attrs(m.attrs) for m in msgs if m.attrs is not None]
+        raise KproxyError(
+            errno.EINTR, f"dump interrupted by concurrent changes {DUMP_RETRIES} times"
+        )
+
+    def get_listener(self, listener_id: int) -> Listener:
+        reply = self._do("listener-get", {"id": int(listener_id)})
+        if reply is None:
+            raise KproxyError(errno.EPROTO, "listener-get: no reply from the kernel")
+        return listener_from_attrs(reply)
+
+    def close_listener(self, listener_id: int, end_proxies: bool = False) -> None:
+        """Stop accepting: the listening socket is handed back and connects
+        in flight end; the listener's proxies go on unless end_proxies."""
+        attrs: dict[str, Any] = {"id": int(listener_id)}
+        if end_proxies:
+            attrs["end-proxies"] = True
+        self._do("listener-del", attrs)
+
+    def monitor(self, listeners: bool = False) -> Monitor:
         """A new Monitor of the `monitor` group (its own netlink socket).
 
         Events that happened before this call are not seen: open the
-        monitor first, then act.
+        monitor first, then act.  listeners=True: the listeners' events
+        (ListenerEvent) come too; without it only proxies' (Event), which
+        is what every caller written before listeners expects.
         """
         groups = self._info().mcast_groups
         group = self._spec.mcast_groups[0] if self._spec.mcast_groups else "monitor"
@@ -614,7 +721,7 @@ class Kproxy:
         except OSError as e:
             sock.close()
             raise KproxyError(e.errno or errno.EIO, f"cannot join {group!r}: {e.strerror}") from None
-        mon = Monitor(sock, self.family_id, self._spec)
+        mon = Monitor(sock, self.family_id, self._spec, listeners)
         self._monitors.add(mon)
         return mon
 

@@ -16,7 +16,18 @@ from typing import Any, Callable
 from . import layout as layout_mod
 from . import spec as spec_mod
 from . import wire
-from .model import DirStats, Endpoint, Event, Proxy, SockInfo, TlsInfo, deferred_proxy
+from .model import (
+    LISTENER_COUNTERS,
+    DirStats,
+    Endpoint,
+    Event,
+    Listener,
+    ListenerEvent,
+    Proxy,
+    SockInfo,
+    TlsInfo,
+    deferred_proxy,
+)
 
 _SOCK_FIELDS = ("family", "local-addr", "local-port", "remote-addr", "remote-port", "tcp-state",
                 "tls-version", "tls-cipher")
@@ -73,7 +84,43 @@ def proxy_from_attrs(attrs: dict[str, Any], spec: spec_mod.Spec) -> Proxy:
         b=sock_info(*(socks[1].get(f) for f in _SOCK_FIELDS)),
         a_to_b=dir_stats(*(dirs[0].get(f) for f in _DIR_FIELDS), bool(dirs[0].get("shut"))),
         b_to_a=dir_stats(*(dirs[1].get(f) for f in _DIR_FIELDS), bool(dirs[1].get("shut"))),
+        listener_id=attrs.get("listener-id") or None,
     )
+
+
+def _endpoint_of(nest: dict[str, Any] | None) -> Endpoint | None:
+    if not nest or "addr" not in nest:
+        return None
+    return Endpoint.from_bytes(nest["addr"], nest.get("port") or 0)
+
+
+def listener_from_attrs(attrs: dict[str, Any]) -> Listener:
+    """A Listener from the decoded attributes of a listener message."""
+    counters = {name: attrs.get(name.replace("_", "-")) or 0 for name in LISTENER_COUNTERS}
+    unknown = Endpoint("0.0.0.0", 0)
+    return Listener(
+        id=attrs.get("id") or 0,
+        listen=_endpoint_of(attrs.get("listen")) or unknown,
+        target=_endpoint_of(attrs.get("target")) or unknown,
+        source=_endpoint_of(attrs.get("source")),
+        max_proxies=attrs.get("max-proxies") or 0,
+        connect_timeout_ms=attrs.get("connect-timeout-ms") or 0,
+        parser_id=attrs.get("parser-id") or None,
+        verdict_id=attrs.get("verdict-id") or None,
+        created_ns=attrs.get("create-time") or 0,
+        **counters,
+    )
+
+
+def listener_event_from_attrs(cmd: int, attrs: dict[str, Any], spec: spec_mod.Spec,
+                              timestamp: float | None = None) -> ListenerEvent | None:
+    """A ListenerEvent from a notification; None for another command."""
+    kind = {"listener-new-ntf": "listener-new", "listener-del-ntf": "listener-del"}.get(
+        spec.command_names.get(cmd, ""))
+    if kind is None:
+        return None
+    return ListenerEvent(kind, listener_from_attrs(attrs),
+                         time.time() if timestamp is None else timestamp)
 
 
 def event_from_attrs(cmd: int, attrs: dict[str, Any], spec: spec_mod.Spec,
@@ -112,8 +159,14 @@ def compile_proxy(lay: layout_mod.Layout, spec: spec_mod.Spec) -> Callable[[tupl
                 dir_stats(*(g(v) for g in ab[0]), ab[1]), dir_stats(*(g(v) for g in ba[0]), ba[1]))
 
     i_id, i_state, i_time = (index.get((n,)) for n in ("id", "state", "create-time"))
+    i_listener = index.get(("listener-id",))
     label = spec.enums["state"].label
     deferred = deferred_proxy
+    if i_listener is not None:
+        # A listener's proxy: the general route, which reads its id too.
+        get_id, get_state, get_time = (_getter(index, (n,)) for n in ("id", "state", "create-time"))
+        return lambda v: deferred(get_id(v) or 0, _state(spec, get_state(v)),
+                                  get_time(v) or 0, nested, v, listener_id=v[i_listener])
     if i_id is None or i_state is None or i_time is None:
         # Not what the kernel sends, but a layout all the same.
         get_id, get_state, get_time = (_getter(index, (n,)) for n in ("id", "state", "create-time"))

@@ -171,6 +171,8 @@ class Proxy:
     b: SockInfo
     a_to_b: DirStats
     b_to_a: DirStats
+    # The listener that made it; None for a proxy made by create().
+    listener_id: int | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Reached only for a name not in the instance: the nested fields of
@@ -198,6 +200,7 @@ class Proxy:
             "b": self.b.to_dict(),
             "a_to_b": self.a_to_b.to_dict(),
             "b_to_a": self.b_to_a.to_dict(),
+            "listener_id": self.listener_id,
         }
 
 
@@ -205,7 +208,8 @@ Nested = Callable[[Any], tuple[SockInfo, SockInfo, DirStats, DirStats]]
 
 
 def deferred_proxy(id: int, state: str, created_ns: int, nested: Nested, values: Any,
-                   _new: Callable[[type], Any] = object.__new__) -> Proxy:
+                   _new: Callable[[type], Any] = object.__new__,
+                   listener_id: int | None = None) -> Proxy:
     """A Proxy whose a, b, a_to_b and b_to_a are nested(values), made when
     first read.  (Called once per proxy of a dump: kept to the bone.)"""
     p = _new(Proxy)
@@ -214,6 +218,8 @@ def deferred_proxy(id: int, state: str, created_ns: int, nested: Nested, values:
     d["state"] = state
     d["created_ns"] = created_ns
     d["_nested"] = (nested, values)
+    if listener_id:
+        d["listener_id"] = listener_id
     return p
 
 
@@ -236,6 +242,73 @@ class Event:
             "proxy": self.proxy.to_dict(),
             "tls_alert": self.tls_alert,
         }
+
+
+# A listener's counters, by the names its JSON form and /proc use.
+LISTENER_COUNTERS: tuple[str, ...] = (
+    "accepted", "created", "failed_refused", "failed_unreachable", "failed_timeout",
+    "failed_other", "refused_limit", "active", "pending",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A kernel listener: connections accepted on `listen` are connected
+    to `target` and joined as proxies, with no userspace per connection.
+    max_proxies 0: no limit of its own.  The counters are what the kernel
+    counted when this value was read."""
+
+    id: int
+    listen: Endpoint
+    target: Endpoint
+    source: Endpoint | None
+    max_proxies: int
+    connect_timeout_ms: int
+    parser_id: int | None
+    verdict_id: int | None
+    created_ns: int
+    accepted: int = 0
+    created: int = 0
+    failed_refused: int = 0
+    failed_unreachable: int = 0
+    failed_timeout: int = 0
+    failed_other: int = 0
+    refused_limit: int = 0
+    active: int = 0
+    pending: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Connections whose connect to the target failed, any cause."""
+        return self.failed_refused + self.failed_unreachable + self.failed_timeout + self.failed_other
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "listen": str(self.listen),
+            "target": str(self.target),
+            "source": None if self.source is None else str(self.source),
+            "max_proxies": self.max_proxies,
+            "connect_timeout_ms": self.connect_timeout_ms,
+            "parser_id": self.parser_id,
+            "verdict_id": self.verdict_id,
+            "created_ns": self.created_ns,
+            "counters": {name: getattr(self, name) for name in LISTENER_COUNTERS},
+        }
+
+
+@dataclass(frozen=True)
+class ListenerEvent:
+    """A monitor notification about a listener: kind 'listener-new' or
+    'listener-del' (with its final counters)."""
+
+    kind: str
+    listener: Listener
+    timestamp: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "timestamp": self.timestamp,
+                "listener": self.listener.to_dict()}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Parsers of /proc/net/kproxy and /proc/net/kproxy_stat (docs/CONTRACT.md).
+"""Parsers of /proc/net/kproxy, /proc/net/kproxy_stat and
+/proc/net/kproxy_listeners (docs/CONTRACT.md).
 
 Columns are found by the names in the header line, never by position, so a
 module that appends columns does not break an older kpctl.
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import socket
 
-from .model import DirStats, Endpoint, Proxy, SockInfo, TlsInfo, Totals
+from .model import LISTENER_COUNTERS, DirStats, Endpoint, Listener, Proxy, SockInfo, TlsInfo, Totals
 
 PROXIES_PATH = "/proc/net/kproxy"
 TOTALS_PATH = "/proc/net/kproxy_stat"
+LISTENERS_PATH = "/proc/net/kproxy_listeners"
 
 # Columns a line must have; anything else in the header is ignored, except
 # the optional program ids ab_parser ab_verdict ba_parser ba_verdict (0: none)
@@ -82,11 +84,61 @@ def parse_proxies(text: str) -> list[Proxy]:
                     b=_sock(row, "b"),
                     a_to_b=_dir(row, "ab"),
                     b_to_a=_dir(row, "ba"),
+                    listener_id=_listener_id(row),
                 )
             )
         except ValueError as e:
             raise ProcFormatError(f"line {n}: {e}") from None
     return out
+
+
+def _listener_id(row: dict[str, str]) -> int | None:
+    # The listener column was appended later: optional, "-" = none.
+    v = row.get("listener", "-")
+    return None if v == "-" else int(v)
+
+
+_LISTENER_REQUIRED = ("id", "listen", "target", "source", "max_proxies", "connect_timeout_ms",
+                      "parser", "verdict", "created_ns") + LISTENER_COUNTERS
+
+
+def parse_listeners(text: str) -> list[Listener]:
+    """/proc/net/kproxy_listeners: a header naming the columns, one line
+    per listener (source "-": none; parser/verdict 0: none)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    header = lines[0].split()
+    missing = [c for c in _LISTENER_REQUIRED if c not in header]
+    if missing:
+        raise ProcFormatError(f"header lacks column(s): {', '.join(missing)}")
+    out: list[Listener] = []
+    for n, line in enumerate(lines[1:], start=2):
+        cols = line.split()
+        if len(cols) < len(header):
+            raise ProcFormatError(f"line {n}: {len(cols)} columns, header has {len(header)}")
+        row = dict(zip(header, cols))
+        try:
+            out.append(Listener(
+                id=int(row["id"]),
+                listen=Endpoint.parse(row["listen"]),
+                target=Endpoint.parse(row["target"]),
+                source=None if row["source"] == "-" else Endpoint.parse(row["source"]),
+                max_proxies=int(row["max_proxies"]),
+                connect_timeout_ms=int(row["connect_timeout_ms"]),
+                parser_id=int(row["parser"]) or None,
+                verdict_id=int(row["verdict"]) or None,
+                created_ns=int(row["created_ns"]),
+                **{c: int(row[c]) for c in LISTENER_COUNTERS},
+            ))
+        except ValueError as e:
+            raise ProcFormatError(f"line {n}: {e}") from None
+    return out
+
+
+def read_listeners(path: str = LISTENERS_PATH) -> list[Listener]:
+    with open(path) as f:
+        return parse_listeners(f.read())
 
 
 def parse_totals(text: str) -> Totals:

@@ -145,6 +145,9 @@ class ServeOptions:
     tls_ciphers: tuple[str, ...] | None = None   # families or suites (kpctl.tls); None: all
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # from accept to the end of both
     handshake_workers: int = DEFAULT_HANDSHAKE_WORKERS    # threads running handshakes
+    # Accept and connect here, not in a kernel listener (kpctl.serve_listener);
+    # TLS always does.
+    userspace: bool = False
 
     @property
     def terminates_tls(self) -> bool:
@@ -1090,6 +1093,7 @@ def serve(listen: str, target: str, options: ServeOptions | None = None, *,
     laddr = resolve(listen, listen=True, resolver=resolver)
     taddr = resolve(target, resolver=resolver)
     check_distinct(laddr, taddr)
-    server = Server(client, laddr, taddr, options, on_event=on_event, netns=netns,
-                    loader=loader)
+    from .serve_listener import make_server
+    server = make_server(client, laddr, taddr, options, on_event=on_event, netns=netns,
+                         loader=loader)
     return server.run(install_signals=install_signals)

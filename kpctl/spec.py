@@ -15,6 +15,7 @@ schema without regenerating); only then is PyYAML imported.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -86,6 +87,13 @@ class Spec:
     attr_sets: Mapping[str, Mapping[str, Attr]]
     root_set: str
     raw: Mapping[str, Any]
+    # The attribute set of each command by number (a notification: the set
+    # of the operation it notifies as), for sets other than root_set too.
+    cmd_sets: Mapping[int, str] = dataclasses.field(default_factory=dict)
+
+    def set_of(self, cmd: int) -> str:
+        """The attribute set a message of command `cmd` carries."""
+        return self.cmd_sets.get(cmd, self.root_set)
 
     def cmd(self, name: str) -> int:
         try:
@@ -125,11 +133,24 @@ def _attr(set_name: str, value: int, a: Mapping[str, Any], sets: set[str]) -> At
 
 
 def _root_set(raw: Mapping[str, Any]) -> str:
-    sets = {op.get("attribute-set") for op in raw["operations"]["list"]}
-    sets.discard(None)
-    if len(sets) != 1:
-        raise SpecError(f"expected one top-level attribute set, found {sorted(sets)}")
-    return sets.pop()
+    """The set of the first operation (proxy-new): proxies' set, which
+    messages of an unknown command are read with."""
+    for op in raw["operations"]["list"]:
+        if op.get("attribute-set"):
+            return op["attribute-set"]
+    raise SpecError("no operation names an attribute set")
+
+
+def _cmd_sets(raw: Mapping[str, Any], commands: Mapping[str, int]) -> dict[int, str]:
+    by_name = {op["name"]: op for op in raw["operations"]["list"]}
+    out: dict[int, str] = {}
+    for op in raw["operations"]["list"]:
+        aset = op.get("attribute-set")
+        if aset is None and op.get("notify") in by_name:
+            aset = by_name[op["notify"]].get("attribute-set")
+        if aset is not None:
+            out[commands[op["name"]]] = aset
+    return out
 
 
 def build(raw: Mapping[str, Any], path: Path) -> Spec:
@@ -173,6 +194,7 @@ def build(raw: Mapping[str, Any], path: Path) -> Spec:
         attr_sets=attr_sets,
         root_set=root,
         raw=raw,
+        cmd_sets=_cmd_sets(raw, commands),
     )
 
 

@@ -106,6 +106,10 @@ class Decoder:
                     table[a.value] = (a.name, BYTES, None)
         self.root = self.tables[spec.root_set]
 
+    def table_of(self, cmd: int) -> Table:
+        """The table of the attribute set a message of `cmd` carries."""
+        return self.tables[self.spec.set_of(cmd)]
+
     def attrs(self, buf: bytes | bytearray | memoryview, off: int, end: int,
               table: Table | None = None) -> dict[str, Any]:
         """The attributes in buf[off:end] of the root set (or `table`)."""
@@ -146,7 +150,8 @@ class Decoder:
             body = off + NLMSGHDR.size
             if mtype == family_id and length >= HEADERS:
                 cmd = GENLMSGHDR.unpack_from(buf, body)[0]
-                yield Message(mtype, flags, seq, cmd, self.attrs(buf, off + HEADERS, off + length))
+                yield Message(mtype, flags, seq, cmd,
+                              self.attrs(buf, off + HEADERS, off + length, self.table_of(cmd)))
             elif mtype == NLMSG_ERROR:
                 yield error_message(buf, off, length, flags, seq)
             else:
@@ -238,12 +243,16 @@ def error_text(spec: spec_mod.Spec, m: Message, request: bytes) -> str:
     does not already name it, e.g. "Missing attribute (missing attribute fd-b)"."""
     base = m.error_msg or os.strerror(m.error)
     detail = None
+    # The request's own command says which set its attributes are of.
+    set_name = spec.root_set
+    if len(request) >= HEADERS:
+        set_name = spec.set_of(GENLMSGHDR.unpack_from(request, NLMSGHDR.size)[0])
     if m.error_offset is not None:
-        name = attr_at(spec, request, m.error_offset, spec.root_set)
+        name = attr_at(spec, request, m.error_offset, set_name)
         if name:
             detail = name if name.startswith("attribute") else f"attribute {name}"
     elif m.error_missing is not None:
-        names = {a.value: a.name for a in spec.attr_sets[spec.root_set].values()}
+        names = {a.value: a.name for a in spec.attr_sets[set_name].values()}
         detail = f"missing attribute {names.get(m.error_missing, m.error_missing)}"
     if detail and detail.split(" ", 1)[-1] not in base:
         return f"{base} ({detail})"

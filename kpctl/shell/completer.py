@@ -31,11 +31,13 @@ def _split(text: str):
 
 
 class KpctlCompleter(Completer):
-    def __init__(self, ids=None, commands=None, shell=True, jobs=None):
+    def __init__(self, ids=None, commands=None, shell=True, jobs=None, listeners=None):
         """ids(): {id: description} of the live proxies; jobs(): {number:
-        description} of the shell's jobs."""
+        description} of the shell's jobs; listeners(): {id: description}
+        of the kernel listeners."""
         self.ids = ids or (lambda: {})
         self.jobs = jobs or (lambda: {})
+        self.listeners = listeners or (lambda: {})
         self.commands = commands if commands is not None else T.COMMANDS
         self.shell = shell
         self._paths = PathCompleter(expanduser=True)
@@ -95,7 +97,10 @@ class KpctlCompleter(Completer):
         arg = self._arg_at(cmd, npos)
         if arg is not None:
             done = set(words) if arg.nargs in ("*", "+") else set()
-            yield from self._values(arg.complete, arg.choices, word, document, arg.metavar,
+            kind = arg.complete
+            if kind == "id" and "listener" in used_opts:
+                kind = "listener"  # show --listener ID
+            yield from self._values(kind, arg.choices, word, document, arg.metavar,
                                     exclude=done)
         if not word and not only_pos:
             # nothing positional left (or optional): offer the options too
@@ -122,9 +127,10 @@ class KpctlCompleter(Completer):
                 if c.startswith(word) and c not in exclude:
                     yield Completion(c, -len(word))
             return
-        if kind in ("id", "job"):
+        if kind in ("id", "job", "listener"):
+            source = {"id": self.ids, "job": self.jobs, "listener": self.listeners}[kind]
             try:
-                known = (self.ids if kind == "id" else self.jobs)() or {}
+                known = source() or {}
             except Exception:  # noqa: BLE001 - no module, no /proc file: nothing to offer
                 known = {}
             for n in sorted(known):

@@ -45,7 +45,11 @@ def cmd_stats(ctx: Context, ns: Namespace) -> int:
 def cmd_monitor(ctx: Context, ns: Namespace) -> int:
     from kpctl.shell.render import event_text
     n = 0
-    it = ctx.client().monitor()
+    kp = ctx.client()
+    try:
+        it = kp.monitor(listeners=True)  # listeners' events too
+    except TypeError:  # a client of the proxies alone
+        it = kp.monitor()
     try:
         for ev in it:
             if ctx.json:

@@ -10,6 +10,9 @@ from kpctl.shell.context import Context, is_kernel_error
 
 
 def cmd_list(ctx: Context, ns: Namespace) -> int:
+    if getattr(ns, "what", None) == "listeners":
+        from kpctl.shell.listeners import cmd_list_listeners
+        return cmd_list_listeners(ctx)
     proxies = sorted(ctx.client().list(), key=lambda p: p.id)
     if ctx.json:
         ctx.emit_json([p.to_dict() for p in proxies])
@@ -28,6 +31,9 @@ def cmd_list(ctx: Context, ns: Namespace) -> int:
 
 
 def cmd_show(ctx: Context, ns: Namespace) -> int:
+    if getattr(ns, "listener", False):
+        from kpctl.shell.listeners import cmd_show_listener
+        return cmd_show_listener(ctx, ns.id)
     p = ctx.client().get(ns.id)
     if ctx.json:
         ctx.emit_json(p.to_dict())

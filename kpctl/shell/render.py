@@ -141,7 +141,23 @@ def proxy_panel(p, now=None) -> Panel:
 # -- monitor ---------------------------------------------------------------
 
 
+def listener_event_text(ev) -> Text:
+    li = ev.listener
+    t = Text()
+    t.append(fmt_time(ev.timestamp), style="dim")
+    t.append(" ")
+    new = ev.kind == "listener-new"
+    t.append("[LISTEN]" if new else "[UNLISTEN]", style="bold green" if new else "bold red")
+    t.append(f" listener {li.id} {li.listen} > {li.target}")
+    if not new:
+        t.append(f" accepted {li.accepted} created {li.created} failed {li.failed} "
+                 f"refused {li.refused_limit}", style="yellow")
+    return t
+
+
 def event_text(ev) -> Text:
+    if getattr(ev, "listener", None) is not None:
+        return listener_event_text(ev)
     p = ev.proxy
     t = Text()
     t.append(fmt_time(ev.timestamp), style="dim")

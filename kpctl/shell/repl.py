@@ -30,6 +30,7 @@ from kpctl.shell.args import UsageError
 from kpctl.shell.completer import KpctlCompleter
 from kpctl.shell.context import Context, totals_dict
 from kpctl.shell.jobs import Job, Jobs
+from kpctl.shell.listeners import listener_ids
 
 PROMPT = "kpctl> "
 EXIT_QUESTION = ("{n} job{s} running. Stop {them}: [d]rain (wait for their proxies), "
@@ -50,6 +51,7 @@ class ShellState:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.ids: dict[int, str] = {}
+        self.listeners: dict[int, str] = {}
         self.count: int | None = None
         self.totals: dict | None = None
         self.problem: str | None = None
@@ -73,6 +75,7 @@ class ShellState:
         except Exception:  # noqa: BLE001 - the toolbar shows what it has
             totals = None
         self.ids, self.count, self.totals, self.problem = ids, count, totals, problem
+        self.listeners = listener_ids(self.ctx.netns)  # {} without the file
 
     def refresh_in_background(self) -> None:
         """A refresh in a thread; one at a time, and one more if asked meanwhile."""
@@ -122,6 +125,9 @@ class ShellState:
             parts.append(f" kpctl: {self.problem}")
         else:
             parts.append(f" {self.count} prox{'y' if self.count == 1 else 'ies'}")
+            if self.listeners:
+                n = len(self.listeners)
+                parts.append(f"{n} listener{'' if n == 1 else 's'}")
         if self.totals:
             from kpctl.shell.units import human_bytes
             t = self.totals
@@ -161,7 +167,8 @@ def make_session(state: ShellState, *, input=None, output=None, history_path=Non
             history = None
     return PromptSession(
         message=PROMPT,
-        completer=KpctlCompleter(ids=state.live_ids, jobs=state.job_names),
+        completer=KpctlCompleter(ids=state.live_ids, jobs=state.job_names,
+                                 listeners=lambda: listener_ids(state.ctx.netns)),
         complete_in_thread=True,
         complete_while_typing=False,
         auto_suggest=AutoSuggestFromHistory(),

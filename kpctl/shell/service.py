@@ -31,7 +31,8 @@ def serve_options(ns: Namespace) -> Any:
                         target_ca=ns.target_ca, target_sni=ns.target_sni,
                         target_insecure=ns.target_insecure, tls_versions=ns.tls_versions,
                         tls_ciphers=ns.tls_ciphers, handshake_timeout=ns.handshake_timeout,
-                        handshake_workers=ns.handshake_workers)
+                        handshake_workers=ns.handshake_workers,
+                        userspace=bool(getattr(ns, "userspace", False)))
 
 
 
@@ -63,7 +64,7 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
     if ctx.server_factory is not None:
         factory = ctx.server_factory
     else:
-        from kpctl.serve import Server as factory
+        from kpctl.serve_listener import make_server as factory
     loading: list[str] = []  # which spec failed: the option to name
     load_failed: list[str] = []  # the open() error came from loading (not, say, a TlsError)
 

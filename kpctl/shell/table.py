@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kpctl.shell import misc, observe, programs, proxies, service
+from kpctl.shell import listeners, misc, observe, programs, proxies, service
 from kpctl.shell.args import (EXIT_KERNEL, EXIT_USAGE, Arg, Command, HelpRequested, Opt,
                               UsageError, count, fd_number, hostport, job_number,
                               listen_hostport, offset_value, parse_args, proxy_id, seconds,
@@ -25,16 +25,24 @@ _DIR = Opt(("--dir",), "dir", "direction the program applies to", metavar="DIR",
            choices=("a-to-b", "b-to-a", "both"), default="both")
 
 COMMANDS: list[Command] = [
-    Command("list", "list the proxies of the network namespace", proxies.cmd_list,
+    Command("list", "list the proxies (or the listeners) of the network namespace",
+            proxies.cmd_list,
+            args=(Arg("what", "WHAT", "what to list (default proxies)", nargs="?",
+                      choices=("proxies", "listeners")),),
             description="One line per proxy: id, state, both sockets' local and remote "
                         "addresses, bytes forwarded each way and age. With -j, an array "
-                        "of proxy objects.",
-            examples=("kpctl list", "kpctl -j list")),
-    Command("show", "show one proxy in detail", proxies.cmd_show,
-            args=(Arg("id", "ID", "proxy id", type=proxy_id, complete="id"),),
+                        "of proxy objects (a listener's proxies carry its listener_id). "
+                        "`list listeners`: one line per kernel listener (see listen) with "
+                        "its counters; with -j, an array of listener objects.",
+            examples=("kpctl list", "kpctl -j list", "kpctl list listeners")),
+    Command("show", "show one proxy (or listener) in detail", proxies.cmd_show,
+            args=(Arg("id", "ID", "proxy id (listener id with --listener)", type=proxy_id,
+                      complete="id"),),
+            opts=(Opt(("-l", "--listener"), "listener", "ID is a listener's: show it"),),
             description="Every attribute of one proxy: sockets, TCP states and the "
-                        "counters of each direction.",
-            examples=("kpctl show 3",)),
+                        "counters of each direction. With --listener, every attribute "
+                        "and counter of a kernel listener.",
+            examples=("kpctl show 3", "kpctl show --listener 1")),
     Command("create", "join two TCP connections in the kernel", proxies.cmd_create,
             opts=(Opt(("--listen",), "listen", "accept one client on LISTEN: it is socket A",
                       metavar="LISTEN", type=listen_hostport),
@@ -65,6 +73,44 @@ COMMANDS: list[Command] = [
             opts=(Opt(("-a", "--all"), "all", "destroy every proxy of the netns"),),
             check=proxies.check_destroy, changes=True, usage="ID... | --all",
             examples=("kpctl destroy 3 4", "kpctl destroy --all")),
+    Command("listen", "accept and proxy connections in the kernel (a kernel listener)",
+            listeners.cmd_listen,
+            args=(Arg("listen", "LISTEN", "address to listen on: HOST:PORT, [IPV6]:PORT, :PORT",
+                      type=listen_hostport),
+                  Arg("target", "TARGET", "address to forward to: HOST:PORT or [IPV6]:PORT",
+                      type=hostport)),
+            opts=(Opt(("--max-proxies",), "max_proxies", "at most N proxies at once, "
+                      "connects in flight included (beyond: the client is reset)",
+                      metavar="N", type=count),
+                  Opt(("--connect-timeout",), "connect_timeout", "a connect to TARGET may "
+                      "take SECS (default 10)", metavar="SECS", type=seconds),
+                  Opt(("--source",), "source", "connect to TARGET from this address "
+                      "(HOST:PORT, port 0: any)", metavar="ADDR", type=hostport),
+                  Opt(("--parser",), "parser", "a parser program on both directions of "
+                      "every proxy", metavar="PROG", complete="prog"),
+                  Opt(("--verdict",), "verdict", "a verdict program on both directions of "
+                      "every proxy (needs --parser)", metavar="PROG", complete="prog")),
+            check=listeners.check_listen, changes=True,
+            description="kpctl listens on LISTEN and hands the socket to the kernel, then "
+                        "exits: the module accepts every connection, connects it to "
+                        "TARGET and joins the two as a proxy, with no userspace per "
+                        "connection. Prints the listener's id (with -j, the listener). "
+                        "A refused, unreachable or timed-out connect resets the client "
+                        "and is counted (see `list listeners`). The socket is made in the "
+                        "-n namespace, and so are the connects to TARGET.",
+            examples=("kpctl listen 127.0.0.1:8080 127.0.0.1:80",
+                      "kpctl listen :443 10.0.0.2:443 --max-proxies 1000 "
+                      "--connect-timeout 2")),
+    Command("unlisten", "delete a kernel listener", listeners.cmd_unlisten,
+            args=(Arg("id", "ID", "listener id", type=proxy_id, complete="listener"),),
+            opts=(Opt(("--kill",), "kill", "also end the proxies it made (default: they "
+                      "go on)"),),
+            changes=True,
+            description="The kernel stops accepting on the listener's socket (connections "
+                        "still waiting there are left to nobody and reset when the socket "
+                        "closes) and resets the connects in flight. Its proxies go on "
+                        "until they end, unless --kill.",
+            examples=("kpctl unlisten 1", "kpctl unlisten 1 --kill")),
     Command("attach", "attach (or replace) a BPF parser or verdict program", programs.cmd_attach,
             args=(Arg("id", "ID", "proxy id", type=proxy_id, complete="id"),
                   Arg("kind", "KIND", "program kind", choices=("parser", "verdict")),
@@ -109,7 +155,7 @@ COMMANDS: list[Command] = [
                         "its rate per second (active is a gauge: its value). With -j, "
                         "one JSON object per interval and line.",
             examples=("kpctl stats", "kpctl stats -w 1 -c 5")),
-    Command("monitor", "print proxy events (new, del) until interrupted", observe.cmd_monitor,
+    Command("monitor", "print proxy and listener events until interrupted", observe.cmd_monitor,
             opts=(Opt(("-c", "--count"), "count", "stop after COUNT events",
                       metavar="COUNT", type=count),),
             description="One line per event with its timestamp; with -j one JSON object "
@@ -139,6 +185,9 @@ COMMANDS: list[Command] = [
                       metavar="N", type=count, default=1024),
                   Opt(("--reuseport",), "reuseport",
                       "SO_REUSEPORT: several serve processes share LISTEN"),
+                  Opt(("--userspace",), "userspace",
+                      "accept and connect in kpctl, not in a kernel listener (TLS always "
+                      "does)"),
                   Opt(("--drain",), "drain", "on SIGINT/SIGTERM wait for running proxies to end"),
                   Opt(("--kill",), "kill", "on SIGINT/SIGTERM end running proxies"),
                   Opt(("--background",), "background",
@@ -184,7 +233,12 @@ COMMANDS: list[Command] = [
                       "handshakes beside the accept loop (default 16)", metavar="N",
                       type=count, default=16)),
             check=service.check_serve, changes=True, usage="LISTEN TARGET [OPTIONS] [&]",
-            description="Accepts on LISTEN, connects to TARGET without blocking, joins the two "
+            description="Listens on LISTEN and hands the socket to a kernel listener (see "
+                        "listen): the module accepts, connects to TARGET and joins the two, "
+                        "with no Python per connection; serve reports what the kernel tells "
+                        "it (a failed or refused connection has no client address then). "
+                        "With --userspace, or with TLS, serve itself accepts, connects to "
+                        "TARGET without blocking, joins the two "
                         "sockets in the kernel and closes its own fds: the process carries no "
                         "bytes. A target that refuses or times out resets that client, counted; "
                         "accept errors (EMFILE...) pause accepting. Names are resolved once at "
@@ -257,6 +311,11 @@ def resolve(word: str) -> Command:
     cands = [c for c in COMMANDS if c.name.startswith(word)]
     if len(cands) == 1:
         return cands[0]
+    # A name that starts every other candidate's wins: `l` and `lis` are
+    # still list, as before listen came; `liste` is listen.
+    for c in cands:
+        if all(o.name.startswith(c.name) for o in cands):
+            return c
     if not cands:
         raise UsageError(f"unknown command '{word}'; 'help' lists the commands")
     raise UsageError(f"ambiguous command '{word}': could be {', '.join(c.name for c in cands)}")

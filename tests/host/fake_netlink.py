@@ -50,7 +50,8 @@ def proxy_attrs(pid: int, *, v6: bool = False, parser: int = 0, verdict: int = 0
 
 
 def message(cmd: str, attrs: dict[str, Any] | bytes, seq: int, flags: int = 0) -> bytes:
-    body = attrs if isinstance(attrs, bytes) else wire.encode_attrs(SPEC, attrs)
+    body = attrs if isinstance(attrs, bytes) else wire.encode_attrs(
+        SPEC, attrs, SPEC.set_of(SPEC.cmd(cmd)))
     return wire.request(FAMILY_ID, SPEC.cmd(cmd), SPEC.version, flags, seq, body)
 
 

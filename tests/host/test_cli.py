@@ -31,14 +31,15 @@ def no_traceback(h):
 
 def test_every_command_has_help_and_synopsis():
     names = [c.name for c in C.COMMANDS]
-    assert names == ["list", "show", "create", "destroy", "attach", "detach", "stats",
+    assert names == ["list", "show", "create", "destroy", "listen", "unlisten", "attach", "detach", "stats",
                      "monitor", "top", "serve", "jobs", "stop", "help", "version"]
     for c in C.COMMANDS:
         assert c.summary and c.synopsis().startswith(c.name)
         assert c.name in C.command_help(c, prog="kpctl")
 
 
-@pytest.mark.parametrize("word,name", [("l", "list"), ("sh", "show"), ("show", "show"),
+@pytest.mark.parametrize("word,name", [("l", "list"), ("lis", "list"), ("liste", "listen"),
+                                       ("unl", "unlisten"), ("sh", "show"), ("show", "show"),
                                        ("cr", "create"), ("des", "destroy"), ("det", "detach"),
                                        ("sta", "stats"), ("sto", "stop"), ("j", "jobs"), ("m", "monitor"), ("t", "top"),
                                        ("h", "help"), ("v", "version")])
@@ -133,7 +134,8 @@ def test_show_text(h):
                                       (["show", "-1"], "'-1' is not a proxy id"),
                                       (["show", "1", "2"], "unexpected argument '2'"),
                                       (["show", "--bogus", "1"], "unknown option '--bogus'"),
-                                      (["list", "extra"], "unexpected argument 'extra'")])
+                                      (["list", "extra"], "WHAT must be one of proxies, listeners, not 'extra'"),
+                                      (["list", "listeners", "extra"], "unexpected argument 'extra'")])
 def test_bad_arguments_are_usage_errors(h, args, msg):
     assert h.run(*args) == 1
     assert msg in h.err
@@ -529,7 +531,7 @@ def test_help(h):
     assert h.run("--help") == 0
     assert "usage: kpctl" in h.out and "monitor" in h.out
     assert h.run("help", "sh") == 0
-    assert h.out.startswith("usage: kpctl show ID")
+    assert h.out.startswith("usage: kpctl show [-l] ID")
     assert h.run("help", "s") == 1 and "ambiguous" in h.err
 
 
@@ -797,7 +799,7 @@ def test_every_command_accepts_help(h, name):
 
 def test_help_wins_over_bad_arguments(h):
     assert h.run("show", "x", "--help") == 0  # as git: --help before checking
-    assert h.out.startswith("usage: kpctl show ID")
+    assert h.out.startswith("usage: kpctl show [-l] ID")
 
 
 def test_global_options_after_the_command(h):

@@ -20,7 +20,8 @@ def texts(text, ids=IDS):
 
 
 def test_command_names():
-    assert texts("") == ["list", "show", "create", "destroy", "attach", "detach", "stats",
+    assert texts("") == ["list", "show", "create", "destroy", "listen", "unlisten", "attach",
+                         "detach", "stats",
                          "monitor", "top", "serve", "jobs", "stop", "help", "version", "exit",
                          "quit"]
     assert complete("s") == [("show", -1), ("stats", -1), ("serve", -1), ("stop", -1)]
@@ -44,7 +45,8 @@ def test_ids_are_live():
 
 
 def test_only_one_id_for_show():
-    assert texts("show 3 ") == []
+    # After the id only show's own option is left to offer.
+    assert texts("show 3 ") == ["--listener"]
 
 
 def test_destroy_takes_many_ids_and_skips_typed_ones():

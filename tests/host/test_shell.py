@@ -85,7 +85,7 @@ def test_errors_print_and_the_shell_goes_on(tmp_path):
         assert sh.wait() == 0
     err = sh.err.getvalue()
     assert "Error: no proxy with this id (ENOENT)" in err
-    assert "show: 'x' is not a proxy id" in err and "usage: show ID" in err
+    assert "show: 'x' is not a proxy id" in err and "usage: show [-l] ID" in err
     assert "ambiguous command 's': could be show, stats" in err
     assert "Error: p.o: no such file (ENOENT)" in err
     assert "kpctl:" not in err and "Traceback" not in err
