@@ -15,8 +15,21 @@
  * A direction's strparser (bpf->parser) is allocated by its first parser
  * attach and kept until teardown.
  *
- * Programs run under rcu_read_lock() with migration off, as skmsg and
- * KCM run theirs: map lookups return RCU-protected elements.
+ * Programs run under rcu_read_lock() with preemption off: map lookups
+ * return RCU-protected elements, and a per-CPU map value is one run's
+ * at a time (the http parser keeps its scanner there). They see
+ * in skb->cb[0..2] (struct __sk_buff's cb) the proxy's id, the direction
+ * (0 a-to-b, 1 b-to-a) and flags (KPROXY_CB_TLS: the direction reads a
+ * kTLS side; KPROXY_CB_VERDICT: a verdict judges this direction's
+ * messages), so the two directions of a proxy can share state keyed by
+ * its id; cb[3..4] are zero, the program's scratch. The view's own cb is
+ * saved and put back around the run.
+ *
+ * A verdict returning KPROXY_VERDICT_REPLY_FLAG | i ("reply and close",
+ * see kproxy_deny()) stops the direction: the message and anything after
+ * it are not forwarded, the destination gets a FIN once what was queued
+ * before is sent, and reply i goes to the other direction, which sends it
+ * to the message's sender at the end of its own stream, then its FIN.
  *
  * Small segments are copied into a page-sized gather buffer
  * (parser->gather) and given to the strparser lazily. The strparser keeps
@@ -45,6 +58,10 @@
 /* Skbs one message in progress may hold in the strparser. */
 #define KPROXY_MSG_PIECES	1024
 
+/* skb->cb[2] of a program's view: what the direction is. */
+#define KPROXY_CB_TLS		BIT(0)
+#define KPROXY_CB_VERDICT	BIT(1)
+
 static struct kproxy_parser *kproxy_parser_of(struct strparser *strp)
 {
 	return container_of(strp, struct kproxy_parser, strp);
@@ -60,9 +77,10 @@ static struct kproxy_dir *kproxy_strp_dir(struct strparser *strp)
  * program reads the message's first byte at offset 0 whatever the TCP
  * segment boundaries were. 0 and the program's value in @ret, or -ENOMEM.
  */
-static int kproxy_bpf_run(struct bpf_prog *prog, struct sk_buff *skb,
-			  u32 offset, u32 len, struct sock *sk, u32 *ret)
+static int kproxy_bpf_run(struct kproxy_dir *dir, struct bpf_prog *prog,
+			  struct sk_buff *skb, u32 offset, u32 len, u32 *ret)
 {
+	u32 *cb, saved[BPF_SKB_CB_LEN / sizeof(u32)];
 	struct sk_buff *view = skb;
 
 	if (offset || skb->len > offset + len) {
@@ -75,12 +93,20 @@ static int kproxy_bpf_run(struct bpf_prog *prog, struct sk_buff *skb,
 			return -ENOMEM;
 		}
 	}
-	view->sk = sk;
+	view->sk = kproxy_src(dir);
+	cb = (u32 *)bpf_skb_cb(view);
+	memcpy(saved, cb, sizeof(saved));
+	memset(cb, 0, sizeof(saved));
+	cb[0] = kproxy_of(dir)->id;
+	cb[1] = dir->idx;
+	cb[2] = (dir->tls_src ? KPROXY_CB_TLS : 0) |
+		(dir->bpf.run[KPROXY_BPF_KIND_VERDICT] ? KPROXY_CB_VERDICT : 0);
 	rcu_read_lock();
-	migrate_disable();
-	*ret = bpf_prog_run_save_cb(prog, view);
-	migrate_enable();
+	preempt_disable();
+	*ret = bpf_prog_run(prog, view);
+	preempt_enable();
 	rcu_read_unlock();
+	memcpy(cb, saved, sizeof(saved));
 	view->sk = NULL;
 	if (view != skb)
 		consume_skb(view);
@@ -101,11 +127,42 @@ static int kproxy_strp_parse(struct strparser *strp, struct sk_buff *skb)
 	}
 
 	/* strparser drops a partial message on any error: ends the proxy. */
-	if (kproxy_bpf_run(bpf->run[KPROXY_BPF_KIND_PARSER], skb, stm->offset,
-			   skb->len - stm->offset, kproxy_src(dir), &len))
+	if (kproxy_bpf_run(dir, bpf->run[KPROXY_BPF_KIND_PARSER], skb,
+			   stm->offset, skb->len - stm->offset, &len))
 		return -ENOBUFS;
 	bpf->in_msg = (int)len >= 0;
 	return len;
+}
+
+/*
+ * The verdict answered a message with reply @idx and close: the direction
+ * reads no more (kproxy_recv_actor() stops, kproxy_may_read() says no),
+ * forwards its FIN once what it queued before is sent, and leaves the
+ * reply for the other direction, which sends it after the rest of its
+ * stream (kproxy_forward_fin()): the responses the sender is still owed
+ * come first, and the destination, having got the FIN, ends that stream.
+ * Without a reply @idx, or without memory for one, nothing is sent back.
+ */
+static void kproxy_deny(struct kproxy_dir *dir, u32 idx)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+	struct kproxy_replies *replies = parser->run_replies;
+	struct kproxy *kp = kproxy_of(dir);
+	struct sk_buff *reply = NULL;
+
+	WRITE_ONCE(parser->denied, parser->denied + 1);
+	dir->denied = true;
+	if (replies && idx < replies->count && replies->len[idx]) {
+		reply = alloc_skb(replies->len[idx],
+				  GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+		if (reply)
+			skb_put_data(reply, replies->data + replies->off[idx],
+				     replies->len[idx]);
+	}
+	/* The one reply of this direction: xchg() orders its bytes. */
+	kfree_skb(xchg(&parser->reply, reply));
+	set_bit(KPROXY_DENIED, &kp->flags);
+	queue_work(kproxy_wq, &kp->dir[!dir->idx].work);
 }
 
 static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
@@ -118,8 +175,8 @@ static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
 	dir->bpf.in_msg = false;
 	kproxy_parser_of(strp)->pieces = 0;
 	if (verdict) {
-		if (kproxy_bpf_run(verdict, skb, stm->offset, stm->full_len,
-				   kproxy_src(dir), &ret)) {
+		if (kproxy_bpf_run(dir, verdict, skb, stm->offset,
+				   stm->full_len, &ret)) {
 			/* Unjudged, the message may neither pass nor vanish. */
 			kproxy_parser_of(strp)->error = -ENOBUFS;
 			strp_pause(strp);
@@ -128,6 +185,12 @@ static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
 		}
 		if (!ret) {
 			WRITE_ONCE(dir->drops, dir->drops + 1);
+			consume_skb(skb);
+			return;
+		}
+		if (ret & KPROXY_VERDICT_REPLY_FLAG) {
+			kproxy_deny(dir, ret & ~KPROXY_VERDICT_REPLY_FLAG);
+			strp_pause(strp);
 			consume_skb(skb);
 			return;
 		}
@@ -230,6 +293,7 @@ static void kproxy_gather_to_queue(struct kproxy_dir *dir)
 void kproxy_bpf_adopt(struct kproxy_dir *dir)
 {
 	struct kproxy_bpf *bpf = &dir->bpf;
+	struct kproxy_replies *old_replies = NULL;
 	struct bpf_prog *old[2];
 	int k;
 
@@ -241,11 +305,17 @@ void kproxy_bpf_adopt(struct kproxy_dir *dir)
 		if (bpf->run[k])
 			bpf_prog_inc(bpf->run[k]);
 	}
+	if (bpf->parser) {
+		old_replies = bpf->parser->run_replies;
+		bpf->parser->run_replies =
+			kproxy_replies_get(bpf->parser->want_replies);
+	}
 	spin_unlock_bh(&bpf->lock);
 
 	for (k = 0; k < 2; k++)
 		if (old[k])
 			bpf_prog_put(old[k]);
+	kproxy_replies_put(old_replies);
 
 	/* Each parser starts with a fresh strparser: no state crosses over. */
 	kproxy_strp_stop(bpf);
@@ -400,7 +470,7 @@ int kproxy_bpf_flush(struct kproxy_dir *dir)
 	struct kproxy_parser *parser = dir->bpf.parser;
 	int err;
 
-	while (dir->bpf.strp_on && parser->gather &&
+	while (dir->bpf.strp_on && !dir->denied && parser->gather &&
 	       parser->gather->len > parser->gather_fed) {
 		if (kproxy_queue_full(dir) ||
 		    (!dir->eof && skb_tailroom(parser->gather) &&
@@ -426,7 +496,7 @@ bool kproxy_bpf_pending(const struct kproxy_dir *dir)
 {
 	const struct kproxy_parser *parser = dir->bpf.parser;
 
-	return parser && parser->gather &&
+	return parser && !dir->denied && parser->gather &&
 	       parser->gather->len > parser->gather_fed;
 }
 
@@ -455,6 +525,32 @@ int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind)
 	return 0;
 }
 
+/*
+ * Netlink side: set or clear the wanted verdict and the replies it may
+ * answer with (a reference is taken; NULL: none), together, so the work
+ * never adopts one without the other. The direction has a parser, so
+ * bpf->parser is there. Holds kproxy_lock.
+ */
+struct bpf_prog *kproxy_bpf_want_verdict(struct kproxy_dir *dir,
+					 struct bpf_prog *prog,
+					 struct kproxy_replies *replies)
+{
+	struct kproxy_bpf *bpf = &dir->bpf;
+	struct kproxy_replies *old_replies;
+	struct bpf_prog *old;
+
+	lockdep_assert_held(&kproxy_lock);
+	spin_lock_bh(&bpf->lock);
+	old = bpf->want[KPROXY_BPF_KIND_VERDICT];
+	bpf->want[KPROXY_BPF_KIND_VERDICT] = prog;
+	old_replies = bpf->parser->want_replies;
+	bpf->parser->want_replies = kproxy_replies_get(replies);
+	WRITE_ONCE(bpf->changed, true);
+	spin_unlock_bh(&bpf->lock);
+	kproxy_replies_put(old_replies);
+	return old;
+}
+
 /* Netlink side: set or clear the wanted program. Holds kproxy_lock. */
 struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 				 struct bpf_prog *prog)
@@ -481,6 +577,42 @@ u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind)
 	const struct bpf_prog *prog = dir->bpf.want[kind];
 
 	return prog ? prog->aux->id : 0;
+}
+
+/*
+ * Messages the direction's verdict answered with a reply. Holds
+ * kproxy_lock or owns the teardown: the parser is freed only after the
+ * proxy has left its netns list (kproxy_bpf_free()).
+ */
+u64 kproxy_bpf_denied(const struct kproxy_dir *dir)
+{
+	const struct kproxy_parser *parser = READ_ONCE(dir->bpf.parser);
+
+	return parser ? READ_ONCE(parser->denied) : 0;
+}
+
+/*
+ * The other direction's work, at the end of its stream: the reply @from's
+ * verdict left for it, which it now owns, or NULL.
+ */
+struct sk_buff *kproxy_bpf_take_reply(struct kproxy_dir *from)
+{
+	struct kproxy_parser *parser = READ_ONCE(from->bpf.parser);
+
+	return parser ? xchg(&parser->reply, NULL) : NULL;
+}
+
+struct kproxy_replies *kproxy_replies_get(struct kproxy_replies *replies)
+{
+	if (replies)
+		refcount_inc(&replies->ref);
+	return replies;
+}
+
+void kproxy_replies_put(struct kproxy_replies *replies)
+{
+	if (replies && refcount_dec_and_test(&replies->ref))
+		kfree(replies);
 }
 
 void kproxy_bpf_init(struct kproxy_dir *dir)
@@ -514,6 +646,21 @@ void kproxy_bpf_release(struct kproxy_dir *dir)
 			bpf_prog_put(want[k]);
 		bpf->run[k] = NULL;
 	}
-	kfree(bpf->parser);
-	bpf->parser = NULL;
+}
+
+/*
+ * After the proxy has left its netns list and its end was notified
+ * (dumps, /proc and the final counters read the parser's denied count).
+ */
+void kproxy_bpf_free(struct kproxy_dir *dir)
+{
+	struct kproxy_parser *parser = dir->bpf.parser;
+
+	if (!parser)
+		return;
+	kproxy_replies_put(parser->want_replies);
+	kproxy_replies_put(parser->run_replies);
+	kfree_skb(parser->reply);
+	kfree(parser);
+	dir->bpf.parser = NULL;
 }

@@ -65,6 +65,7 @@
 #include <linux/mutex.h>
 #include <linux/net.h>
 #include <linux/netlink.h>
+#include <linux/refcount.h>
 #include <linux/skbuff.h>
 #include <linux/workqueue.h>
 #include <net/net_namespace.h>
@@ -82,6 +83,7 @@ enum {
 	KPROXY_KERNEL_SOCKS,	/* owns file-less sockets, see above */
 	KPROXY_SHUT_A_TO_B,	/* the direction forwarded its FIN ... */
 	KPROXY_SHUT_B_TO_A,	/* ... this one too: the proxy ends */
+	KPROXY_DENIED,		/* a verdict replied and closed: reason denied */
 };
 
 /*
@@ -97,6 +99,20 @@ enum {
 #define KPROXY_QUEUE_MAX	(512 * 1024)
 
 struct kproxy;
+struct genl_info;
+
+/*
+ * The replies of a verdict (verdict-replies), shared by reference: the
+ * netlink request, each direction that wants them and each that runs
+ * them hold one. Immutable once made.
+ */
+struct kproxy_replies {
+	refcount_t ref;
+	u32 count;
+	u16 off[KPROXY_REPLIES_MAX];	/* of reply i in data */
+	u16 len[KPROXY_REPLIES_MAX];
+	u8 data[];
+};
 
 /*
  * A direction's strparser, allocated by the first parser attach (most
@@ -109,6 +125,15 @@ struct kproxy_parser {
 	u32 gather_fed;			/* bytes of gather given to strp */
 	u32 pieces;			/* skbs the message in strp holds */
 	int error;			/* from the parser, ends the proxy */
+	/* The verdict's replies: wanted (bpf->lock) and adopted (the work). */
+	struct kproxy_replies *want_replies;
+	struct kproxy_replies *run_replies;
+	/*
+	 * A reply this direction's verdict chose, for the other direction to
+	 * send (taken with xchg(), see kproxy_bpf_take_reply()).
+	 */
+	struct sk_buff *reply;
+	u64 denied;			/* messages answered by a reply */
 };
 
 /* BPF programs of one direction; the rules are in bpf.c. */
@@ -133,6 +158,7 @@ struct kproxy_dir {
 	bool shut;			/* FIN forwarded to dst */
 	bool tls_src;			/* src is kTLS: read through tls.c */
 	bool tls_dst;			/* dst is kTLS: send through tls.c */
+	bool denied;			/* a verdict replied: reads no more */
 	u64 bytes;			/* sent on dst */
 	u64 skbs;			/* read from src */
 	u64 msgs;
@@ -203,7 +229,7 @@ static inline struct sock *kproxy_dst(struct kproxy_dir *dir)
 /* Totals of one netns since the module was loaded (kproxy_lock). */
 struct kproxy_totals {
 	u64 created;
-	u64 ended[KPROXY_REASON_TLS_REKEY + 1];
+	u64 ended[KPROXY_REASON_DENIED + 1];
 	u64 bytes;
 	u64 skbs;
 	u64 msgs;
@@ -312,6 +338,7 @@ struct sk_buff *kproxy_copy_skb(struct kproxy_dir *dir, struct sk_buff *tail);
 /* bpf.c */
 void kproxy_bpf_init(struct kproxy_dir *dir);
 void kproxy_bpf_release(struct kproxy_dir *dir);
+void kproxy_bpf_free(struct kproxy_dir *dir);
 bool kproxy_bpf_changed(struct kproxy_dir *dir);
 void kproxy_bpf_adopt(struct kproxy_dir *dir);
 int kproxy_bpf_feed(struct kproxy_dir *dir, struct sk_buff *skb,
@@ -322,6 +349,13 @@ int kproxy_bpf_prepare(struct kproxy_dir *dir, int kind);
 struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 				 struct bpf_prog *prog);
 u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind);
+struct bpf_prog *kproxy_bpf_want_verdict(struct kproxy_dir *dir,
+					 struct bpf_prog *prog,
+					 struct kproxy_replies *replies);
+u64 kproxy_bpf_denied(const struct kproxy_dir *dir);
+struct sk_buff *kproxy_bpf_take_reply(struct kproxy_dir *from);
+struct kproxy_replies *kproxy_replies_get(struct kproxy_replies *replies);
+void kproxy_replies_put(struct kproxy_replies *replies);
 
 /* tls.c */
 int kproxy_tls_check(struct sock *sk, int idx, struct netlink_ext_ack *extack);
@@ -343,6 +377,8 @@ struct kproxy_listener_new {
 	u32 max_proxies;		/* 0: no limit of its own */
 	u32 timeout_ms;
 	u32 notify_portid;		/* 0: none, see the notify attribute */
+	/* verdict-replies, the request's reference (NULL: none) */
+	struct kproxy_replies *replies;
 };
 
 extern struct idr kproxy_listener_idr;
@@ -387,6 +423,8 @@ struct kproxy_listener *kproxy_listener_of(struct list_head *node);
 
 /* netlink.c */
 int kproxy_nl_init(void);
+int kproxy_nl_replies(struct genl_info *info, int type,
+		      struct kproxy_replies **replies);
 void kproxy_nl_exit(void);
 void kproxy_nl_notify(struct kproxy *kp, u8 cmd);
 void kproxy_nl_notify_new(struct kproxy *kp);

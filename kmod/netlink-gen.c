@@ -31,11 +31,12 @@ static const struct nla_policy kproxy_proxy_get_nl_policy[KPROXY_A_PROXY_ID + 1]
 };
 
 /* KPROXY_CMD_BPF_ATTACH - do */
-static const struct nla_policy kproxy_bpf_attach_nl_policy[KPROXY_A_PROXY_DIRECTION + 1] = {
+static const struct nla_policy kproxy_bpf_attach_nl_policy[KPROXY_A_PROXY_VERDICT_REPLIES + 1] = {
 	[KPROXY_A_PROXY_ID] = NLA_POLICY_MIN(NLA_U32, 1),
 	[KPROXY_A_PROXY_PROG_FD] = { .type = NLA_U32, },
 	[KPROXY_A_PROXY_KIND] = NLA_POLICY_MAX(NLA_U32, 1),
 	[KPROXY_A_PROXY_DIRECTION] = NLA_POLICY_MAX(NLA_U32, 2),
+	[KPROXY_A_PROXY_VERDICT_REPLIES] = { .type = NLA_BINARY, .len = KPROXY_REPLY_LEN_MAX, },
 };
 
 /* KPROXY_CMD_BPF_DETACH - do */
@@ -46,7 +47,8 @@ static const struct nla_policy kproxy_bpf_detach_nl_policy[KPROXY_A_PROXY_DIRECT
 };
 
 /* KPROXY_CMD_LISTENER_NEW - do */
-static const struct nla_policy kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_NOTIFY + 1] = {
+static const struct nla_policy
+kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_VERDICT_REPLIES + 1] = {
 	[KPROXY_A_LISTENER_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_TARGET] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
 	[KPROXY_A_LISTENER_SOURCE] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
@@ -55,6 +57,7 @@ static const struct nla_policy kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_N
 	[KPROXY_A_LISTENER_PARSER_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_VERDICT_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_NOTIFY] = { .type = NLA_FLAG, },
+	[KPROXY_A_LISTENER_VERDICT_REPLIES] = { .type = NLA_BINARY, .len = KPROXY_REPLY_LEN_MAX, },
 };
 
 /* KPROXY_CMD_LISTENER_DEL - do */
@@ -99,7 +102,7 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.validate	= 0,
 		.doit		= kproxy_nl_bpf_attach_doit,
 		.policy		= kproxy_bpf_attach_nl_policy,
-		.maxattr	= KPROXY_A_PROXY_DIRECTION,
+		.maxattr	= KPROXY_A_PROXY_VERDICT_REPLIES,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{
@@ -115,7 +118,7 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.validate	= 0,
 		.doit		= kproxy_nl_listener_new_doit,
 		.policy		= kproxy_listener_new_nl_policy,
-		.maxattr	= KPROXY_A_LISTENER_NOTIFY,
+		.maxattr	= KPROXY_A_LISTENER_VERDICT_REPLIES,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{

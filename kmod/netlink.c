@@ -111,6 +111,8 @@ static int kproxy_put_dir(struct sk_buff *skb, int attr,
 			    KPROXY_BPF_KIND_PARSER) ||
 	    kproxy_put_prog(skb, KPROXY_A_DIR_VERDICT_ID, dir,
 			    KPROXY_BPF_KIND_VERDICT) ||
+	    nla_put_u64_64bit(skb, KPROXY_A_DIR_DENIED, kproxy_bpf_denied(dir),
+			      KPROXY_A_DIR_PAD) ||
 	    (READ_ONCE(dir->shut) && nla_put_flag(skb, KPROXY_A_DIR_SHUT)) ||
 	    kproxy_put_tls_records(skb, kp, d)) {
 		nla_nest_cancel(skb, nest);
@@ -427,9 +429,57 @@ static struct bpf_prog *kproxy_get_prog(struct genl_info *info)
 	return prog;
 }
 
+/*
+ * The verdict-replies (attribute @type, repeated) of a request, in order,
+ * copied into one object with a reference for the caller; NULL when there
+ * are none. The policy has checked each one's length already.
+ */
+int kproxy_nl_replies(struct genl_info *info, int type,
+		      struct kproxy_replies **replies)
+{
+	struct kproxy_replies *r;
+	const struct nlattr *a;
+	size_t total = 0;
+	int count = 0, rem;
+
+	*replies = NULL;
+	nla_for_each_attr(a, genlmsg_data(info->genlhdr),
+			  genlmsg_len(info->genlhdr), rem) {
+		if (nla_type(a) != type)
+			continue;
+		if (count == KPROXY_REPLIES_MAX) {
+			NL_SET_ERR_MSG_ATTR(info->extack, a,
+					    "at most 16 verdict-replies");
+			return -E2BIG;
+		}
+		count++;
+		total += nla_len(a);
+	}
+	if (!count)
+		return 0;
+	r = kzalloc(struct_size(r, data, total), GFP_KERNEL_ACCOUNT);
+	if (!r)
+		return -ENOMEM;
+	refcount_set(&r->ref, 1);
+	total = 0;
+	nla_for_each_attr(a, genlmsg_data(info->genlhdr),
+			  genlmsg_len(info->genlhdr), rem) {
+		if (nla_type(a) != type)
+			continue;
+		r->off[r->count] = total;
+		r->len[r->count] = nla_len(a);
+		memcpy(r->data + total, nla_data(a), nla_len(a));
+		total += nla_len(a);
+		r->count++;
+	}
+	*replies = r;
+	return 0;
+}
+
 int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 {
 	struct bpf_prog *prog, *old[2] = {};
+	struct kproxy_replies *replies;
 	struct kproxy *kp;
 	int kind, first, last, d, err;
 
@@ -443,10 +493,22 @@ int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 		return -EINVAL;
 	kind = nla_get_u32(info->attrs[KPROXY_A_PROXY_KIND]);
 	kproxy_dirs(info, &first, &last);
+	if (kind != KPROXY_BPF_KIND_VERDICT &&
+	    info->attrs[KPROXY_A_PROXY_VERDICT_REPLIES]) {
+		NL_SET_ERR_MSG_ATTR(info->extack,
+				    info->attrs[KPROXY_A_PROXY_VERDICT_REPLIES],
+				    "verdict-replies are for a verdict");
+		return -EINVAL;
+	}
+	err = kproxy_nl_replies(info, KPROXY_A_PROXY_VERDICT_REPLIES, &replies);
+	if (err)
+		return err;
 
 	prog = kproxy_get_prog(info);
-	if (IS_ERR(prog))
+	if (IS_ERR(prog)) {
+		kproxy_replies_put(replies);
 		return PTR_ERR(prog);
+	}
 	/* One reference per direction it is attached to. */
 	if (first != last)
 		bpf_prog_inc(prog);
@@ -473,12 +535,16 @@ int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 			goto out_unlock;
 	}
 	for (d = first; d <= last; d++)
-		old[d] = kproxy_bpf_want(&kp->dir[d], kind, prog);
+		old[d] = kind == KPROXY_BPF_KIND_VERDICT ?
+			 kproxy_bpf_want_verdict(&kp->dir[d], prog, replies) :
+			 kproxy_bpf_want(&kp->dir[d], kind, prog);
 	for (d = first; d <= last; d++)
 		queue_work(kproxy_wq, &kp->dir[d].work);
 	prog = NULL;
 out_unlock:
 	mutex_unlock(&kproxy_lock);
+
+	kproxy_replies_put(replies);
 
 	for (d = 0; d < 2; d++)
 		if (old[d])
@@ -797,6 +863,17 @@ static int kproxy_nl_listener_args(struct genl_info *info,
 	if (attrs[KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS])
 		args->timeout_ms =
 			nla_get_u32(attrs[KPROXY_A_LISTENER_CONNECT_TIMEOUT_MS]);
+	if (attrs[KPROXY_A_LISTENER_VERDICT_REPLIES] &&
+	    !attrs[KPROXY_A_LISTENER_VERDICT_FD]) {
+		NL_SET_ERR_MSG_ATTR(info->extack,
+				    attrs[KPROXY_A_LISTENER_VERDICT_REPLIES],
+				    "verdict-replies are for a verdict: give verdict-fd too");
+		return -EINVAL;
+	}
+	err = kproxy_nl_replies(info, KPROXY_A_LISTENER_VERDICT_REPLIES,
+				&args->replies);
+	if (err)
+		return err;
 	if (attrs[KPROXY_A_LISTENER_VERDICT_FD] &&
 	    !attrs[KPROXY_A_LISTENER_PARSER_FD]) {
 		NL_SET_ERR_MSG_ATTR(info->extack, attrs[KPROXY_A_LISTENER_VERDICT_FD],
@@ -866,8 +943,11 @@ int kproxy_nl_listener_new_doit(struct sk_buff *skb, struct genl_info *info)
 	err = kproxy_listener_create(genl_info_net(info), &args,
 				     kproxy_nl_listener_published, &r,
 				     info->extack);
-	if (!err)
+	if (!err) {
+		/* The listener took its own reference, if it keeps them. */
+		kproxy_replies_put(args.replies);
 		return genlmsg_reply(r.skb, info);
+	}
 	nlmsg_free(r.skb);
 out_put:
 	if (args.sock)
@@ -875,6 +955,7 @@ out_put:
 	for (kind = 0; kind < 2; kind++)
 		if (!IS_ERR_OR_NULL(args.prog[kind]))
 			bpf_prog_put(args.prog[kind]);
+	kproxy_replies_put(args.replies);
 	return err;
 }
 

@@ -28,6 +28,7 @@ static const char *const kproxy_reason_name[] = {
 	[KPROXY_REASON_UNLOAD] = "unload",
 	[KPROXY_REASON_TLS_ALERT] = "tls_alert",
 	[KPROXY_REASON_TLS_REKEY] = "tls_rekey",
+	[KPROXY_REASON_DENIED] = "denied",
 };
 
 /* linux/tls.h's ciphers, as IANA names them without the TLS_ prefix. */
@@ -128,7 +129,7 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 
 	if (v == &kn->proxies) {
 		seq_puts(seq,
-			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict a_tls b_tls listener\n");
+			 "id state a_local a_remote b_local b_remote ab_bytes ab_skbs ab_msgs ab_drops ab_queued ba_bytes ba_skbs ba_msgs ba_drops ba_queued created ab_parser ab_verdict ba_parser ba_verdict a_tls b_tls listener ab_denied ba_denied\n");
 		return 0;
 	}
 
@@ -146,9 +147,11 @@ static int kproxy_seq_show(struct seq_file *seq, void *v)
 	kproxy_seq_tls(seq, kp, 0);
 	kproxy_seq_tls(seq, kp, 1);
 	if (kp->listener_id)
-		seq_printf(seq, " %u\n", kp->listener_id);
+		seq_printf(seq, " %u", kp->listener_id);
 	else
-		seq_puts(seq, " -\n");
+		seq_puts(seq, " -");
+	seq_printf(seq, " %llu %llu\n", kproxy_bpf_denied(&kp->dir[0]),
+		   kproxy_bpf_denied(&kp->dir[1]));
 	return 0;
 }
 

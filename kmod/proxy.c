@@ -131,6 +131,8 @@ err_unhook_a:
 	cancel_work_sync(&kp->dir[1].work);
 	kproxy_bpf_release(&kp->dir[0]);
 	kproxy_bpf_release(&kp->dir[1]);
+	kproxy_bpf_free(&kp->dir[0]);
+	kproxy_bpf_free(&kp->dir[1]);
 err_free:
 	mem_cgroup_put(kp->memcg);
 	kfree(kp);
@@ -286,6 +288,8 @@ void kproxy_destroy(struct kproxy *kp)
 	mutex_unlock(&kproxy_lock);
 	/* From here on kp->net may be gone: kproxy_end_all() may return. */
 
+	for (i = 0; i < 2; i++)
+		kproxy_bpf_free(&kp->dir[i]);
 	kproxy_put_socks(kp);
 	mem_cgroup_put(kp->memcg);
 	kfree(kp);

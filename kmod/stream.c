@@ -147,6 +147,11 @@ int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 				break;
 			}
 			done += used;
+			/* A verdict replied: nothing more is read. */
+			if (dir->denied) {
+				desc->count = 0;
+				break;
+			}
 			if (dir->bpf.switching) {
 				kproxy_bpf_adopt(dir);
 				continue;
@@ -325,14 +330,26 @@ static bool kproxy_check_errors(struct kproxy_dir *dir)
 	return true;
 }
 
-/* Forward the source's FIN once everything before it is sent. */
+/*
+ * Forward the source's FIN once everything before it is sent; a
+ * direction whose verdict replied (dir->denied) forwards one there. A
+ * reply the other direction's verdict left goes first, after the rest of
+ * this stream: see kproxy_deny().
+ */
 static void kproxy_forward_fin(struct kproxy_dir *dir)
 {
 	struct kproxy *kp = kproxy_of(dir);
+	struct sk_buff *reply;
 
-	if (!dir->eof || dir->shut || !skb_queue_empty(&dir->queue) ||
-	    kproxy_bpf_pending(dir))
+	if (!(dir->eof || dir->denied) || dir->shut ||
+	    !skb_queue_empty(&dir->queue) || kproxy_bpf_pending(dir))
 		return;
+	reply = kproxy_bpf_take_reply(&kp->dir[!dir->idx]);
+	if (reply) {
+		kproxy_queue_skb(dir, reply, 0, reply->len);
+		queue_work(kproxy_wq, &dir->work);
+		return;
+	}
 	/* Full: write_space runs the work again. */
 	if (dir->tls_dst && kproxy_tls_close_notify(kproxy_dst(dir)) == -EAGAIN)
 		return;
@@ -344,14 +361,18 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 	 * ordered, so at least one does): the claim picks one.
 	 */
 	test_and_set_bit(KPROXY_SHUT_A_TO_B + dir->idx, &kp->flags);
-	if (test_bit(KPROXY_SHUT_A_TO_B + !dir->idx, &kp->flags))
-		kproxy_end_async(kp, KPROXY_REASON_CLOSED);
+	if (test_bit(KPROXY_SHUT_A_TO_B + !dir->idx, &kp->flags)) {
+		/* KPROXY_DENIED was set before the other's shut bit. */
+		smp_rmb();
+		kproxy_end_async(kp, test_bit(KPROXY_DENIED, &kp->flags) ?
+				 KPROXY_REASON_DENIED : KPROXY_REASON_CLOSED);
+	}
 }
 
 /* Whether a direction should read: not at its end, room in its queue. */
 static bool kproxy_may_read(struct kproxy_dir *dir)
 {
-	return (!dir->eof || kproxy_bpf_pending(dir)) &&
+	return (!dir->eof || kproxy_bpf_pending(dir)) && !dir->denied &&
 	       !kproxy_queue_full(dir);
 }
 
@@ -511,7 +532,7 @@ void kproxy_dir_drain(struct kproxy_dir *dir)
 		WRITE_ONCE(dst->sk_sndbuf, sndbuf);
 		release_sock(dst);
 	}
-	if (!err && dir->eof && !dir->shut) {
+	if (!err && (dir->eof || dir->denied) && !dir->shut) {
 		if (dir->tls_dst)
 			kproxy_tls_close_notify(dst);
 		kernel_sock_shutdown(dst->sk_socket, SHUT_WR);

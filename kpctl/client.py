@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from . import spec as spec_mod
 from . import wire
@@ -597,20 +597,26 @@ class Kproxy:
             self._exchange(sock, req, seq, self.family_id, keep, dump=True)
         return out, interrupted
 
-    def attach(self, proxy_id: int, kind: str, prog: Any, direction: str = "both") -> None:
+    def attach(self, proxy_id: int, kind: str, prog: Any, direction: str = "both", *,
+               replies: Sequence[bytes] | None = None) -> None:
         """Attach (or replace) a BPF program on a direction of a proxy.
 
         `kind`: "parser" or "verdict"; `direction`: "a-to-b", "b-to-a" or
         "both"; `prog`: a program fd (int) or a loaded program (an object
         with fileno() or fd, e.g. kpctl.bpf.Program).  The kernel takes its
         own reference: the caller may close its program afterwards.
+        `replies`: for a verdict, the bytes it may answer with (reply i for
+        a return of 0x80000000 | i: sent to the message's sender before the
+        proxy closes, reason "denied"); at most 16, each at most 1 KiB.
         """
-        attrs = {
+        attrs: dict[str, Any] = {
             "id": int(proxy_id),
             "prog-fd": _prog_fd(prog),
             "kind": self._enum_value("bpf-kind", kind),
             "direction": self._enum_value("direction", direction),
         }
+        if replies:
+            attrs["verdict-replies"] = [bytes(r) for r in replies]
         self._do("bpf-attach", attrs)
 
     def detach(self, proxy_id: int, kind: str, direction: str = "both") -> None:

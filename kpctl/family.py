@@ -42,8 +42,28 @@ FAMILY = {'name': 'kproxy',
                                       'derive from\n'
                                       'secrets only userspace holds, so the proxy ends rather than '
                                       'wait for\n'
-                                      'records it cannot decrypt; the other socket was '
-                                      'aborted.\n'}]},
+                                      'records it cannot decrypt; the other socket was aborted.\n'},
+                              {'name': 'denied',
+                               'doc': 'A verdict answered a message with "reply and close": the '
+                                      'message\n'
+                                      'and what followed it from its sender were not forwarded, '
+                                      'its\n'
+                                      'destination got a FIN, and the sender got the configured '
+                                      'reply\n'
+                                      'after what the other direction owed it.\n'}]},
+                 {'name': 'verdict-reply-flag',
+                  'type': 'const',
+                  'value': 2147483648,
+                  'doc': 'A verdict returning this bit ORed with an index i (below replies-max)\n'
+                         'answers the message with reply i and closes (reason denied).\n'},
+                 {'name': 'replies-max',
+                  'type': 'const',
+                  'value': 16,
+                  'doc': 'The most verdict-replies one attach may carry.'},
+                 {'name': 'reply-len-max',
+                  'type': 'const',
+                  'value': 1024,
+                  'doc': 'The longest verdict-reply, in bytes.'},
                  {'name': 'bpf-kind',
                   'type': 'enum',
                   'doc': 'What a program attached to a direction does.',
@@ -55,9 +75,10 @@ FAMILY = {'name': 'kproxy',
                                       'on a protocol error (which ends the proxy with reason '
                                       'error).\n'},
                               {'name': 'verdict',
-                               'doc': 'Judges each whole message (needs a parser): 0 drops it, '
-                                      'anything\n'
-                                      'else forwards it.\n'}]},
+                               'doc': 'Judges each whole message (needs a parser): 0 drops it,\n'
+                                      'verdict-reply-flag | i answers it with reply i and closes '
+                                      '(see\n'
+                                      'verdict-replies), anything else forwards it.\n'}]},
                  {'name': 'direction',
                   'type': 'enum',
                   'doc': 'The direction(s) a program applies to.',
@@ -131,7 +152,18 @@ FAMILY = {'name': 'kproxy',
                                      'type': 'u32',
                                      'doc': 'The listener that made this proxy (listener-new); '
                                             'absent for a\n'
-                                            'proxy made by proxy-new.\n'}]},
+                                            'proxy made by proxy-new.\n'},
+                                    {'name': 'verdict-replies',
+                                     'type': 'binary',
+                                     'multi-attr': True,
+                                     'doc': 'In bpf-attach of a verdict: the replies it may answer '
+                                            'with, in\n'
+                                            'index order (repeated, at most replies-max). A '
+                                            'verdict returning\n'
+                                            "verdict-reply-flag | i sends reply i to the message's "
+                                            'sender and\n'
+                                            'closes; without a reply i it closes without one.\n',
+                                     'checks': {'max-len': 'reply-len-max'}}]},
                     {'name': 'sock',
                      'attributes': [{'name': 'family',
                                      'type': 'u16',
@@ -204,7 +236,12 @@ FAMILY = {'name': 'kproxy',
                                      'doc': 'TLS records the kTLS destination has sent under its '
                                             'current keys\n'
                                             '(its record sequence number); absent when the '
-                                            'destination is plain.\n'}]},
+                                            'destination is plain.\n'},
+                                    {'name': 'denied',
+                                     'type': 'u64',
+                                     'doc': 'Messages a verdict answered with "reply and close" '
+                                            '(at most one per\n'
+                                            'proxy: the direction reads no further).\n'}]},
                     {'name': 'endpoint',
                      'doc': 'An address and port, as the sock set carries them.',
                      'attributes': [{'name': 'family',
@@ -330,7 +367,14 @@ FAMILY = {'name': 'kproxy',
                                             'sent\n'
                                             "listener-new (as proxy-new's notify does; that socket "
                                             'then gets\n'
-                                            'them once, not also through the monitor group).\n'}]}],
+                                            'them once, not also through the monitor group).\n'},
+                                    {'name': 'verdict-replies',
+                                     'type': 'binary',
+                                     'multi-attr': True,
+                                     'doc': "In listener-new: the replies of verdict-fd's verdict, "
+                                            'as the proxy\n'
+                                            "set's verdict-replies.\n",
+                                     'checks': {'max-len': 'reply-len-max'}}]}],
  'operations': {'list': [{'name': 'proxy-new',
                           'doc': 'Join two connected TCP sockets given by file descriptor.',
                           'attribute-set': 'proxy',
@@ -393,7 +437,8 @@ FAMILY = {'name': 'kproxy',
                           'do': {'request': {'attributes': ['id',
                                                             'prog-fd',
                                                             'kind',
-                                                            'direction']}}},
+                                                            'direction',
+                                                            'verdict-replies']}}},
                          {'name': 'bpf-detach',
                           'doc': 'Detach the parser or verdict program of one direction or both.',
                           'attribute-set': 'proxy',
@@ -413,7 +458,8 @@ FAMILY = {'name': 'kproxy',
                                                             'connect-timeout-ms',
                                                             'parser-fd',
                                                             'verdict-fd',
-                                                            'notify']},
+                                                            'notify',
+                                                            'verdict-replies']},
                                  'reply': {'attributes': ['id',
                                                           'listen',
                                                           'target',

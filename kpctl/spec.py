@@ -70,6 +70,7 @@ class Attr:
     nested: str | None
     enum: str | None
     big_endian: bool = False  # byte-order: big-endian (scalars only)
+    multi: bool = False  # multi-attr: repeated, given as a list of values
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,14 @@ def _attr(set_name: str, value: int, a: Mapping[str, Any], sets: set[str]) -> At
     where = f"attribute {set_name}.{a['name']}"
     if typ not in TYPES:
         raise SpecError(f"{where}: type {typ!r} not supported")
-    if a.get("multi-attr"):
-        raise SpecError(f"{where}: multi-attr not supported")
+    multi = bool(a.get("multi-attr"))
+    if multi and typ != "binary":
+        raise SpecError(f"{where}: multi-attr is supported for binary only")
     nested = a.get("nested-attributes")
     if typ == "nest" and nested not in sets:
         raise SpecError(f"{where}: nest of unknown attribute set {nested!r}")
     big = a.get("byte-order") == "big-endian"
-    return Attr(a["name"], value, typ, nested, a.get("enum"), big and typ in SCALARS)
+    return Attr(a["name"], value, typ, nested, a.get("enum"), big and typ in SCALARS, multi)
 
 
 def _root_set(raw: Mapping[str, Any]) -> str:

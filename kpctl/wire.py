@@ -286,7 +286,8 @@ def nla(kind: int, payload: bytes = b"", nested: bool = False) -> bytes:
 
 def encode_attrs(spec: spec_mod.Spec, values: Mapping[str, Any], set_name: str | None = None) -> bytes:
     """Attributes by schema name: ints, flags (True: present, False:
-    left out), strings, bytes (binary), nests as dicts.  Raises EncodeError
+    left out), strings, bytes (binary), nests as dicts, lists for
+    multi-attr attributes.  Raises EncodeError
     for a name the set does not have or a value its type cannot hold."""
     set_name = set_name or spec.root_set
     out = []
@@ -300,6 +301,14 @@ def encode_attrs(spec: spec_mod.Spec, values: Mapping[str, Any], set_name: str |
 
 
 def _encode_one(spec: spec_mod.Spec, a: spec_mod.Attr, value: Any) -> bytes:
+    if a.multi:
+        if not isinstance(value, (list, tuple)):
+            raise EncodeError(f"{a.name}: a multi-attr is given as a list of values")
+        return b"".join(_encode_single(spec, a, v) for v in value)
+    return _encode_single(spec, a, value)
+
+
+def _encode_single(spec: spec_mod.Spec, a: spec_mod.Attr, value: Any) -> bytes:
     if a.type in INT_CODES:
         if isinstance(value, bool) or not isinstance(value, int):
             raise EncodeError(f"{a.name}: {a.type} needs an int, not {type(value).__name__}")

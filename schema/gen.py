@@ -674,7 +674,10 @@ class PolicyRenderer:
 
     def table(self, name, max_name, attrs, comment, static_fwd=False):
         out = [comment] if comment else []
-        out.append(f'static const struct nla_policy {name}[{max_name} + 1] = {{')
+        head = f'static const struct nla_policy {name}[{max_name} + 1] = {{'
+        if len(head) > 100:  # checkpatch's limit: break after the type
+            head = f'static const struct nla_policy\n{name}[{max_name} + 1] = {{'
+        out.append(head)
         for a in attrs:
             e = self.entry(a)
             if e is not None:

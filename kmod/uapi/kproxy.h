@@ -37,6 +37,10 @@ enum kproxy_state {
  * @KPROXY_REASON_TLS_REKEY: A kTLS side received a TLS 1.3 KeyUpdate. The next
  *   keys derive from secrets only userspace holds, so the proxy ends rather
  *   than wait for records it cannot decrypt; the other socket was aborted.
+ * @KPROXY_REASON_DENIED: A verdict answered a message with "reply and close":
+ *   the message and what followed it from its sender were not forwarded, its
+ *   destination got a FIN, and the sender got the configured reply after what
+ *   the other direction owed it.
  */
 enum kproxy_reason {
 	KPROXY_REASON_USER,
@@ -47,7 +51,12 @@ enum kproxy_reason {
 	KPROXY_REASON_UNLOAD,
 	KPROXY_REASON_TLS_ALERT,
 	KPROXY_REASON_TLS_REKEY,
+	KPROXY_REASON_DENIED,
 };
+
+#define KPROXY_VERDICT_REPLY_FLAG	2147483648
+#define KPROXY_REPLIES_MAX		16
+#define KPROXY_REPLY_LEN_MAX		1024
 
 /**
  * enum kproxy_bpf_kind - What a program attached to a direction does.
@@ -56,7 +65,8 @@ enum kproxy_reason {
  *   negative value on a protocol error (which ends the proxy with reason
  *   error).
  * @KPROXY_BPF_KIND_VERDICT: Judges each whole message (needs a parser): 0
- *   drops it, anything else forwards it.
+ *   drops it, verdict-reply-flag | i answers it with reply i and closes (see
+ *   verdict-replies), anything else forwards it.
  */
 enum kproxy_bpf_kind {
 	KPROXY_BPF_KIND_PARSER,
@@ -90,6 +100,7 @@ enum {
 	KPROXY_A_PROXY_NOTIFY,
 	KPROXY_A_PROXY_TLS_ALERT,
 	KPROXY_A_PROXY_LISTENER_ID,
+	KPROXY_A_PROXY_VERDICT_REPLIES,
 
 	__KPROXY_A_PROXY_MAX,
 	KPROXY_A_PROXY_MAX = (__KPROXY_A_PROXY_MAX - 1)
@@ -121,6 +132,7 @@ enum {
 	KPROXY_A_DIR_VERDICT_ID,
 	KPROXY_A_DIR_TLS_RECORDS_IN,
 	KPROXY_A_DIR_TLS_RECORDS_OUT,
+	KPROXY_A_DIR_DENIED,
 
 	__KPROXY_A_DIR_MAX,
 	KPROXY_A_DIR_MAX = (__KPROXY_A_DIR_MAX - 1)
@@ -160,6 +172,7 @@ enum {
 	KPROXY_A_LISTENER_ACTIVE,
 	KPROXY_A_LISTENER_PENDING,
 	KPROXY_A_LISTENER_NOTIFY,
+	KPROXY_A_LISTENER_VERDICT_REPLIES,
 
 	__KPROXY_A_LISTENER_MAX,
 	KPROXY_A_LISTENER_MAX = (__KPROXY_A_LISTENER_MAX - 1)

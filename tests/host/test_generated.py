@@ -77,7 +77,7 @@ def request_attrs(op):
 def parse_policies(src):
     """{policy name: (size expression, {attr enum: initializer})}."""
     pols = {}
-    for m in re.finditer(r'static const struct nla_policy (\w+)\[([^\]]+)\] = \{\n(.*?)\n\};',
+    for m in re.finditer(r'static const struct nla_policy\s+(\w+)\[([^\]]+)\] = \{\n(.*?)\n\};',
                          src, re.S):
         entries = dict(re.findall(r'^\t\[(\w+)\] = (.*),$', m.group(3), re.M))
         pols[m.group(1)] = (m.group(2), entries)

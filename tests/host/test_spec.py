@@ -45,7 +45,7 @@ def test_commands_follow_ynl_numbering() -> None:
 def test_enum_maps_both_ways() -> None:
     reason = SPEC.enums["reason"]
     assert list(reason.by_name) == ["user", "closed", "reset", "error", "netns-exit", "unload",
-                                    "tls-alert", "tls-rekey"]
+                                    "tls-alert", "tls-rekey", "denied"]
     assert reason.by_name["user"] == 0
     for name, value in reason.by_name.items():
         assert reason.label(value) == name
