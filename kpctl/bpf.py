@@ -33,7 +33,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .errors import KproxyError
 
@@ -58,6 +58,8 @@ SHIPPED = {
     "lines": "parser: newline-terminated lines, at most 8 KiB",
     "drop-prefix": "verdict: drops messages whose payload starts with --prefix",
     "pass": "verdict: forwards every message",
+    "http": "parser: HTTP/1.1 requests (a-to-b) and responses (b-to-a); attach both ways",
+    "http-filter": "verdict: HTTP request rules (see kpctl.http), after the http parser",
 }
 
 # drop-prefix's configuration map (kmod/bpf/drop-prefix.bpf.c).
@@ -189,6 +191,8 @@ def libbpf() -> ctypes.CDLL:
             _sig(lib, "bpf_program__set_autoload", i, vp, ctypes.c_bool)
             _sig(lib, "bpf_program__fd", i, vp)
             _sig(lib, "bpf_map__fd", i, vp)
+            _sig(lib, "bpf_map__reuse_fd", i, vp, i)
+            _sig(lib, "bpf_map_get_fd_by_id", i, u32)
             _sig(lib, "bpf_map__value_size", u32, vp)
             _sig(lib, "bpf_map_update_elem", i, i, vp, vp, ctypes.c_uint64)
             _sig(lib, "bpf_map_lookup_elem", i, i, vp, vp)
@@ -480,14 +484,16 @@ def _describe(progs: list[int]) -> str:
 
 
 def load_object(path: str | os.PathLike[str], program: str | None = None, *,
-                any_type: bool = False) -> Program:
+                any_type: bool = False, reuse_maps: Mapping[str, int] | None = None) -> Program:
     """Load one program of an ELF object through libbpf.
 
     `program`: its function name or its ELF section (when one program has
     it); None when the object holds a single program.  The program is
     loaded as a socket filter; a section naming another type (xdp, tc...)
     is refused with EINVAL unless `any_type` (tests of the kernel's own
-    check).  Only the chosen program is loaded.
+    check).  Only the chosen program is loaded.  `reuse_maps`: maps of the
+    object (by name) that are to be existing maps (by fd) instead of new
+    ones, so two programs share state (bpf_map__reuse_fd()).
     """
     lib = libbpf()
     path = os.fspath(path)
@@ -530,6 +536,8 @@ def load_object(path: str | os.PathLike[str], program: str | None = None, *,
             if ptype == 0:
                 # A section libbpf does not know: load it as what kproxy takes.
                 lib.bpf_program__set_type(chosen, SOCKET_FILTER)
+            for map_name, map_fd in (reuse_maps or {}).items():
+                _reuse_map(obj, path, map_name, map_fd)
             ret = lib.bpf_object__load(obj)
             if ret:
                 e = _errno_of(ret)
@@ -550,6 +558,17 @@ def load_object(path: str | os.PathLike[str], program: str | None = None, *,
             lib.bpf_object__close(obj)
             raise
     return Program(fd, info, src, obj)
+
+
+def _reuse_map(obj: int, path: str, name: str, fd: int) -> None:
+    lib = libbpf()
+    m = lib.bpf_object__find_map_by_name(obj, name.encode())
+    if not m:
+        raise BpfError(errno.ENOENT, f"{path}: no map {name!r} to share")
+    ret = lib.bpf_map__reuse_fd(m, fd)
+    if ret:
+        e = _errno_of(ret)
+        raise BpfError(e, f"{path}: cannot use the existing map for {name!r}: {os.strerror(e)}")
 
 
 def _choose(path: str, program: str | None, progs: list[int]) -> int:

@@ -27,7 +27,7 @@ from kpctl.bpf import BpfError
 from kpctl.errors import KproxyError
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("lenprefix", "lines", "drop-prefix", "pass")
+SHIPPED = ("lenprefix", "lines", "drop-prefix", "pass", "http", "http-filter")
 
 
 def _multiarch() -> str:
@@ -154,7 +154,7 @@ def test_unknown_shipped_name():
     with pytest.raises(BpfError) as ei:
         bpf.load("lenprefx")
     assert ei.value.errno == errno.ENOENT
-    assert "nor a shipped program (lenprefix, lines, drop-prefix, pass)" in ei.value.message
+    assert "nor a shipped program (lenprefix, lines, drop-prefix, pass, http, http-filter)" in ei.value.message
 
 
 @needs_libbpf
