@@ -150,7 +150,7 @@ def parse_rules_file(text: str, source: str = "rules") -> HttpRules:
             methods = frozenset(m.strip().upper() for m in value.split(",") if m.strip())
             unknown = sorted(methods - METHODS.keys())
             if unknown or not methods:
-                raise HttpRulesError(f"{where}: unknown method {', '.join(unknown) or value!r} "
+                raise HttpRulesError(f"{where}: unknown method {', '.join(unknown) or repr(value)} "
                                      f"(known: {', '.join(METHODS)})")
             values["allow_methods"] = methods
         elif key in _LISTS:

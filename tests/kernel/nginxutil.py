@@ -50,6 +50,7 @@ http {{
             dav_methods PUT;
             create_full_put_path on;
         }}
+        location = /status/204 {{ return 204; }}
     }}
 }}
 """
