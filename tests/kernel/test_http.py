@@ -198,7 +198,7 @@ def test_reply_verdict_sends_reply_after_backend_fin_then_ends_denied(kp):
     lst.close()
     backend.settimeout(IO_TIMEOUT)
     with bpf.load("lines") as parser, \
-            bpf.load_insns("socket_filter", bpf.insn_return(0x80000001)) as verdict:
+            bpf.load_insns("socket_filter", bpf.insn_return(-0x7FFFFFFF)) as verdict:  # 0x80000001
         p = kp.create(side_a, side_b, notify_end=True)
         kp.attach(p.id, "parser", parser, "a-to-b")
         kp.attach(p.id, "verdict", verdict, "a-to-b", replies=[b"zero\n", b"DENIED one\n"])
@@ -233,7 +233,7 @@ def test_reply_without_such_reply_closes_without_bytes(kp):
     lst.close()
     backend.settimeout(IO_TIMEOUT)
     with bpf.load("lines") as parser, \
-            bpf.load_insns("socket_filter", bpf.insn_return(0x80000005)) as verdict:
+            bpf.load_insns("socket_filter", bpf.insn_return(-0x7FFFFFFB)) as verdict:  # 0x80000005
         p = kp.create(side_a, side_b, notify_end=True)
         kp.attach(p.id, "parser", parser, "a-to-b")
         kp.attach(p.id, "verdict", verdict, "a-to-b", replies=[b"only reply 0\n"])
@@ -257,8 +257,9 @@ def test_keepalive_get_head_put_204_304_and_16mib_bodies(front, nginx):
     rng = random.Random(1)
 
     c.sendall(get("/small.txt"))
-    status, _, body = r.response()
+    status, headers, body = r.response()
     assert (status, body) == (200, b"small file\n")
+    modified = headers["last-modified"]
 
     c.sendall(get("/big.bin", "HEAD"))
     status, headers, body = r.response("HEAD")
@@ -266,7 +267,7 @@ def test_keepalive_get_head_put_204_304_and_16mib_bodies(front, nginx):
     # The request after a HEAD is answered: the HEAD response had no body.
     c.sendall(get("/status/204"))
     assert r.response()[0] == 204
-    c.sendall(get("/small.txt", extra="If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n"))
+    c.sendall(get("/small.txt", extra=f"If-Modified-Since: {modified}\r\n"))
     assert r.response()[0] == 304
 
     c.sendall(get("/big.bin"))
@@ -344,6 +345,9 @@ def test_upgrade_101_then_raw_bytes_both_ways(kp):
         lst.close()
 
 
+# (rules, request, status). A chunked body over the limit is refused at
+# the chunk that crosses it: its head has reached nginx, not its body.
+CHUNKED_OVER = get("/upload/f.bin", "PUT", "Transfer-Encoding: chunked\r\n")
 DENIALS = [
     ("deny-path /admin", get("/admin/x.txt"), 403),
     ("allow-path /pub", get("/small.txt"), 403),
@@ -353,8 +357,8 @@ DENIALS = [
      403),
     ("max-body-bytes 100", get("/upload/e.bin", "PUT", "Content-Length: 101\r\n") + b"x" * 101,
      413),
-    ("max-body-bytes 100", get("/upload/f.bin", "PUT", "Transfer-Encoding: chunked\r\n")
-     + b"64\r\n" + b"x" * 100 + b"\r\n1\r\nx\r\n0\r\n\r\n", 413),
+    ("max-body-bytes 100", CHUNKED_OVER + b"64\r\n" + b"x" * 100 + b"\r\n1\r\nx\r\n0\r\n\r\n",
+     413),
     ("max-request-line 40", get("/small.txt?" + "q" * 40), 414),
     ("max-header-bytes 200", get("/small.txt", extra="X-Pad: " + "p" * 200 + "\r\n"), 431),
     ("max-headers 3", get("/small.txt", extra="A: 1\r\nB: 2\r\nC: 3\r\n"), 431),
@@ -374,7 +378,11 @@ def test_each_rule_answers_its_status_and_closes(kp, nginx, rule, request_bytes,
         assert Reader(c).eof() == REPLY[status]
         c.close()
         assert wait_ended(kp, pid) == "denied"
-        assert len(nginx.requests()) == seen, nginx.requests()[seen:]
+        if request_bytes.startswith(CHUNKED_OVER):
+            assert nginx.requests()[seen:] == ["PUT /upload/f.bin HTTP/1.1"]
+            assert not (nginx.www / "upload" / "f.bin").exists()
+        else:
+            assert nginx.requests()[seen:] == []
     finally:
         f.close()
 
@@ -391,9 +399,12 @@ def test_rules_change_on_a_running_proxy(front, nginx):
     c.close()
 
 
+# Refused at the header block: nginx sees nothing.
 SMUGGLING = [
-    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"
+    b"0\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -4\r\n\r\n",
@@ -417,11 +428,16 @@ SMUGGLING = [
     b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
     b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
-    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nabcde\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
-    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 17000 + b"\r\n\r\n",
+]
+# Refused at a chunk-size line: nginx has had the head (and may have
+# answered it), never the rest nor the request smuggled behind it.
+PUT_CHUNKED = b"PUT /upload/sm.bin HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+SMUGGLING_BODY = [
+    PUT_CHUNKED + b"fffffffffffffffff\r\n",  # over 15 hex digits
+    PUT_CHUNKED + b"5x\r\nabcde\r\n0\r\n\r\n",
+    PUT_CHUNKED + b"-1\r\n",
+    PUT_CHUNKED + b"3\r\nabcXX0\r\n\r\n",  # no CRLF after the data
 ]
 
 
@@ -435,6 +451,21 @@ def test_smuggling_is_answered_400_and_closed_before_nginx(front, nginx, attack)
     c.close()
     assert wait_ended(front.kp, pid) == "denied"
     assert len(nginx.requests()) == seen, nginx.requests()[seen:]
+
+
+@pytest.mark.parametrize("attack", SMUGGLING_BODY,
+                         ids=[f"body{i}" for i in range(len(SMUGGLING_BODY))])
+def test_bad_chunks_are_answered_400_and_closed(front, nginx, attack):
+    seen = len(nginx.requests())
+    c, pid = front.connect()
+    c.sendall(attack + get("/smuggled"))
+    got = Reader(c).eof()
+    # After what nginx answered to the head, if anything.
+    assert got.endswith(REPLY[400]), got[-200:]
+    c.close()
+    assert wait_ended(front.kp, pid) == "denied"
+    assert nginx.requests()[seen:] in ([], ["PUT /upload/sm.bin HTTP/1.1"])
+    assert not (nginx.www / "upload" / "sm.bin").exists()
 
 
 def test_without_a_filter_a_bad_request_ends_the_proxy(kp, nginx):
