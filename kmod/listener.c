@@ -573,8 +573,16 @@ void kproxy_listener_proxy_ended(struct kproxy *kp)
 
 	lockdep_assert_held(&kproxy_lock);
 	l = idr_find(&kproxy_listener_idr, kp->listener_id);
-	if (l && l->active)
+	if (!l)
+		return;
+	if (l->active)
 		l->active--;
+	/* Its final counters: the proxy's works are done. */
+	kproxy_count(l, KPROXY_LC_ENDED);
+	atomic64_add(READ_ONCE(kp->dir[KPROXY_A_TO_B].bytes),
+		     &l->counters[KPROXY_LC_ENDED_BYTES_A_TO_B]);
+	atomic64_add(READ_ONCE(kp->dir[KPROXY_B_TO_A].bytes),
+		     &l->counters[KPROXY_LC_ENDED_BYTES_B_TO_A]);
 }
 
 /* End the live proxies listener @id made, with reason user. */

@@ -34,6 +34,7 @@ def listener_attrs(lid: int, **over: Any) -> dict[str, Any]:
         "create-time": 1_700_000_000_000_000_000,
         "accepted": 12, "created": 9, "failed-refused": 1, "failed-unreachable": 0,
         "failed-timeout": 1, "failed-other": 0, "refused-limit": 1, "active": 3, "pending": 1,
+        "ended": 6, "ended-bytes-a-to-b": 6144, "ended-bytes-b-to-a": 12288,
     }
     attrs.update(over)
     return attrs
@@ -149,7 +150,8 @@ def test_listener_json_shape() -> None:
         "created_ns": 1_700_000_000_000_000_000,
         "counters": {"accepted": 12, "created": 9, "failed_refused": 1, "failed_unreachable": 0,
                      "failed_timeout": 1, "failed_other": 0, "refused_limit": 1, "active": 3,
-                     "pending": 1},
+                     "pending": 1, "ended": 6, "ended_bytes_a_to_b": 6144,
+                     "ended_bytes_b_to_a": 12288},
     }
 
 
@@ -200,14 +202,19 @@ def test_proc_listener_column() -> None:
 def test_proc_listeners_file() -> None:
     text = ("id listen target source max_proxies connect_timeout_ms parser verdict accepted "
             "created failed_refused failed_unreachable failed_timeout failed_other "
-            "refused_limit active pending created_ns\n"
-            "3 127.0.0.1:8080 [::1]:80 - 0 10000 0 0 12 9 1 0 1 0 1 3 1 1700000000000000000\n"
-            "4 [::]:443 10.0.0.2:443 10.0.0.1:0 100 500 17 0 5 5 0 0 0 0 0 5 0 1700000000000000001\n")
+            "refused_limit active pending created_ns ended ended_bytes_a_to_b ended_bytes_b_to_a\n"
+            "3 127.0.0.1:8080 [::1]:80 - 0 10000 0 0 12 9 1 0 1 0 1 3 1 1700000000000000000 6 10 20\n"
+            "4 [::]:443 10.0.0.2:443 10.0.0.1:0 100 500 17 0 5 5 0 0 0 0 0 5 0 1700000000000000001"
+            " 0 0 0\n")
     a, b = parse_listeners(text)
     assert a == Listener(3, Endpoint("127.0.0.1", 8080), Endpoint("::1", 80), None, 0, 10000,
-                         None, None, 1700000000000000000, 12, 9, 1, 0, 1, 0, 1, 3, 1)
+                         None, None, 1700000000000000000, 12, 9, 1, 0, 1, 0, 1, 3, 1, 6, 10, 20)
     assert (str(b.source), b.max_proxies, b.parser_id, b.active) == ("10.0.0.1:0", 100, 17, 5)
     assert parse_listeners("") == []
+    # An older module's file, without the ended columns, still parses.
+    old = text.split("\n")[0].rsplit(" ", 3)[0] + "\n" + \
+        "3 127.0.0.1:8080 [::1]:80 - 0 10000 0 0 12 9 1 0 1 0 1 3 1 1700000000000000000\n"
+    assert parse_listeners(old)[0].ended == 0
 
 
 # --- the commands ---------------------------------------------------------------------

@@ -290,12 +290,18 @@ def test_sequential_and_concurrent_connections_carry_every_byte(kp, echo, clean,
         assert not errors, errors[:3]
 
         total = sequential + concurrent
+        # Every byte each way, in the counters of the ended proxies.
+        carried = sum(1000 + i for i in range(sequential)) + concurrent * size
         li = settled(kp, li.id, accepted=total, created=total, failed_refused=0,
-                     failed_timeout=0, failed_other=0, refused_limit=0, pending=0)
+                     failed_timeout=0, failed_other=0, refused_limit=0, pending=0,
+                     active=0, ended=total, ended_bytes_a_to_b=carried,
+                     ended_bytes_b_to_a=carried)
         # /proc says what netlink says.
         with open(LISTENERS_PATH) as f:
             (row,) = [x for x in parse_listeners(f.read()) if x.id == li.id]
         assert (row.accepted, row.created, str(row.target)) == (total, total, echo.endpoint)
+        assert (row.ended, row.ended_bytes_a_to_b, row.ended_bytes_b_to_a) == \
+            (total, carried, carried)
 
         # Every proxy the listener made was announced with its id.
         news = 0
