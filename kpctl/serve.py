@@ -148,6 +148,10 @@ class ServeOptions:
     # Accept and connect here, not in a kernel listener (kpctl.serve_listener);
     # TLS always does.
     userspace: bool = False
+    # A "proxy" and an "ended" event for every connection. A kernel listener
+    # without them costs no Python per connection: the counters come from
+    # the listener's own (kpctl.serve_listener).
+    connection_events: bool = True
 
     @property
     def terminates_tls(self) -> bool:
