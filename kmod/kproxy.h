@@ -381,6 +381,7 @@ struct kproxy_listener_new {
 	u32 notify_portid;		/* 0: none, see the notify attribute */
 	/* verdict-replies, the request's reference (NULL: none) */
 	struct kproxy_replies *replies;
+	u32 verdict_dir;		/* KPROXY_DIRECTION_* */
 };
 
 extern struct idr kproxy_listener_idr;
@@ -415,6 +416,7 @@ struct kproxy_listener_info {
 	u32 max_proxies;
 	u32 timeout_ms;
 	u32 prog_id[2];
+	u32 verdict_dir;		/* KPROXY_DIRECTION_* */
 	u64 created_ns;
 	u64 counters[KPROXY_LC_MAX];
 	u32 active;

@@ -106,6 +106,8 @@ struct kproxy_listener {
 	struct sockaddr_storage target;
 	struct sockaddr_storage source;	/* ss_family 0: none */
 	struct bpf_prog *prog[2];	/* by kind, our references */
+	struct kproxy_replies *replies;	/* the verdict's; our reference */
+	u32 verdict_dir;		/* KPROXY_DIRECTION_*: judged by the verdict */
 	struct mem_cgroup *memcg;	/* the creator's, charged */
 	atomic64_t counters[KPROXY_LC_MAX];
 };
@@ -307,6 +309,14 @@ static int kproxy_conn_start(struct kproxy_conn *c)
  * the proxy carries the listener's id and programs, and is counted
  * active before its conn stops being pending.
  */
+/* Does the listener's verdict judge direction @d of its proxies? */
+static bool kproxy_listener_judges(const struct kproxy_listener *l, int d)
+{
+	return l->verdict_dir == KPROXY_DIRECTION_BOTH ||
+	       l->verdict_dir == (d == KPROXY_A_TO_B ? KPROXY_DIRECTION_A_TO_B :
+						     KPROXY_DIRECTION_B_TO_A);
+}
+
 static int kproxy_listener_published(struct kproxy *kp, void *arg)
 {
 	struct kproxy_listener *l = arg;
@@ -327,8 +337,16 @@ static int kproxy_listener_published(struct kproxy *kp, void *arg)
 		if (!l->prog[kind])
 			continue;
 		for (d = 0; d < 2; d++) {
+			if (kind == KPROXY_BPF_KIND_VERDICT &&
+			    !kproxy_listener_judges(l, d))
+				continue;
 			bpf_prog_inc(l->prog[kind]);
-			kproxy_bpf_want(&kp->dir[d], kind, l->prog[kind]);
+			if (kind == KPROXY_BPF_KIND_VERDICT)
+				kproxy_bpf_want_verdict(&kp->dir[d], l->prog[kind],
+							l->replies);
+			else
+				kproxy_bpf_want(&kp->dir[d], kind,
+						l->prog[kind]);
 		}
 	}
 	kp->listener_id = l->id;
@@ -513,6 +531,8 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 		atomic64_set(&l->counters[i], 0);
 	for (i = 0; i < 2; i++)
 		l->prog[i] = args->prog[i];
+	l->replies = kproxy_replies_get(args->replies);
+	l->verdict_dir = args->verdict_dir;
 
 	init_waitqueue_func_entry(&l->wait, kproxy_listener_wake);
 
@@ -556,6 +576,7 @@ int kproxy_listener_create(struct net *net, struct kproxy_listener_new *args,
 err_unlock:
 	mutex_unlock(&kproxy_lock);
 err_free:
+	kproxy_replies_put(l->replies);
 	mem_cgroup_put(l->memcg);
 	kfree(l);
 	return err;
@@ -665,6 +686,7 @@ static void kproxy_listener_destroy(struct kproxy_listener *l, bool end_proxies)
 	for (i = 0; i < 2; i++)
 		if (l->prog[i])
 			bpf_prog_put(l->prog[i]);
+	kproxy_replies_put(l->replies);
 	mem_cgroup_put(l->memcg);
 	kfree(l);
 }
@@ -762,6 +784,7 @@ void kproxy_listener_info(const struct kproxy_listener *l,
 	info->timeout_ms = l->timeout_ms;
 	for (i = 0; i < 2; i++)
 		info->prog_id[i] = l->prog[i] ? l->prog[i]->aux->id : 0;
+	info->verdict_dir = l->verdict_dir;
 	info->created_ns = l->created_ns;
 	for (i = 0; i < KPROXY_LC_MAX; i++)
 		info->counters[i] = atomic64_read(&l->counters[i]);

@@ -48,7 +48,7 @@ static const struct nla_policy kproxy_bpf_detach_nl_policy[KPROXY_A_PROXY_DIRECT
 
 /* KPROXY_CMD_LISTENER_NEW - do */
 static const struct nla_policy
-kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_VERDICT_REPLIES + 1] = {
+kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_VERDICT_DIRECTION + 1] = {
 	[KPROXY_A_LISTENER_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_TARGET] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
 	[KPROXY_A_LISTENER_SOURCE] = NLA_POLICY_NESTED(kproxy_endpoint_nl_policy),
@@ -58,6 +58,7 @@ kproxy_listener_new_nl_policy[KPROXY_A_LISTENER_VERDICT_REPLIES + 1] = {
 	[KPROXY_A_LISTENER_VERDICT_FD] = { .type = NLA_U32, },
 	[KPROXY_A_LISTENER_NOTIFY] = { .type = NLA_FLAG, },
 	[KPROXY_A_LISTENER_VERDICT_REPLIES] = { .type = NLA_BINARY, .len = KPROXY_REPLY_LEN_MAX, },
+	[KPROXY_A_LISTENER_VERDICT_DIRECTION] = NLA_POLICY_MAX(NLA_U32, 2),
 };
 
 /* KPROXY_CMD_LISTENER_DEL - do */
@@ -118,7 +119,7 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.validate	= 0,
 		.doit		= kproxy_nl_listener_new_doit,
 		.policy		= kproxy_listener_new_nl_policy,
-		.maxattr	= KPROXY_A_LISTENER_VERDICT_REPLIES,
+		.maxattr	= KPROXY_A_LISTENER_VERDICT_DIRECTION,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{

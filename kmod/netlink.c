@@ -642,8 +642,10 @@ static int kproxy_fill_listener(struct sk_buff *skb,
 	     nla_put_u32(skb, KPROXY_A_LISTENER_PARSER_ID,
 			 info->prog_id[KPROXY_BPF_KIND_PARSER])) ||
 	    (info->prog_id[KPROXY_BPF_KIND_VERDICT] &&
-	     nla_put_u32(skb, KPROXY_A_LISTENER_VERDICT_ID,
-			 info->prog_id[KPROXY_BPF_KIND_VERDICT])) ||
+	     (nla_put_u32(skb, KPROXY_A_LISTENER_VERDICT_ID,
+			  info->prog_id[KPROXY_BPF_KIND_VERDICT]) ||
+	      nla_put_u32(skb, KPROXY_A_LISTENER_VERDICT_DIRECTION,
+			  info->verdict_dir))) ||
 	    nla_put_u64_64bit(skb, KPROXY_A_LISTENER_CREATE_TIME,
 			      info->created_ns, KPROXY_A_LISTENER_PAD) ||
 	    kproxy_put_counter(skb, KPROXY_A_LISTENER_ACCEPTED,
@@ -849,6 +851,17 @@ static int kproxy_nl_listener_args(struct genl_info *info,
 				&args->replies);
 	if (err)
 		return err;
+	args->verdict_dir = KPROXY_DIRECTION_BOTH;
+	if (attrs[KPROXY_A_LISTENER_VERDICT_DIRECTION]) {
+		if (!attrs[KPROXY_A_LISTENER_VERDICT_FD]) {
+			NL_SET_ERR_MSG_ATTR(info->extack,
+					    attrs[KPROXY_A_LISTENER_VERDICT_DIRECTION],
+					    "verdict-direction is for a verdict: give verdict-fd too");
+			return -EINVAL;
+		}
+		args->verdict_dir =
+			nla_get_u32(attrs[KPROXY_A_LISTENER_VERDICT_DIRECTION]);
+	}
 	if (attrs[KPROXY_A_LISTENER_VERDICT_FD] &&
 	    !attrs[KPROXY_A_LISTENER_PARSER_FD]) {
 		NL_SET_ERR_MSG_ATTR(info->extack, attrs[KPROXY_A_LISTENER_VERDICT_FD],
