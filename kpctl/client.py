@@ -646,7 +646,8 @@ class Kproxy:
                max_proxies: int | None = None, connect_timeout: float | None = None,
                parser: Any = None, verdict: Any = None,
                source: Endpoint | str | tuple[str, int] | None = None,
-               notify: bool = False) -> Listener:
+               notify: bool = False, replies: Sequence[bytes] | None = None,
+               verdict_direction: str | None = None) -> Listener:
         """Accept on a listening TCP socket in the kernel: every connection
         is connected to `target` ("HOST:PORT", ("host", port) or an
         Endpoint) and joined to it as a proxy, with no userspace per
@@ -657,7 +658,9 @@ class Kproxy:
         included (beyond: the client is reset); connect_timeout: seconds
         a connect may take (the kernel's default: 10); parser/verdict: BPF
         programs (fds or loaded programs) attached to both directions of
-        every proxy; source: the address (port 0: any) to connect from;
+        every proxy (the verdict to `verdict_direction`'s: "a-to-b",
+        "b-to-a" or "both", the default); replies: the verdict's replies,
+        as attach()'s; source: the address (port 0: any) to connect from;
         notify: the births and ends of its proxies come to this handle
         (ended(with_new=True)), not through the monitor group.
         """
@@ -672,6 +675,10 @@ class Kproxy:
             attrs["parser-fd"] = _prog_fd(parser)
         if verdict is not None:
             attrs["verdict-fd"] = _prog_fd(verdict)
+        if replies:
+            attrs["verdict-replies"] = [bytes(r) for r in replies]
+        if verdict_direction is not None:
+            attrs["verdict-direction"] = self._enum_value("direction", verdict_direction)
         if notify:
             attrs["notify"] = True
             self._big_request_rcvbuf()

@@ -32,8 +32,11 @@ from .model import (
 _SOCK_FIELDS = ("family", "local-addr", "local-port", "remote-addr", "remote-port", "tcp-state",
                 "tls-version", "tls-cipher")
 _DIR_FIELDS = ("bytes", "skbs", "msgs", "drops", "queued", "parser-id", "verdict-id",
-               "tls-records-in", "tls-records-out")
+               "tls-records-in", "tls-records-out", "denied")
 _SOCKS = ("sock-a", "sock-b")
+# enum direction of schema/kproxy.yaml (a module without verdict-direction
+# attaches a listener's verdict to both).
+_DIRECTIONS = {0: "a-to-b", 1: "b-to-a", 2: "both"}
 _DIRS = ("a-to-b", "b-to-a")
 
 
@@ -62,10 +65,11 @@ def sock_info(family: int | None, laddr: bytes | None, lport: int | None,
 
 def dir_stats(nbytes: int | None, skbs: int | None, msgs: int | None, drops: int | None,
               queued: int | None, parser_id: int | None, verdict_id: int | None,
-              tls_in: int | None, tls_out: int | None, shut: bool) -> DirStats:
+              tls_in: int | None, tls_out: int | None, denied: int | None,
+              shut: bool) -> DirStats:
     """One direction, from the dir nest's attributes (None: absent)."""
     return DirStats(nbytes or 0, skbs or 0, msgs or 0, drops or 0, queued or 0, shut,
-                    parser_id or None, verdict_id or None, tls_in, tls_out)
+                    parser_id or None, verdict_id or None, tls_in, tls_out, denied or 0)
 
 
 def _state(spec: spec_mod.Spec, value: int | None) -> str:
@@ -107,6 +111,9 @@ def listener_from_attrs(attrs: dict[str, Any]) -> Listener:
         connect_timeout_ms=attrs.get("connect-timeout-ms") or 0,
         parser_id=attrs.get("parser-id") or None,
         verdict_id=attrs.get("verdict-id") or None,
+        verdict_direction=(_DIRECTIONS.get(attrs["verdict-direction"])
+                           if attrs.get("verdict-id") and "verdict-direction" in attrs
+                           else ("both" if attrs.get("verdict-id") else None)),
         created_ns=attrs.get("create-time") or 0,
         **counters,
     )

@@ -148,6 +148,8 @@ class DirStats:
     # current keys (kTLS sides only; None for plain TCP and from /proc).
     tls_records_in: int | None = None
     tls_records_out: int | None = None
+    # Messages its verdict answered with a reply and a close (reason denied).
+    denied: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -280,6 +282,8 @@ class Listener:
     ended: int = 0  # its proxies that ended, and the bytes they carried:
     ended_bytes_a_to_b: int = 0
     ended_bytes_b_to_a: int = 0
+    # What its verdict judges: "a-to-b", "b-to-a", "both"; None: no verdict.
+    verdict_direction: str | None = None
 
     @property
     def failed(self) -> int:
@@ -329,6 +333,7 @@ class Totals:
     ended_unload: int = 0
     ended_tls_alert: int = 0
     ended_tls_rekey: int = 0
+    ended_denied: int = 0
     bytes: int = 0
     skbs: int = 0
     msgs: int = 0

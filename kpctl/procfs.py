@@ -57,6 +57,8 @@ def _dir(row: dict[str, str], prefix: str) -> DirStats:
         shut=False,
         parser_id=_prog_id(row, prefix + "_parser"),
         verdict_id=_prog_id(row, prefix + "_verdict"),
+        # Appended later: optional.
+        denied=int(row.get(prefix + "_denied", 0)),
     )
 
 

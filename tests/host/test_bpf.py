@@ -452,7 +452,8 @@ def test_model_keeps_its_keys_and_adds_the_ids():
 
     d = DirStats(bytes=1, parser_id=3).to_dict()
     assert d == {"bytes": 1, "skbs": 0, "msgs": 0, "drops": 0, "queued": 0, "shut": False,
-                 "parser_id": 3, "verdict_id": None, "tls_records_in": None, "tls_records_out": None}
+                 "parser_id": 3, "verdict_id": None, "tls_records_in": None, "tls_records_out": None,
+                 "denied": 0}
 
 
 def test_netlink_reply_program_ids():
