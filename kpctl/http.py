@@ -195,6 +195,49 @@ def encode(rules: HttpRules) -> bytes:
             + b"".join(paths) + empty * (RULES_MAX - len(paths)))
 
 
+def decode(value: bytes) -> HttpRules:
+    """The rules an http_rules map value holds (encode()'s inverse)."""
+    mask, line, hdr_bytes, hdrs, body, nhosts, npaths = _HEAD.unpack_from(value, 0)
+    methods = frozenset(m for m, bit in METHODS.items() if mask & (1 << bit)) or None
+
+    def rule(i: int) -> tuple[str, int]:
+        length, kind, text = _RULE.unpack_from(value, _HEAD.size + i * _RULE.size)
+        return text[:length].decode(errors="replace"), kind
+
+    hosts = tuple(rule(i)[0] for i in range(min(nhosts, RULES_MAX)))
+    paths = [rule(RULES_MAX + i) for i in range(min(npaths, RULES_MAX))]
+    return HttpRules(allow_methods=methods, deny_hosts=hosts,
+                     deny_paths=tuple(p for p, k in paths if k == 0),
+                     allow_paths=tuple(p for p, k in paths if k == 1),
+                     max_request_line=line or None, max_header_bytes=hdr_bytes or None,
+                     max_headers=hdrs or None, max_body_bytes=body or None)
+
+
+def to_lines(rules: HttpRules) -> list[str]:
+    """The rules as the lines of a rules file (parse_rules_file() reads them back)."""
+    lines = []
+    if rules.allow_methods:
+        lines.append("allow-methods " + ",".join(m for m in METHODS if m in rules.allow_methods))
+    for key, attr in _LISTS.items():
+        lines += [f"{key} {v}" for v in getattr(rules, attr)]
+    for key, attr in _LIMITS.items():
+        if getattr(rules, attr) is not None:
+            lines.append(f"{key} {getattr(rules, attr)}")
+    return lines
+
+
+def to_dict(rules: HttpRules) -> dict[str, Any]:
+    """The rules as JSON (kpctl -j): every rule, null or [] when not set."""
+    return {
+        "allow_methods": (None if rules.allow_methods is None
+                          else [m for m in METHODS if m in rules.allow_methods]),
+        "deny_hosts": list(rules.deny_hosts), "deny_paths": list(rules.deny_paths),
+        "allow_paths": list(rules.allow_paths),
+        "max_request_line": rules.max_request_line, "max_header_bytes": rules.max_header_bytes,
+        "max_headers": rules.max_headers, "max_body_bytes": rules.max_body_bytes,
+    }
+
+
 def apply(prog: bpf.Program, rules: HttpRules) -> None:
     """Write `rules` into a loaded http-filter; one map update, so a filter
     already attached switches rules between two messages."""
@@ -222,20 +265,20 @@ def _info(fd: int, buf: ctypes.Array[ctypes.c_char], what: str) -> None:
         raise bpf.BpfError(e, f"cannot read {what} info: {os.strerror(e)}")
 
 
-def parser_state_map(parser_prog_id: int) -> int:
-    """A new fd of the http_state map of the program with this id (the
-    parser attached to a proxy or listener); the caller closes it."""
+def _prog_map(prog_id: int, map_name: str, what: str) -> int:
+    """A new fd of the map named `map_name` of the program with this id;
+    the caller closes it."""
     lib = bpf.libbpf()
-    pfd = lib.bpf_prog_get_fd_by_id(int(parser_prog_id))
+    pfd = lib.bpf_prog_get_fd_by_id(int(prog_id))
     if pfd < 0:
         e = bpf._errno_of(pfd)
-        raise bpf.BpfError(e, f"no program with id {parser_prog_id}: {os.strerror(e)}")
+        raise bpf.BpfError(e, f"no program with id {prog_id}: {os.strerror(e)}")
     try:
         # struct bpf_prog_info: nr_map_ids u32 @52, map_ids u64 @56.
         ids = (ctypes.c_uint32 * 64)()
         buf = ctypes.create_string_buffer(_PROG_INFO_SIZE)
         struct.pack_into("IQ", buf, 52, len(ids), ctypes.addressof(ids))
-        _info(pfd, buf, f"program {parser_prog_id}")
+        _info(pfd, buf, f"program {prog_id}")
         count = min(struct.unpack_from("I", buf.raw, 52)[0], len(ids))
     finally:
         os.close(pfd)
@@ -250,11 +293,90 @@ def parser_state_map(parser_prog_id: int) -> int:
         except bpf.BpfError:
             os.close(mfd)
             raise
-        if mbuf.raw[24:40].split(b"\0", 1)[0] == STATE_MAP.encode():
+        if mbuf.raw[24:40].split(b"\0", 1)[0] == map_name.encode():
             return mfd
         os.close(mfd)
-    raise bpf.BpfError(errno.EINVAL, f"program {parser_prog_id} has no {STATE_MAP} map: "
-                                     f"is it the http parser?")
+    raise bpf.BpfError(errno.EINVAL, f"program {prog_id} has no {map_name} map: "
+                                     f"is it the {what}?")
+
+
+def parser_state_map(parser_prog_id: int) -> int:
+    """A new fd of the http_state map of the program with this id (the
+    parser attached to a proxy or listener); the caller closes it."""
+    return _prog_map(parser_prog_id, STATE_MAP, "http parser")
+
+
+def _map_lookup(fd: int, key: bytes, size: int) -> bytes | None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(size)
+    ret = bpf.libbpf().bpf_map_lookup_elem(fd, k, v)
+    if ret:
+        e = bpf._errno_of(ret)
+        if e == errno.ENOENT:
+            return None
+        raise bpf.BpfError(e, f"cannot read a map: {os.strerror(e)}")
+    return v.raw
+
+
+def _map_update(fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    ret = bpf.libbpf().bpf_map_update_elem(fd, k, v, 0)
+    if ret:
+        e = bpf._errno_of(ret)
+        raise bpf.BpfError(e, f"cannot update the rules map: {os.strerror(e)}")
+
+
+def apply_attached(filter_prog_id: int, rules: HttpRules) -> None:
+    """Write `rules` into the http-filter attached with this program id (a
+    proxy's or a listener's verdict): one map update, no byte lost."""
+    value = encode(rules)
+    fd = _prog_map(filter_prog_id, RULES_MAP, "http-filter")
+    try:
+        _map_update(fd, struct.pack("I", 0), value)
+    finally:
+        os.close(fd)
+
+
+def rules_attached(filter_prog_id: int) -> HttpRules:
+    """The rules in force in the http-filter with this program id."""
+    fd = _prog_map(filter_prog_id, RULES_MAP, "http-filter")
+    try:
+        raw = _map_lookup(fd, struct.pack("I", 0), RULES_SIZE)
+    finally:
+        os.close(fd)
+    return decode(raw) if raw is not None else HttpRules()
+
+
+# struct http_state of kmod/bpf/http.h: per direction `heads` (header
+# blocks framed) at 36 in a 72-byte struct http_dir_state.
+_DIR_STATE_SIZE = 72
+_HEADS_AT = 36
+STATE_SIZE = 2 * _DIR_STATE_SIZE + 16 + 32
+
+
+@dataclass(frozen=True)
+class HttpCounts:
+    """What the parser framed on one proxy: header blocks of requests
+    (a-to-b) and of responses (b-to-a, interim 1xx ones included)."""
+
+    requests: int
+    responses: int
+
+
+def counts(parser_prog_id: int, proxy_id: int) -> HttpCounts | None:
+    """The parser's counts for this proxy (None: the parser has not seen it,
+    or its entry was evicted from the LRU map)."""
+    fd = parser_state_map(parser_prog_id)
+    try:
+        raw = _map_lookup(fd, struct.pack("I", proxy_id), STATE_SIZE)
+    finally:
+        os.close(fd)
+    if raw is None:
+        return None
+    ab = struct.unpack_from("I", raw, _HEADS_AT)[0]
+    ba = struct.unpack_from("I", raw, _DIR_STATE_SIZE + _HEADS_AT)[0]
+    return HttpCounts(ab, ba)
 
 
 def load_filter(state_map_fd: int, rules: HttpRules | None = None) -> bpf.Program:

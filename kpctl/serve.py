@@ -152,6 +152,11 @@ class ServeOptions:
     # without them costs no Python per connection: the counters come from
     # the listener's own (kpctl.serve_listener).
     connection_events: bool = True
+    # HTTP (kpctl.http): the http parser on both directions and the
+    # http-filter verdict on requests (a-to-b), with these rules (an
+    # HttpRules; None: none, only malformed and smuggled requests refused).
+    http: bool = False
+    http_rules: Any = None
 
     @property
     def terminates_tls(self) -> bool:
@@ -179,6 +184,11 @@ class ServeOptions:
         for kind in PROGRAM_KINDS:
             if getattr(self, kind) == "":
                 raise ServeError(f"--{kind} must name a program")
+        if self.http and (self.parser is not None or self.verdict is not None):
+            raise ServeError("--http attaches the http parser and filter: no --parser or "
+                             "--verdict with it")
+        if self.http_rules is not None and not self.http:
+            raise ServeError("HTTP rules (--rules, --deny-path ...) go with --http")
         if self.verdict is not None and self.parser is None:
             raise ServeError("--verdict: a verdict needs a parser (give --parser too)")
         if self.offset is not None and self.prefix is None:
@@ -204,7 +214,21 @@ class ServeOptions:
         check_tls_options(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.http_rules is not None:
+            from .http import to_dict as rules_dict
+            d["http_rules"] = rules_dict(self.http_rules)
+        return d
+
+    def attach_plan(self, kind: str) -> tuple[str, list[bytes] | None]:
+        """Where a program of `kind` goes on every proxy, and the replies a
+        verdict answers with: the http-filter judges requests (a-to-b) and
+        answers with kpctl.http's canned replies; other programs go on both
+        directions."""
+        if self.http and kind == "verdict":
+            from .http import CANNED_REPLIES
+            return "a-to-b", CANNED_REPLIES
+        return "both", None
 
 
 @dataclass
@@ -242,6 +266,10 @@ def load_programs(options: ServeOptions,
     reference on every proxy they are attached to.
     """
     from .bpf import load_configured
+    if options.http:
+        from .http import HttpRules, load_http
+        loaded = load_http(rules=options.http_rules or HttpRules(), loader=loader)
+        return {"parser": loaded.parser, "verdict": loaded.filter}
     progs: dict[str, Any] = {}
     try:
         for kind in PROGRAM_KINDS:
@@ -468,7 +496,8 @@ class Server:
         """The programs attached to every proxy; loaded here, once, when the
         caller gave none and the options name some."""
         if self._programs is None:
-            if self.options.parser is None and self.options.verdict is None:
+            if self.options.parser is None and self.options.verdict is None \
+                    and not self.options.http:
                 self._programs = {}
             else:
                 self._programs = load_programs(self.options, self._loader)
@@ -513,11 +542,13 @@ class Server:
             return self._create_override(conn, up)
         return self.client.create(conn, up, notify_end=True)
 
-    def _attach(self, pid: int, kind: str, prog: Any, direction: str) -> None:
+    def _attach(self, pid: int, kind: str, prog: Any) -> None:
+        direction, replies = self.options.attach_plan(kind)
+        extra = {"replies": replies} if replies else {}
         if self._attach_override is not None:
-            self._attach_override(pid, kind, prog, direction)
+            self._attach_override(pid, kind, prog, direction, **extra)
         else:
-            self.client.attach(pid, kind, prog, direction)
+            self.client.attach(pid, kind, prog, direction, **extra)
 
     # -- control from other threads ------------------------------------------
 
@@ -924,7 +955,7 @@ class Server:
             if prog is None:
                 continue
             try:
-                self._attach(pid, kind, prog, "both")
+                self._attach(pid, kind, prog)
             except (KproxyError, OSError) as e:
                 if isinstance(e, KproxyError):
                     text, num = str(e), e.errno

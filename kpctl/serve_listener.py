@@ -86,11 +86,13 @@ class ListenerServer(Server):
         if self.listener_id is not None or self._listener is None or self._stopping:
             return
         progs = self._programs or {}
+        verdict_dir, replies = self.options.attach_plan(PROGRAM_KINDS[1])
+        http = {"replies": replies, "verdict_direction": verdict_dir} if replies else {}
         li = self.client.listen(
             self._listener, (self.target.host, self.target.port),
             max_proxies=self.options.max_conns, connect_timeout=self.options.connect_timeout,
             parser=progs.get(PROGRAM_KINDS[0]), verdict=progs.get(PROGRAM_KINDS[1]),
-            notify=self._notified)
+            notify=self._notified, **http)
         self.listener_id = li.id
         self._listening = True
 

@@ -22,7 +22,11 @@ def _is_bad_name(exc: BaseException) -> bool:
 
 def serve_options(ns: Namespace, *, connection_events: bool = True) -> Any:
     from kpctl.serve import ServeOptions
-    return ServeOptions(connection_events=connection_events,max_conns=ns.max_conns, connect_timeout=ns.connect_timeout,
+    from kpctl.shell import httpopts
+    rules = httpopts.rules_from(ns, "serve") if httpopts.given(ns) else None
+    return ServeOptions(connection_events=connection_events, max_conns=ns.max_conns,
+                        connect_timeout=ns.connect_timeout,
+                        http=bool(ns.get("http")), http_rules=rules,
                         backlog=ns.backlog, reuseport=ns.reuseport,
                         on_stop="drain" if ns.drain else "kill" if ns.kill else "leave",
                         parser=ns.parser, verdict=ns.verdict, prefix=ns.prefix,

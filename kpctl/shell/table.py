@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from kpctl.shell import listeners, misc, observe, programs, proxies, service
+from kpctl.shell.httpopts import RULE_OPTS
 from kpctl.shell.args import (EXIT_KERNEL, EXIT_USAGE, Arg, Command, HelpRequested, Opt,
                               UsageError, count, fd_number, hostport, job_number,
                               listen_hostport, offset_value, parse_args, proxy_id, seconds,
@@ -115,14 +116,14 @@ COMMANDS: list[Command] = [
             args=(Arg("id", "ID", "proxy id", type=proxy_id, complete="id"),
                   Arg("kind", "KIND", "program kind", choices=("parser", "verdict")),
                   Arg("prog", "PROG", "a shipped program (lenprefix, lines, drop-prefix, "
-                      "pass), an ELF object FILE.o[:NAME] or a program pinned in bpffs",
+                      "pass, http, http-filter), an ELF object FILE.o[:NAME] or a program pinned in bpffs",
                       complete="prog")),
             opts=(_DIR,
                   Opt(("--prefix",), "prefix", "drop-prefix: drop messages whose payload "
                       "starts with TEXT", metavar="TEXT"),
                   Opt(("--offset",), "offset", "drop-prefix: where the payload starts in a "
                       "message (default 4, after lenprefix's header)", metavar="N",
-                      type=offset_value)),
+                      type=offset_value)) + RULE_OPTS,
             check=programs.check_attach,
             description="Loads PROG as a socket filter (through libbpf for an ELF object) "
                         "and attaches it to one direction or both (default), replacing the "
@@ -130,11 +131,39 @@ COMMANDS: list[Command] = [
                         "stream into messages (its return: the message length, 0 for more "
                         "bytes, negative for a protocol error that ends the proxy); a "
                         "verdict needs a parser and drops a message when it returns 0. A "
-                        "program the verifier refuses is reported with the end of its log.",
+                        "program the verifier refuses is reported with the end of its log. "
+                        "HTTP: the http parser frames requests (a-to-b) and responses "
+                        "(b-to-a); attached to one direction while the other has it, the "
+                        "same program is used, so both share one state. The http-filter "
+                        "verdict reads that state: attach the parser first; its rules are the "
+                        "options below (or --rules FILE), and a request they deny is answered "
+                        "with a canned 403, 405, 413, 414, 431 (or 400 for a malformed or "
+                        "smuggled one) and a close, never forwarded. Use --dir a-to-b for it: "
+                        "on b-to-a it judges responses, and answers a malformed one to the "
+                        "target. `http-rules` changes the rules later.",
             examples=("kpctl attach 3 parser lenprefix",
+                      "kpctl attach 3 parser http",
+                      "kpctl attach 3 verdict http-filter --dir a-to-b --deny-path /admin "
+                      "--allow-methods GET,HEAD,POST --max-header-bytes 16384",
+                      "kpctl attach 3 verdict http-filter --dir a-to-b --rules waf.rules",
                       "kpctl attach 3 verdict drop-prefix --prefix DROP --dir a-to-b",
                       "kpctl attach 3 parser ./my.o:parse_http",
                       "kpctl attach 3 verdict /sys/fs/bpf/my_verdict")),
+    Command("http-rules", "show or change the rules of a running http-filter",
+            programs.cmd_http_rules,
+            args=(Arg("id", "ID", "proxy id (listener id with --listener)", type=proxy_id,
+                      complete="id"),),
+            opts=(Opt(("-l", "--listener"), "listener", "ID is a listener's (serve --http "
+                      "makes one): change its filter, shared by all its proxies"),) + RULE_OPTS,
+            usage="ID [--listener] [--rules FILE] [RULE OPTIONS]",
+            description="Without rule options, prints the rules in force in the http-filter "
+                        "verdict of proxy ID (or of listener ID), one `KEYWORD VALUE` a line "
+                        "as in a rules file. With rule options (or --rules FILE), replaces "
+                        "them all at once: one map update, so no byte is lost or judged "
+                        "twice; the next request is judged by the new rules.",
+            examples=("kpctl http-rules 3", "kpctl http-rules 3 --deny-path /admin "
+                      "--deny-path /debug", "kpctl http-rules --listener 1 --rules waf.rules",
+                      "kpctl -j http-rules 3")),
     Command("detach", "detach a BPF parser or verdict program", programs.cmd_detach,
             args=(Arg("id", "ID", "proxy id", type=proxy_id, complete="id"),
                   Arg("kind", "KIND", "program kind", choices=("parser", "verdict"))),
@@ -201,6 +230,9 @@ COMMANDS: list[Command] = [
                   Opt(("--verdict",), "verdict", "BPF verdict attached to both directions of "
                       "every proxy, after the parser (needs --parser)",
                       metavar="PROG", complete="prog"),
+                  Opt(("--http",), "http", "an HTTP proxy: the http parser on both "
+                      "directions and the http-filter verdict on requests, with the rules "
+                      "below (none: only malformed and smuggled requests are refused)"),
                   Opt(("--prefix",), "prefix", "drop-prefix verdict: drop messages whose "
                       "payload starts with TEXT", metavar="TEXT"),
                   Opt(("--offset",), "offset", "drop-prefix verdict: where the payload starts "
@@ -231,7 +263,7 @@ COMMANDS: list[Command] = [
                       metavar="SECS", type=seconds, default=10.0),
                   Opt(("--handshake-workers",), "handshake_workers", "threads running TLS "
                       "handshakes beside the accept loop (default 16)", metavar="N",
-                      type=count, default=16)),
+                      type=count, default=16)) + RULE_OPTS,
             check=service.check_serve, changes=True, usage="LISTEN TARGET [OPTIONS] [&]",
             description="Listens on LISTEN and hands the socket to a kernel listener (see "
                         "listen): the module accepts, connects to TARGET and joins the two, "
@@ -260,13 +292,24 @@ COMMANDS: list[Command] = [
                         "and verdict see plaintext. Certificates are loaded once at start. "
                         "Handshakes run in a pool of threads, never in the accept loop; one "
                         "that fails or outlasts --handshake-timeout resets that client "
-                        "(failed, stage tls), and counts toward --max-conns while it runs.",
+                        "(failed, stage tls), and counts toward --max-conns while it runs. "
+                        "HTTP: --http attaches the http parser to both directions and the "
+                        "http-filter verdict to requests (a-to-b) of every proxy, with the "
+                        "rule options or --rules FILE (see attach); a denied, malformed or "
+                        "smuggled request is answered with its canned status and a close, "
+                        "never forwarded. With --tls-cert it filters the decrypted requests. "
+                        "On a kernel listener, `http-rules --listener ID` changes the rules "
+                        "of every proxy at once (`list listeners` shows the id).",
             examples=("kpctl serve 0.0.0.0:8080 127.0.0.1:80",
                       "kpctl serve [::]:443 backend.internal:443 --max-conns 1000",
                       "kpctl serve -j --drain :5432 10.0.0.7:5432",
                       "kpctl serve :9000 127.0.0.1:9001 --parser lenprefix "
                       "--verdict drop-prefix --prefix DROP",
                       "kpctl serve :443 127.0.0.1:8080 --tls-cert site.pem --tls-key site.key",
+                      "kpctl serve :8080 127.0.0.1:80 --http --deny-path /admin "
+                      "--allow-methods GET,HEAD,POST",
+                      "kpctl serve :443 127.0.0.1:80 --http --rules waf.rules --tls-cert "
+                      "site.pem --tls-key site.key",
                       "kpctl serve :8080 api.internal:443 --target-tls",
                       "kpctl> serve :9000 127.0.0.1:9001 &    # in the shell: a job")),
     Command("jobs", "list the shell's background services with their counters",
