@@ -277,7 +277,7 @@ def _prog_map(prog_id: int, map_name: str, what: str) -> int:
         # struct bpf_prog_info: nr_map_ids u32 @52, map_ids u64 @56.
         ids = (ctypes.c_uint32 * 64)()
         buf = ctypes.create_string_buffer(_PROG_INFO_SIZE)
-        struct.pack_into("IQ", buf, 52, len(ids), ctypes.addressof(ids))
+        struct.pack_into("<IQ", buf, 52, len(ids), ctypes.addressof(ids))
         _info(pfd, buf, f"program {prog_id}")
         count = min(struct.unpack_from("I", buf.raw, 52)[0], len(ids))
     finally:

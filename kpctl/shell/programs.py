@@ -88,7 +88,7 @@ def cmd_attach(ctx: Context, ns: Namespace) -> int:
     is_filter = ns.kind == "verdict" and ns.prog == HTTP_FILTER
     try:
         kp.attach(ns.id, ns.kind, prog, ns.dir,
-                  replies=http.CANNED_REPLIES if is_filter else None)
+                  **({"replies": http.CANNED_REPLIES} if is_filter else {}))
         info = {"id": ns.id, "kind": ns.kind, "direction": ns.dir,
                 "prog": {"id": prog.id, "name": prog.name, "source": str(prog.source)}}
         if ns.prefix is not None:

@@ -35,12 +35,32 @@ def cmd_show(ctx: Context, ns: Namespace) -> int:
         from kpctl.shell.listeners import cmd_show_listener
         return cmd_show_listener(ctx, ns.id)
     p = ctx.client().get(ns.id)
+    http = http_counts(p)
     if ctx.json:
-        ctx.emit_json(p.to_dict())
+        d = p.to_dict()
+        if http is not None:
+            d["http"] = http
+        ctx.emit_json(d)
         return 0
     from kpctl.shell.render import proxy_panel
-    ctx.console.print(proxy_panel(p, now=ctx.clock()))
+    ctx.console.print(proxy_panel(p, now=ctx.clock(), http=http))
     return 0
+
+
+def http_counts(p) -> dict | None:
+    """Requests and responses the proxy's http parser framed (header
+    blocks, counted in its state map) and the requests denied; None when
+    its a-to-b parser is not the http parser (or its map cannot be read)."""
+    if p.a_to_b.parser_id is None:
+        return None
+    from kpctl import http
+    from kpctl.errors import KproxyError
+    try:
+        c = http.counts(p.a_to_b.parser_id, p.id)
+    except (KproxyError, OSError):
+        return None
+    return {"requests": c.requests if c else 0, "responses": c.responses if c else 0,
+            "denied": p.a_to_b.denied + p.b_to_a.denied}
 
 
 # -- create ------------------------------------------------------------------

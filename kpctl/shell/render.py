@@ -93,13 +93,18 @@ def prog_id_text(prog_id) -> str:
     return f"id {prog_id}" if prog_id else "-"
 
 
-def proxy_panel(p, now=None) -> Panel:
+def proxy_panel(p, now=None, http=None) -> Panel:
+    """One proxy in detail; `http`: its HTTP counts (proxies.http_counts())
+    or None."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
     head.add_row("state", _state(p.state))
     created = p.created_ns / 1e9
     head.add_row("created", f"{fmt_time(created)} ({human_duration(age_of(p, now))} ago)")
+    if http is not None:
+        head.add_row("http", f"{http['requests']} requests, {http['responses']} responses, "
+                             f"{http['denied']} denied")
 
     socks = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   collapse_padding=True)
@@ -115,7 +120,7 @@ def proxy_panel(p, now=None) -> Panel:
     dirs = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   collapse_padding=True)
     dirs.add_column("DIRECTION", style="bold")
-    for c in ("BYTES", "SKBS", "MSGS", "DROPS", "QUEUED"):
+    for c in ("BYTES", "SKBS", "MSGS", "DROPS", "DENIED", "QUEUED"):
         dirs.add_column(c, justify="right")
     dirs.add_column("SHUT")
     dirs.add_column("PARSER", justify="right")
@@ -128,7 +133,7 @@ def proxy_panel(p, now=None) -> Panel:
         dirs.add_column("TLS OUT", justify="right")
     for name, d in (("A→B", p.a_to_b), ("B→A", p.b_to_a)):
         cells = [name, f"{human_bytes(d.bytes)} ({d.bytes})", str(d.skbs), str(d.msgs),
-                 str(d.drops), human_bytes(d.queued), "yes" if d.shut else "no",
+                 str(d.drops), str(d.denied), human_bytes(d.queued), "yes" if d.shut else "no",
                  prog_id_text(getattr(d, "parser_id", None)),
                  prog_id_text(getattr(d, "verdict_id", None))]
         if tls:
@@ -215,10 +220,20 @@ def top_table(rows, now: float) -> Table:
     t.add_column("A→B", justify="right")
     t.add_column("B→A", justify="right")
     t.add_column("AGE", justify="right")
+    # With parsers: the messages they framed (an HTTP parser's requests
+    # and responses, body pieces included) and what verdicts denied.
+    parsed = any(r["proxy"].a_to_b.parser_id or r["proxy"].b_to_a.parser_id for r in rows)
+    if parsed:
+        for c in ("MSGS A→B", "MSGS B→A", "DENIED"):
+            t.add_column(c, justify="right")
     for r in rows:
         p = r["proxy"]
-        t.add_row(str(p.id), _state(p.state), str(p.a.remote), str(p.b.remote),
-                  human_rate(r["rate_ab"]), human_rate(r["rate_ba"]),
-                  human_bytes(p.a_to_b.bytes), human_bytes(p.b_to_a.bytes),
-                  human_duration(age_of(p, now)))
+        cells = [str(p.id), _state(p.state), str(p.a.remote), str(p.b.remote),
+                 human_rate(r["rate_ab"]), human_rate(r["rate_ba"]),
+                 human_bytes(p.a_to_b.bytes), human_bytes(p.b_to_a.bytes),
+                 human_duration(age_of(p, now))]
+        if parsed:
+            cells += [str(p.a_to_b.msgs), str(p.b_to_a.msgs),
+                      str(p.a_to_b.denied + p.b_to_a.denied)]
+        t.add_row(*cells)
     return t

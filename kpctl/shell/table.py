@@ -346,11 +346,18 @@ def find_command(name: str) -> Command:
     raise KeyError(name)
 
 
+# Prefixes that named one command before a later one shared them, kept so
+# that what users type still works: `h` was help before http-rules came.
+KEPT_PREFIXES = {"h": "help"}
+
+
 def resolve(word: str) -> Command:
     """A command by its name or a unique prefix of it."""
     for c in COMMANDS:
         if c.name == word:
             return c
+    if word in KEPT_PREFIXES:
+        return find_command(KEPT_PREFIXES[word])
     cands = [c for c in COMMANDS if c.name.startswith(word)]
     if len(cands) == 1:
         return cands[0]

@@ -31,7 +31,8 @@ def no_traceback(h):
 
 def test_every_command_has_help_and_synopsis():
     names = [c.name for c in C.COMMANDS]
-    assert names == ["list", "show", "create", "destroy", "listen", "unlisten", "attach", "detach", "stats",
+    assert names == ["list", "show", "create", "destroy", "listen", "unlisten", "attach",
+                     "http-rules", "detach", "stats",
                      "monitor", "top", "serve", "jobs", "stop", "help", "version"]
     for c in C.COMMANDS:
         assert c.summary and c.synopsis().startswith(c.name)
@@ -710,7 +711,8 @@ def test_manpage_lists_every_command_and_option():
     text = manpage.render(date="2026-01-01", version="1.0")
     assert text.startswith('.TH KPCTL 1 "2026-01-01" "kpctl 1.0"')
     for c in C.COMMANDS:
-        assert f"\\fB{c.name}\\fR" in text
+        name = c.name.replace("-", "\\-")
+        assert f"\\fB{name}\\fR" in text
         for o in c.opts:
             for f in o.flags:
                 assert f.replace("-", "\\-") in text

@@ -21,7 +21,7 @@ def texts(text, ids=IDS):
 
 def test_command_names():
     assert texts("") == ["list", "show", "create", "destroy", "listen", "unlisten", "attach",
-                         "detach", "stats",
+                         "http-rules", "detach", "stats",
                          "monitor", "top", "serve", "jobs", "stop", "help", "version", "exit",
                          "quit"]
     assert complete("s") == [("show", -1), ("stats", -1), ("serve", -1), ("stop", -1)]
