@@ -45,6 +45,8 @@ class FakeKproxy:
         self.next_id = max(self.proxies, default=0) + 1
         self.list_hook = None  # called before each list() (top's changing counters)
         self.progs = {}  # (id, kind) -> program id
+        self.replies = {}  # id -> the verdict-replies attached with its verdict
+        self.listeners = {}  # id -> kpctl.model.Listener, for get_listener()
         self._ends = None  # fileno()'s pipe, where no end ever arrives
 
     def create(self, a, b, *, notify_end=False):
@@ -83,9 +85,11 @@ class FakeKproxy:
             raise KproxyError(errno.ENOENT, "no proxy with this id")
         del self.proxies[pid]
 
-    def attach(self, pid, kind, prog, direction="both"):
+    def attach(self, pid, kind, prog, direction="both", *, replies=None):
         fd = prog if isinstance(prog, int) else prog.fileno()
         self.calls.append(("attach", pid, kind, fd, direction))
+        if replies is not None:
+            self.replies[pid] = list(replies)
         if pid not in self.proxies:
             raise KproxyError(errno.ENOENT, "no proxy with this id")
         if kind == "verdict" and not self.progs.get((pid, "parser")):
@@ -101,6 +105,13 @@ class FakeKproxy:
         if kind == "parser" and self.progs.get((pid, "verdict")):
             raise KproxyError(errno.EBUSY, "detach the verdict first")
         del self.progs[(pid, kind)]
+
+    def get_listener(self, lid):
+        self.calls.append(("get_listener", lid))
+        try:
+            return self.listeners[lid]
+        except KeyError:
+            raise KproxyError(errno.ENOENT, "no listener with this id") from None
 
     def monitor(self):
         self.calls.append(("monitor",))
