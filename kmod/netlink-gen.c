@@ -14,10 +14,14 @@ static const struct nla_policy kproxy_endpoint_nl_policy[KPROXY_A_ENDPOINT_MAX +
 };
 
 /* KPROXY_CMD_PROXY_NEW - do */
-static const struct nla_policy kproxy_proxy_new_nl_policy[KPROXY_A_PROXY_NOTIFY + 1] = {
+static const struct nla_policy kproxy_proxy_new_nl_policy[KPROXY_A_PROXY_VERDICT_DIRECTION + 1] = {
 	[KPROXY_A_PROXY_FD_A] = { .type = NLA_U32, },
 	[KPROXY_A_PROXY_FD_B] = { .type = NLA_U32, },
 	[KPROXY_A_PROXY_NOTIFY] = { .type = NLA_FLAG, },
+	[KPROXY_A_PROXY_VERDICT_REPLIES] = { .type = NLA_BINARY, .len = KPROXY_REPLY_LEN_MAX, },
+	[KPROXY_A_PROXY_PARSER_FD] = { .type = NLA_U32, },
+	[KPROXY_A_PROXY_VERDICT_FD] = { .type = NLA_U32, },
+	[KPROXY_A_PROXY_VERDICT_DIRECTION] = NLA_POLICY_MAX(NLA_U32, 2),
 };
 
 /* KPROXY_CMD_PROXY_DEL - do */
@@ -79,7 +83,7 @@ static const struct genl_ops kproxy_nl_ops[] = {
 		.validate	= 0,
 		.doit		= kproxy_nl_proxy_new_doit,
 		.policy		= kproxy_proxy_new_nl_policy,
-		.maxattr	= KPROXY_A_PROXY_NOTIFY,
+		.maxattr	= KPROXY_A_PROXY_VERDICT_DIRECTION,
 		.flags		= GENL_UNS_ADMIN_PERM,
 	},
 	{

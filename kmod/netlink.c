@@ -227,7 +227,107 @@ struct kproxy_new_reply {
 	struct sk_buff *skb;
 	struct genl_info *info;
 	int err;
+	/* Programs attached before the proxy runs: references, may be NULL. */
+	struct bpf_prog *prog[2];
+	struct kproxy_replies *replies;
+	u32 verdict_dir;		/* KPROXY_DIRECTION_* */
 };
+
+static struct bpf_prog *kproxy_nl_listener_prog(struct genl_info *info,
+						int attr_type);
+
+/* Does a proxy-new verdict go on direction @d? */
+static bool kproxy_nl_new_judges(const struct kproxy_new_reply *r, int d)
+{
+	return r->verdict_dir == KPROXY_DIRECTION_BOTH ||
+	       r->verdict_dir == (d == KPROXY_A_TO_B ? KPROXY_DIRECTION_A_TO_B :
+						     KPROXY_DIRECTION_B_TO_A);
+}
+
+/*
+ * proxy-new's programs, under kproxy_lock before the proxy runs, so none
+ * of its bytes passes unparsed or unjudged (a filter's first request).
+ * Each direction takes its own program reference; on error
+ * kproxy_join() releases what was attached.
+ */
+static int kproxy_nl_new_attach(struct kproxy *kp, struct kproxy_new_reply *r)
+{
+	int kind, d, err;
+
+	for (kind = 0; kind < 2; kind++) {
+		if (!r->prog[kind])
+			continue;
+		for (d = 0; d < 2; d++) {
+			err = kproxy_bpf_prepare(&kp->dir[d], kind);
+			if (err)
+				return err;
+		}
+	}
+	for (kind = 0; kind < 2; kind++) {
+		if (!r->prog[kind])
+			continue;
+		for (d = 0; d < 2; d++) {
+			if (kind == KPROXY_BPF_KIND_VERDICT &&
+			    !kproxy_nl_new_judges(r, d))
+				continue;
+			bpf_prog_inc(r->prog[kind]);
+			if (kind == KPROXY_BPF_KIND_VERDICT)
+				kproxy_bpf_want_verdict(&kp->dir[d], r->prog[kind],
+							r->replies);
+			else
+				kproxy_bpf_want(&kp->dir[d], kind, r->prog[kind]);
+		}
+	}
+	return 0;
+}
+
+/* proxy-new's program attributes, checked; references in @r. */
+static int kproxy_nl_new_progs(struct genl_info *info,
+			       struct kproxy_new_reply *r)
+{
+	struct nlattr **attrs = info->attrs;
+	struct bpf_prog *prog;
+	int kind;
+
+	if ((attrs[KPROXY_A_PROXY_VERDICT_REPLIES] ||
+	     attrs[KPROXY_A_PROXY_VERDICT_DIRECTION]) &&
+	    !attrs[KPROXY_A_PROXY_VERDICT_FD]) {
+		NL_SET_ERR_MSG(info->extack,
+			       "verdict-replies and verdict-direction are for a verdict: give verdict-fd too");
+		return -EINVAL;
+	}
+	if (attrs[KPROXY_A_PROXY_VERDICT_FD] && !attrs[KPROXY_A_PROXY_PARSER_FD]) {
+		NL_SET_ERR_MSG_ATTR(info->extack, attrs[KPROXY_A_PROXY_VERDICT_FD],
+				    "a verdict needs a parser: give parser-fd too");
+		return -EINVAL;
+	}
+	r->verdict_dir = KPROXY_DIRECTION_BOTH;
+	if (attrs[KPROXY_A_PROXY_VERDICT_DIRECTION])
+		r->verdict_dir =
+			nla_get_u32(attrs[KPROXY_A_PROXY_VERDICT_DIRECTION]);
+	for (kind = 0; kind < 2; kind++) {
+		prog = kproxy_nl_listener_prog(info, kind == KPROXY_BPF_KIND_PARSER ?
+					       KPROXY_A_PROXY_PARSER_FD :
+					       KPROXY_A_PROXY_VERDICT_FD);
+		if (IS_ERR(prog))
+			return PTR_ERR(prog);
+		r->prog[kind] = prog;
+	}
+	if (!r->prog[KPROXY_BPF_KIND_VERDICT])
+		return 0;
+	return kproxy_nl_replies(info, KPROXY_A_PROXY_VERDICT_REPLIES,
+				 &r->replies);
+}
+
+static void kproxy_nl_new_put(struct kproxy_new_reply *r)
+{
+	int kind;
+
+	for (kind = 0; kind < 2; kind++)
+		if (r->prog[kind])
+			bpf_prog_put(r->prog[kind]);
+	kproxy_replies_put(r->replies);
+}
 
 /* kproxy_create()'s @published: under kproxy_lock, before anything can
  * end the new proxy, so the reply and proxy-new-ntf describe a live proxy
@@ -239,6 +339,9 @@ static int kproxy_nl_new_published(struct kproxy *kp, void *arg)
 	struct kproxy_new_reply *r = arg;
 	int err;
 
+	err = kproxy_nl_new_attach(kp, r);
+	if (err)
+		return err;
 	if (r->info->attrs[KPROXY_A_PROXY_NOTIFY])
 		kp->notify_portid = r->info->snd_portid;
 	err = kproxy_fill(r->skb, kp, r->info->snd_portid, r->info->snd_seq,
@@ -276,18 +379,28 @@ int kproxy_nl_proxy_new_doit(struct sk_buff *skb, struct genl_info *info)
 	    GENL_REQ_ATTR_CHECK(info, KPROXY_A_PROXY_FD_B))
 		return -EINVAL;
 
+	err = kproxy_nl_new_progs(info, &r);
+	if (err)
+		goto out_put;
 	r.skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
-	if (!r.skb)
-		return -ENOMEM;
+	if (!r.skb) {
+		err = -ENOMEM;
+		goto out_put;
+	}
 
 	err = kproxy_create(net, nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_A]),
 			    nla_get_u32(info->attrs[KPROXY_A_PROXY_FD_B]),
 			    kproxy_nl_new_published, &r, info->extack);
+	/* The directions took their own references. */
+	kproxy_nl_new_put(&r);
 	if (err) {
 		nlmsg_free(r.skb);
 		return err;
 	}
 	return genlmsg_reply(r.skb, info);
+out_put:
+	kproxy_nl_new_put(&r);
+	return err;
 }
 
 int kproxy_nl_proxy_del_doit(struct sk_buff *skb, struct genl_info *info)

@@ -480,14 +480,29 @@ class Kproxy:
             raise KproxyError(errno.EPROTO, f"{cmd}: no reply from the kernel")
         return proxy_from_attrs(reply, self._spec)
 
-    def create(self, sock_a: Any, sock_b: Any, *, notify_end: bool = False) -> Proxy:
+    def create(self, sock_a: Any, sock_b: Any, *, notify_end: bool = False,
+               parser: Any = None, verdict: Any = None, replies: Sequence[bytes] | None = None,
+               verdict_direction: str | None = None) -> Proxy:
         """Join two connected TCP sockets (socket objects or fds of ours).
 
         The proxy takes its own references: the caller may close its fds.
         notify_end=True: the kernel sends this proxy's end to this handle
         (see fileno() and ended()), whoever ends it.
+        parser/verdict (program fds or loaded programs), replies and
+        verdict_direction (as attach()'s; default "both"): programs in
+        place before the proxy reads its first byte, so none passes
+        unparsed or unjudged (an attach() after create() may come after
+        the client's first bytes were forwarded).
         """
         attrs: dict[str, Any] = {"fd-a": _fd(sock_a), "fd-b": _fd(sock_b)}
+        if parser is not None:
+            attrs["parser-fd"] = _prog_fd(parser)
+        if verdict is not None:
+            attrs["verdict-fd"] = _prog_fd(verdict)
+        if replies:
+            attrs["verdict-replies"] = [bytes(r) for r in replies]
+        if verdict_direction is not None:
+            attrs["verdict-direction"] = self._enum_value("direction", verdict_direction)
         if notify_end:
             if "notify" not in self._spec.attr_sets[self._spec.root_set]:
                 raise KproxyError(errno.EOPNOTSUPP, "this schema has no notify attribute")

@@ -162,8 +162,25 @@ FAMILY = {'name': 'kproxy',
                                             'verdict returning\n'
                                             "verdict-reply-flag | i sends reply i to the message's "
                                             'sender and\n'
-                                            'closes; without a reply i it closes without one.\n',
-                                     'checks': {'max-len': 'reply-len-max'}}]},
+                                            'closes; without a reply i it closes without one. Also '
+                                            'in\n'
+                                            'proxy-new, for its verdict-fd.\n',
+                                     'checks': {'max-len': 'reply-len-max'}},
+                                    {'name': 'parser-fd',
+                                     'type': 'u32',
+                                     'doc': 'In proxy-new: a parser program (socket_filter) '
+                                            'attached to both\n'
+                                            'directions before the proxy reads its first byte.\n'},
+                                    {'name': 'verdict-fd',
+                                     'type': 'u32',
+                                     'doc': 'In proxy-new: a verdict program attached, before the '
+                                            'first byte\n'
+                                            'is read, to verdict-direction (needs parser-fd).\n'},
+                                    {'name': 'verdict-direction',
+                                     'type': 'u32',
+                                     'enum': 'direction',
+                                     'doc': 'In proxy-new, the direction(s) of verdict-fd (default '
+                                            'both).'}]},
                     {'name': 'sock',
                      'attributes': [{'name': 'family',
                                      'type': 'u16',
@@ -400,7 +417,13 @@ FAMILY = {'name': 'kproxy',
                           'doc': 'Join two connected TCP sockets given by file descriptor.',
                           'attribute-set': 'proxy',
                           'flags': ['uns-admin-perm'],
-                          'do': {'request': {'attributes': ['fd-a', 'fd-b', 'notify']},
+                          'do': {'request': {'attributes': ['fd-a',
+                                                            'fd-b',
+                                                            'notify',
+                                                            'parser-fd',
+                                                            'verdict-fd',
+                                                            'verdict-direction',
+                                                            'verdict-replies']},
                                  'reply': {'attributes': ['id',
                                                           'state',
                                                           'create-time',

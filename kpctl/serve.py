@@ -538,9 +538,21 @@ class Server:
             self._own_programs = False
 
     def _create(self, conn: socket.socket, up: socket.socket) -> Any:
+        progs = self._programs_at_create()
         if self._create_override is not None:
-            return self._create_override(conn, up)
-        return self.client.create(conn, up, notify_end=True)
+            return self._create_override(conn, up, **progs)
+        return self.client.create(conn, up, notify_end=True, **progs)
+
+    def _programs_at_create(self) -> dict[str, Any]:
+        """--http's programs go with proxy-new, in place before the first
+        byte: a filter attached after it could let a client's first request
+        (sent at once, or right after a TLS handshake) pass unjudged.
+        Other programs are attached after (_attach_programs)."""
+        if not self.options.http or not self._programs:
+            return {}
+        direction, replies = self.options.attach_plan("verdict")
+        return {"parser": self._programs["parser"], "verdict": self._programs["verdict"],
+                "replies": replies, "verdict_direction": direction}
 
     def _attach(self, pid: int, kind: str, prog: Any) -> None:
         direction, replies = self.options.attach_plan(kind)
@@ -934,7 +946,8 @@ class Server:
                                e.errno, "create")
             return
         pid = int(getattr(proxy, "id", 0))
-        if self._programs and not self._attach_programs(pid, conn, up, peer):
+        if self._programs and not self.options.http \
+                and not self._attach_programs(pid, conn, up, peer):
             return
         # The proxy holds its own references: our fds go now.
         _close(conn)

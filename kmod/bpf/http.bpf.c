@@ -666,6 +666,7 @@ static __always_inline int head_done(struct http_state *st,
 	ds->body_expected = 0;
 	ds->remaining = 0;
 	ds->msgs++;
+	ds->heads++;
 	if (s->te_seen && s->cl_seen)
 		return HTTP_B_CL_TE;
 

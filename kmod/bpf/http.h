@@ -105,7 +105,7 @@ struct http_dir_state {
 	__u32 host_off;		/* Host, or the authority of absolute-form */
 	__u32 host_len;
 	__u32 path_flags;	/* HTTP_PATH_* */
-	__u32 pad;
+	__u32 heads;		/* header blocks framed (requests or responses) */
 	__u64 remaining;	/* of the body or chunk being framed */
 	__u64 body_len;		/* body bytes framed so far */
 	__u64 body_expected;	/* Content-Length, or the chunk sizes so far */

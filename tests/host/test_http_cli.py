@@ -17,6 +17,7 @@ from cli_fakes import FakeKproxy, Harness, make_proxy
 
 from kpctl import bpf, http
 from kpctl.bpf import BpfError
+from kpctl.errors import KproxyError
 from kpctl.model import Endpoint, Listener
 
 REPO = Path(__file__).resolve().parents[2]
@@ -332,6 +333,31 @@ def test_userspace_serve_attaches_the_filter_to_requests_with_replies():
                         ((5, "verdict", 12, "a-to-b"), {"replies": http.CANNED_REPLIES})]
 
 
+def test_userspace_serve_http_creates_each_proxy_with_its_programs():
+    """Programs given with proxy-new are in place before the first byte: a
+    request the client sent at once is judged too."""
+    from kpctl.address import Address
+    from kpctl.serve import Server, ServeOptions
+
+    created, attached = [], []
+    srv = Server(None, Address("127.0.0.1", 0, socket.AF_INET),
+                 Address("127.0.0.1", 80, socket.AF_INET), ServeOptions(http=True),
+                 programs={"parser": 11, "verdict": 12},
+                 create=lambda a, b, **kw: created.append(kw) or make_proxy(7),
+                 attach=lambda *a, **kw: attached.append(a))
+    srv._live = set()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        srv._join(a, "1.2.3.4:5", c, None, None)
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+    assert created == [{"parser": 11, "verdict": 12, "replies": http.CANNED_REPLIES,
+                        "verdict_direction": "a-to-b"}]
+    assert attached == []
+
+
 # --- the denied counters ---------------------------------------------------------
 
 
@@ -376,3 +402,34 @@ def test_kept_prefix_h_is_still_help():
     assert "Commands" in h.out
     assert h.run("ht", "3") == 2  # http-rules, now unique: proxy 3 is not there
     assert "no proxy with this id" in h.err
+
+
+def test_create_and_listen_carry_the_programs_replies_and_direction():
+    from test_bpf import _fake_kproxy
+
+    from kpctl import wire
+
+    kp, rec = _fake_kproxy()
+    spec = kp._spec
+    kp._proxy_reply = lambda cmd, attrs: rec.sent.append((cmd, attrs)) or \
+        wire.encode_attrs(spec, attrs)
+    a, b = socket.socketpair()
+    try:
+        kp.create(a, b, parser=5, verdict=6, replies=[b"no"], verdict_direction="a-to-b")
+        kp._do = lambda cmd, attrs: rec.sent.append((cmd, attrs)) or \
+            wire.encode_attrs(spec, attrs, "listener") and None
+        with pytest.raises(KproxyError):  # no reply from the fake
+            kp.listen(a, "127.0.0.1:80", parser=5, verdict=6, replies=[b"no"],
+                      verdict_direction="a-to-b")
+    finally:
+        a.close()
+        b.close()
+    a_to_b = spec.enums["direction"].value("a-to-b")
+    cmd, attrs = rec.sent[0]
+    assert cmd == "proxy-new"
+    assert (attrs["parser-fd"], attrs["verdict-fd"], attrs["verdict-replies"],
+            attrs["verdict-direction"]) == (5, 6, [b"no"], a_to_b)
+    cmd, attrs = rec.sent[1]
+    assert cmd == "listener-new"
+    assert (attrs["parser-fd"], attrs["verdict-fd"], attrs["verdict-replies"],
+            attrs["verdict-direction"]) == (5, 6, [b"no"], a_to_b)
