@@ -101,8 +101,13 @@ static __always_inline __u32 load_field(struct __sk_buff *skb, __u32 off,
 
 	if (!n || off > KPROXY_MSG_MAX)
 		return 0;
-	/* The verifier must see the checked register passed as the size. */
+	/*
+	 * 1..RULE_LEN in a form the verifier tracks: 6.1's learns nothing
+	 * from the n != 0 branch, and refuses a size that may be zero. The
+	 * barrier keeps the compiler from folding it back to n.
+	 */
 	asm volatile("" : "+r"(n));
+	n = ((n - 1) & (RULE_LEN - 1)) + 1;
 	if (bpf_skb_load_bytes(skb, off, buf, n))
 		return 0;
 	return n;
