@@ -19,7 +19,8 @@ RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
 # package only recommends, or that a minimal system lacks, is named here:
 # ca-certificates (pip and curl over HTTPS; python3 and libcurl4 only
 # recommend it), man-db (`man -w kpctl` in the install test) and procps
-# (sysctl in the bench VM). nginx is a backend of the TLS tests and, with its
+# (sysctl in the bench VM). wrk is the HTTP bench's load generator (keep-alive
+# requests/s and latency percentiles). nginx is a backend of the TLS tests and, with its
 # stream module, a TLS-terminating peer in the bench: both start their own
 # instances, never the system service. dkms only recommends the headers, listed here, and
 # builds with build-essential; what qemu, the kernels and clang recommend
@@ -28,7 +29,7 @@ DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
 	linux-headers-6.12-amd64 qemu-system-x86 clang llvm libbpf-dev \
 	bpftool iproute2 dkms build-essential kmod busybox-static \
 	linux-source-6.12 socat python3-venv curl ca-certificates man-db procps \
-	iperf3 sockperf haproxy nginx libnginx-mod-stream python3-matplotlib \
+	iperf3 sockperf haproxy nginx libnginx-mod-stream python3-matplotlib wrk \
 	$(NEWEST_SOURCE) flex bison bc libelf-dev libssl-dev cpio
 
 # The newest kernel kproxy is tested on: Debian unstable's source package,

@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+import http_bench  # noqa: E402 - not `http`: bench/ is on sys.path, the stdlib's is not to be shadowed
 import stats  # noqa: E402
 import tls  # noqa: E402
 
@@ -42,7 +43,7 @@ KP_BPF = ROOT / "build" / "bpf"
 HOST = "127.0.0.1"
 TARGETS = {"iperf3": 5201, "sockperf": 11111, "echo": 7000}
 # Scenario groups, in the order they run (--only picks some).
-GROUPS = ("stream", "rr", "connect", "counts", "tls", "control")
+GROUPS = ("stream", "rr", "connect", "counts", "tls", "http", "control")
 PLAIN_GROUPS = {"stream", "rr", "connect", "counts"}  # through the plain peers
 
 SIZES = {"64B": 64, "1K": 1024, "16K": 16384, "256K": 262144}
@@ -581,6 +582,34 @@ def tls_group(b: Bench, pe: Peers, peers: list[str], quick: bool, reps: int, sec
         pe.stop()
 
 
+def http_group(b: Bench, pe: Peers, peers: list[str], quick: bool, reps: int, secs: int) -> None:
+    """The HTTP rows (bench/http_bench.py): wrk against nginx directly and
+    through each peer, with their own backend, after the other peers stopped."""
+    for name, argv in http_bench.peer_argvs(peers, b.work, str(VENV / "kpctl")).items():
+        pe._spawn(name, argv)
+    try:
+        if not http_bench.wait_port(http_bench.BACKEND_PORT, 60):
+            b.add("peers", "http backend", "started", "-", None, "nginx never accepted")
+            return
+        ok = []
+        for peer in peers:
+            why = (None if http_bench.wait_port(http_bench.peer_port(peer), 300)
+                   else "never accepted")
+            why = why or http_bench.check_peer(peer)
+            if why:
+                b.add("peers", f"http {peer}", "started", "-", None, why)
+                log(f"peer http {peer}: {why}")
+            else:
+                ok.append(peer)
+        log(f"http peers up: {', '.join(ok)}")
+        http_bench.run(ok, b.add, log, conns=[16] if quick else [1, 16], secs=secs * 2,
+                       reps=reps, save=b.save)
+        for line in http_bench.goals(stats.records(b.samples)):
+            log(line)
+    finally:
+        pe.stop()
+
+
 def cmd_run(args) -> int:
     global LOG
     out = Path(args.out)
@@ -649,6 +678,9 @@ def cmd_run(args) -> int:
         if "tls" in groups:
             tls_group(b, pe, [p for p in stats.TLS_PEERS if not args.peers or p in peers],
                       quick, reps, secs)
+        if "http" in groups:
+            http_group(b, pe, [p for p in http_bench.PEERS if not args.peers or p in peers],
+                       quick, reps, secs)
         for peer, why in pe.broken.items():
             b.add("peers", peer, "started", "-", None, why)
         try:
