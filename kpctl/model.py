@@ -300,6 +300,7 @@ class Listener:
             "connect_timeout_ms": self.connect_timeout_ms,
             "parser_id": self.parser_id,
             "verdict_id": self.verdict_id,
+            "verdict_direction": self.verdict_direction,
             "created_ns": self.created_ns,
             "counters": {name: getattr(self, name) for name in LISTENER_COUNTERS},
         }

@@ -46,7 +46,7 @@ class FakeKproxy:
         self.list_hook = None  # called before each list() (top's changing counters)
         self.progs = {}  # (id, kind) -> program id
         self.replies = {}  # id -> the verdict-replies attached with its verdict
-        self.listeners = {}  # id -> kpctl.model.Listener, for get_listener()
+        self.listener_table = {}  # id -> kpctl.model.Listener, for get_listener()
         self._ends = None  # fileno()'s pipe, where no end ever arrives
 
     def create(self, a, b, *, notify_end=False):
@@ -109,7 +109,7 @@ class FakeKproxy:
     def get_listener(self, lid):
         self.calls.append(("get_listener", lid))
         try:
-            return self.listeners[lid]
+            return self.listener_table[lid]
         except KeyError:
             raise KproxyError(errno.ENOENT, "no listener with this id") from None
 

@@ -182,7 +182,7 @@ def test_http_rules_on_a_listener_changes_its_filter(parser):
     progs = http.load_http(parser=False, parser_prog_id=parser.id)
     try:
         client = FakeKproxy()
-        client.listeners[1] = Listener(1, Endpoint("0.0.0.0", 8080), Endpoint("127.0.0.1", 80),
+        client.listener_table[1] = Listener(1, Endpoint("0.0.0.0", 8080), Endpoint("127.0.0.1", 80),
                                        None, 0, 10000, parser.id, progs.filter.id, 0,
                                        verdict_direction="a-to-b")
         h = Harness(client)

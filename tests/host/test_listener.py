@@ -147,6 +147,7 @@ def test_listener_json_shape() -> None:
     assert d == {
         "id": 4, "listen": "127.0.0.1:8080", "target": "[::1]:80", "source": "127.0.0.9:0",
         "max_proxies": 0, "connect_timeout_ms": 10000, "parser_id": None, "verdict_id": None,
+        "verdict_direction": None,
         "created_ns": 1_700_000_000_000_000_000,
         "counters": {"accepted": 12, "created": 9, "failed_refused": 1, "failed_unreachable": 0,
                      "failed_timeout": 1, "failed_other": 0, "refused_limit": 1, "active": 3,
