@@ -192,7 +192,14 @@ int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 		WRITE_ONCE(dir->msgs, dir->msgs + 1);
 		done = len;
 	}
-	if (kproxy_queue_full(dir))
+	/*
+	 * Whatever stopped us short stops the read: the TLS layer's
+	 * read_sock goes on to the next record with count left, dropping
+	 * the rest of this one (tcp_read_sock would offer it again). The
+	 * queue may have drained since the pause, so fullness alone does
+	 * not tell.
+	 */
+	if (done < len || kproxy_queue_full(dir))
 		desc->count = 0;
 	return done;
 }
