@@ -6,6 +6,7 @@ and the `denied` counters from /proc and netlink."""
 from __future__ import annotations
 
 import dataclasses
+import selectors
 import json
 import shutil
 import socket
@@ -433,3 +434,42 @@ def test_create_and_listen_carry_the_programs_replies_and_direction():
     assert cmd == "listener-new"
     assert (attrs["parser-fd"], attrs["verdict-fd"], attrs["verdict-replies"],
             attrs["verdict-direction"]) == (5, 6, [b"no"], a_to_b)
+
+
+def test_sockets_of_message_framing_services_have_no_nagle_delay():
+    """serve --http (or --parser) sets TCP_NODELAY on the listening socket
+    (accepted sockets inherit it) and on each upstream socket: a body framed
+    apart from its header block must not wait for a delayed ACK."""
+    from kpctl.address import Address
+    from kpctl.serve import Server, ServeOptions
+
+    def nodelay(s):
+        return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    assert ServeOptions(http=True).frames_messages
+    assert ServeOptions(parser="lines").frames_messages
+    assert not ServeOptions().frames_messages
+    for options, want in ((ServeOptions(http=True), 1), (ServeOptions(), 0)):
+        made = []
+
+        def factory(family):
+            made.append(socket.socket(family, socket.SOCK_STREAM))
+            return made[-1]
+
+        srv = Server(None, Address("127.0.0.1", 0, socket.AF_INET),
+                     Address("127.0.0.1", 9, socket.AF_INET), options, programs={},
+                     socket_factory=factory)
+        srv.open()
+        try:
+            assert nodelay(srv._listener) == want
+            a, b = socket.socketpair()
+            srv._sel = selectors.DefaultSelector()  # where run() waits for the connect
+            srv._connect(a, "1.2.3.4:5", None)
+            assert made and nodelay(made[-1]) == want
+        finally:
+            srv._sel.close()
+            srv._listener.close()
+            for s in made:
+                s.close()
+            a.close()
+            b.close()
