@@ -66,9 +66,10 @@ def rec(scen, peer, metric, median):
 
 def test_goals_compare_rules_with_haproxy_and_with_no_rules():
     s = "http keep-alive x16"
-    recs = [rec(s, "haproxy", "rate", 10000.0), rec(s, "haproxy", "p99", 3.0),
+    recs = [rec(s, "haproxy", "rate", 10000.0), rec(s, "haproxy", "latency p99", 3.0),
             rec(s, "kproxy-http", "rate", 12000.0), rec(s, "kproxy-http-rules", "rate", 10500.0),
-            rec(s, "kproxy-http-rules", "p99", 3.5), rec("tls handshakes", "kproxy", "rate", 1.0)]
+            rec(s, "kproxy-http-rules", "latency p99", 3.5),
+            rec("tls handshakes", "kproxy", "rate", 1.0)]
     assert hb.goals(recs) == [
         "  ok  http keep-alive x16 kproxy-http-rules >= 1.0x haproxy (req/s): 10500.00 vs "
         "10000.00",
@@ -139,7 +140,8 @@ def test_userspace_peers_answer_deny_and_are_measured(tmp_path, monkeypatch):
         samples, lines = [], []
         hb.run(["haproxy"], lambda *a: samples.append(a), lines.append, conns=[4], secs=1,
                reps=1, save=lambda: None)
-        assert [s[2:4] for s in samples] == [("rate", "req/s"), ("p50", "ms"), ("p99", "ms")]
+        assert [s[2:4] for s in samples] == [("rate", "req/s"), ("latency p50", "ms"),
+                                             ("latency p99", "ms")]
         assert samples[0][4] > 0 and samples[2][4] >= samples[1][4] > 0
         assert lines[0] == "http keep-alive x4"
     finally:
@@ -172,3 +174,22 @@ def test_a_peer_that_does_not_filter_is_not_measured(monkeypatch):
     finally:
         t.join(10)
         ls.close()
+
+
+def test_plot_draws_the_http_rows_without_taking_them_for_sockperf_ones(tmp_path):
+    """bench/plot.py draws p50/p99 rows by message size: the HTTP rows
+    have metrics of their own, so a run with them still plots."""
+    import json
+
+    py = next((p for p in (sys.executable, "/usr/bin/python3")
+               if subprocess.call([p, "-c", "import matplotlib"], stderr=subprocess.DEVNULL) == 0),
+              None)
+    if py is None:
+        pytest.skip("no Python with matplotlib (as bench/run.py looks for one)")
+    recs = [{"scenario": "http keep-alive x16", "peer": "haproxy", "metric": m, "unit": "ms",
+             "median": 2.0, "min": 1.0, "max": 3.0, "ratio_to_direct": None}
+            for m in ("latency p50", "latency p99")]
+    (tmp_path / "results.json").write_text(json.dumps(recs))
+    r = subprocess.run([py, str(ROOT / "bench" / "plot.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
