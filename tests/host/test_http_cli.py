@@ -462,6 +462,11 @@ def test_sockets_of_message_framing_services_have_no_nagle_delay():
         srv.open()
         try:
             assert nodelay(srv._listener) == want
+            with socket.create_connection(srv._listener.getsockname()[:2]):
+                srv._listener.setblocking(True)
+                accepted, _ = srv._listener.accept()  # what the kernel listener takes
+                with accepted:
+                    assert nodelay(accepted) == want
             a, b = socket.socketpair()
             srv._sel = selectors.DefaultSelector()  # where run() waits for the connect
             srv._connect(a, "1.2.3.4:5", None)
