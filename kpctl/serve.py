@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import socket
@@ -101,7 +102,9 @@ PROGRAM_KINDS = ("parser", "verdict")  # attached in this order, each on both di
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_BACKLOG = 1024
 TICK = 1.0
-ACCEPT_BATCH = 64
+# Accepted in one wakeup before their connects and creates go out together
+# (a bound, so that a flood still lets the loop read ends and ticks).
+ACCEPT_BATCH = 256
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 # How long "kill" waits for the ends of the proxies it destroyed: the kernel
@@ -224,7 +227,11 @@ class Counters:
     elapsed: float = 0.0     # seconds it ran
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every round of the loop publishes one: a flat copy, not asdict()'s
+        # recursive one (its cost showed per connection).
+        out = dict(self.__dict__)
+        out["failures"] = dict(self.failures)
+        return out
 
 
 def load_programs(options: ServeOptions,
@@ -395,6 +402,8 @@ class Server:
         self._listener: socket.socket | None = None
         self._sel: selectors.BaseSelector | None = None
         self._pending: dict[int, _Pending] = {}
+        self._fresh: list[_Pending] = []      # connects started this round (_settle_connects)
+        self._joins: list[tuple[Any, ...]] = []  # connected pairs to join this round
         self._live: set[int] = set()          # our proxies alive in the kernel
         self._own_client = False
         self._kill_deadline: float | None = None
@@ -642,11 +651,13 @@ class Server:
                         self._drain_wake()
                     elif key.data != "ends":
                         self._on_connected(key.data)
+                self._take_handshakes()
+                self._settle_connects()
+                self._flush_joins()
                 # Every round, not only when the socket is readable: the
                 # client keeps the ends that arrive while it waits for an
-                # answer (a proxy may end before create() returns).
+                # answer (a proxy may end before its create is answered).
                 self._on_ends()
-                self._take_handshakes()
                 if self._handle_requests():
                     break
                 now = self._clock()
@@ -791,8 +802,26 @@ class Server:
             return
         p = _Pending(conn, peer, up, self._clock() + self.options.connect_timeout, client_tls)
         self._pending[up.fileno()] = p
+        self._fresh.append(p)
+
+    def _settle_connects(self) -> None:
+        """The connects started this round: one poll(2) of them all finds
+        those done already (on loopback, nearly all: the handshake ran in
+        connect()); only the others wait in the selector."""
+        fresh, self._fresh = self._fresh, []
+        fresh = [p for p in fresh if self._pending.get(p.up.fileno()) is p]
+        if not fresh:
+            return
+        poller = select.poll()
+        for p in fresh:
+            poller.register(p.up.fileno(), select.POLLOUT)
+        done = {fd for fd, _ev in poller.poll(0)}
         assert self._sel is not None
-        self._sel.register(up, selectors.EVENT_WRITE, p)
+        for p in fresh:
+            if p.up.fileno() in done:
+                self._on_connected(p)
+            else:
+                self._sel.register(p.up, selectors.EVENT_WRITE, p)
 
     def _unpend(self, p: _Pending) -> None:
         self._pending.pop(p.up.fileno(), None)
@@ -885,20 +914,54 @@ class Server:
 
     def _join(self, conn: socket.socket, peer: str, up: socket.socket,
               client_tls: dict[str, str] | None, target_tls: dict[str, str] | None) -> None:
+        """Both sides ready: the proxy is made with the round's others
+        (_flush_joins), in one request to the kernel."""
+        self._joins.append((conn, peer, up, client_tls, target_tls))
+
+    def _flush_joins(self) -> None:
+        joins, self._joins = self._joins, []
+        if not joins:
+            return
+        results = self._create_all([(j[0], j[2]) for j in joins])
+        for (conn, peer, up, client_tls, target_tls), res in zip(joins, results):
+            if isinstance(res, KproxyError):
+                self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {res}", res.errno,
+                                   "create")
+            elif isinstance(res, OSError):
+                self._fail_sockets(conn, up, peer, f"kernel refused the proxy: "
+                                   f"{res.strerror or res}", res.errno, "create")
+            else:
+                self._joined(conn, peer, up, client_tls, target_tls, res)
+
+    def _create_all(self, pairs: list[tuple[socket.socket, socket.socket]]
+                    ) -> list[int | OSError | KproxyError]:
+        """A proxy id, or the refusal, for each pair.  A client with
+        send_creates() (kpctl.Kproxy) gets them all in one send, without
+        ack round trips; any other client (a test's, an override) one
+        create() each."""
+        fast = self._create_override is None and hasattr(self.client, "send_creates")
+        if not fast:
+            out: list[int | OSError | KproxyError] = []
+            for conn, up in pairs:
+                try:
+                    out.append(int(getattr(self._create(conn, up), "id", 0)))
+                except (KproxyError, OSError) as e:
+                    out.append(e)
+            return out
+        try:
+            seqs = self.client.send_creates(pairs)
+            got = self.client.read_created(seqs)
+        except KproxyError as e:
+            return [e] * len(pairs)
+        return [got[seq] for seq in seqs]
+
+    def _joined(self, conn: socket.socket, peer: str, up: socket.socket,
+                client_tls: dict[str, str] | None, target_tls: dict[str, str] | None,
+                pid: int) -> None:
         try:
             local = _fmt_peer(up.getsockname())
         except OSError:
             local = "?"
-        try:
-            proxy = self._create(conn, up)
-        except KproxyError as e:
-            self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {e}", e.errno, "create")
-            return
-        except OSError as e:
-            self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {e.strerror or e}",
-                               e.errno, "create")
-            return
-        pid = int(getattr(proxy, "id", 0))
         if self._programs and not self._attach_programs(pid, conn, up, peer):
             return
         # The proxy holds its own references: our fds go now.

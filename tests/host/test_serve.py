@@ -246,7 +246,9 @@ class RelayKproxy:
     directions are done, like a kernel proxy that ended. Ends of proxies
     made with notify_end come back through fileno()/ended(), as the kernel
     sends them to the creator's socket; `lose_ends` of them are dropped
-    (the next ended() raises ENOBUFS, as a full netlink socket does)."""
+    (the next ended() raises ENOBUFS, as a full netlink socket does).
+    send_creates()/read_created() answer as kpctl.Kproxy's: serve makes a
+    round's proxies with one send (`batches`: the pairs of each)."""
 
     def __init__(self, fail=None, attach_fail=None, lose_ends=0):
         self.fail = fail
@@ -267,6 +269,10 @@ class RelayKproxy:
         self.r.setblocking(False)
         self.closed = False
         self.tls_end = None  # (reason, alert): how every proxy ends, as a kTLS one may
+        self.batches = []  # len(pairs) of each send_creates()
+        self.answers = {}  # seq -> proxy id or KproxyError, until read_created()
+        self.seq = 0
+        self.refuse_every = 0  # N: every Nth create of a batch is refused (ENOTCONN)
 
     def create(self, a, b, *, notify_end=False):
         self.calls.append("create")
@@ -309,6 +315,23 @@ class RelayKproxy:
         for args in ((a2, b2, 0), (b2, a2, 1)):
             threading.Thread(target=pump, args=args, daemon=True).start()
         return p
+
+    def send_creates(self, pairs):
+        self.batches.append(len(pairs))
+        seqs = []
+        for n, (a, b) in enumerate(pairs, 1):
+            self.seq += 1
+            try:
+                if self.refuse_every and n % self.refuse_every == 0:
+                    raise KproxyError(errno.ENOTCONN, "not a connected TCP socket (attribute fd-a)")
+                self.answers[self.seq] = self.create(a, b, notify_end=True).id
+            except KproxyError as e:
+                self.answers[self.seq] = e
+            seqs.append(self.seq)
+        return seqs
+
+    def read_created(self, seqs):
+        return {seq: self.answers.pop(seq) for seq in seqs}
 
     def _end(self, pid, reason):
         """Under self.lock."""
@@ -604,6 +627,44 @@ def test_kernel_refusal_is_a_failure():
         assert c.failures == {"EPERM": 1} and c.created == 0
         assert r.kinds("failed")[0]["reason"] == "kernel refused the proxy: need CAP_NET_ADMIN (EPERM)"
     finally:
+        echo.close()
+
+
+def test_a_wakeup_makes_its_proxies_in_one_send():
+    """Connections waiting together are accepted, connected and joined
+    together (one send_creates); a refusal among them fails that client
+    alone, in the kernel's words."""
+    echo = EchoServer()
+    kp = RelayKproxy()
+    kp.refuse_every = 3
+    server = Server(kp, resolve("127.0.0.1:0", listen=True), echo.addr)
+    addr = server.open()
+    clients = [socket.create_connection(addr.sockaddr()[:2], timeout=T) for _ in range(6)]
+    events = []
+    t = threading.Thread(target=server.run, kwargs={"install_signals": False},
+                         daemon=True)
+    server.on_event = lambda kind, data: events.append((kind, data))
+    t.start()
+    try:
+        wait_for(lambda: server.snapshot()["created"] + server.snapshot()["failed"] == 6)
+        assert kp.batches == [6]
+        served, refused = [], []
+        for c in clients:
+            try:
+                c.sendall(b"ping")
+                (served if c.recv(4) == b"ping" else refused).append(c)
+            except ConnectionResetError:
+                refused.append(c)
+        assert (len(served), len(refused)) == (4, 2)
+        failed = [d for k, d in events if k == "failed"]
+        assert [(d["stage"], d["error"]["errno_name"], d["reason"]) for d in failed] == \
+            [("create", "ENOTCONN", "kernel refused the proxy: not a connected TCP socket "
+                                    "(attribute fd-a) (ENOTCONN)")] * 2
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+        t.join(T)
         echo.close()
 
 
