@@ -279,12 +279,13 @@ def describe_programs(progs: dict[str, Any] | None) -> dict[str, dict[str, Any]]
 
 
 class _Pending:
-    __slots__ = ("client", "peer", "up", "deadline", "client_tls")
+    __slots__ = ("client", "peer", "up", "deadline", "client_tls", "waiting")
 
     def __init__(self, client: socket.socket, peer: str, up: socket.socket,
                  deadline: float, client_tls: dict[str, str] | None) -> None:
         self.client, self.peer, self.up, self.deadline = client, peer, up, deadline
         self.client_tls = client_tls  # the client side's TLS, when serve terminates it
+        self.waiting = False  # in the selector (a connect not done when first polled)
 
 
 def _fmt_peer(addr: Any) -> str:
@@ -822,10 +823,12 @@ class Server:
                 self._on_connected(p)
             else:
                 self._sel.register(p.up, selectors.EVENT_WRITE, p)
+                p.waiting = True
 
     def _unpend(self, p: _Pending) -> None:
         self._pending.pop(p.up.fileno(), None)
-        if self._sel is not None:
+        if p.waiting and self._sel is not None:
+            p.waiting = False
             try:
                 self._sel.unregister(p.up)
             except (KeyError, ValueError):
