@@ -151,6 +151,8 @@ class ServeOptions:
     # Accept and connect here, not in a kernel listener (kpctl.serve_listener);
     # TLS always does.
     userspace: bool = False
+    # Processes serving LISTEN together (kpctl.serve_workers), userspace path.
+    workers: int = 1
 
     @property
     def terminates_tls(self) -> bool:
@@ -198,6 +200,11 @@ class ServeOptions:
             raise ServeError("--connect-timeout must be a positive number of seconds")
         if self.backlog < 1:
             raise ServeError("--backlog must be 1 or more")
+        if self.workers < 1:
+            raise ServeError("--workers must be 1 or more")
+        if self.workers > 1 and not (self.userspace or self.uses_tls):
+            raise ServeError("--workers: a kernel listener needs no workers (the kernel "
+                             "accepts); give --userspace to serve from N processes")
         if self.on_stop not in STOP_MODES:
             raise ServeError(f"on_stop must be one of {', '.join(STOP_MODES)}")
         check_tls_options(self)
@@ -536,6 +543,11 @@ class Server:
         if mode is not None and mode not in STOP_MODES:
             raise ValueError(f"stop mode must be one of {', '.join(STOP_MODES)}")
         self._request(("stop", mode))
+
+    def signal(self, name: str) -> None:
+        """Act as on receiving the signal `name` ("SIGINT", "SIGTERM",
+        "SIGHUP"): the worker pool passes its own signals on. Thread-safe."""
+        self._request(("signal", name))
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as of the loop's last round (thread-safe)."""
@@ -925,7 +937,16 @@ class Server:
         joins, self._joins = self._joins, []
         if not joins:
             return
-        results = self._create_all([(j[0], j[2]) for j in joins])
+        if self._programs:
+            # Each proxy's programs right after its create: the bytes the
+            # kernel reads before the attach pass unparsed.
+            for j in joins:
+                self._finish_joins([j], self._create_all([(j[0], j[2])]))
+        else:
+            self._finish_joins(joins, self._create_all([(j[0], j[2]) for j in joins]))
+
+    def _finish_joins(self, joins: list[tuple[Any, ...]],
+                      results: list[int | OSError | KproxyError]) -> None:
         for (conn, peer, up, client_tls, target_tls), res in zip(joins, results):
             if isinstance(res, KproxyError):
                 self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {res}", res.errno,
@@ -1159,6 +1180,12 @@ def serve(listen: str, target: str, options: ServeOptions | None = None, *,
     laddr = resolve(listen, listen=True, resolver=resolver)
     taddr = resolve(target, resolver=resolver)
     check_distinct(laddr, taddr)
+    if options.workers > 1:
+        from .serve_workers import WorkerPool
+        pool = WorkerPool(laddr, taddr, options, options.workers, on_event=on_event,
+                          netns=netns, loader=loader)
+        pool.open()
+        return pool.run(install_signals=install_signals)
     from .serve_listener import make_server
     server = make_server(client, laddr, taddr, options, on_event=on_event, netns=netns,
                          loader=loader)

@@ -188,6 +188,9 @@ COMMANDS: list[Command] = [
                   Opt(("--userspace",), "userspace",
                       "accept and connect in kpctl, not in a kernel listener (TLS always "
                       "does)"),
+                  Opt(("--workers",), "workers", "with --userspace: N processes accept on "
+                      "LISTEN (SO_REUSEPORT), one report (default 1)", metavar="N", type=count,
+                      default=1),
                   Opt(("--drain",), "drain", "on SIGINT/SIGTERM wait for running proxies to end"),
                   Opt(("--kill",), "kill", "on SIGINT/SIGTERM end running proxies"),
                   Opt(("--background",), "background",
