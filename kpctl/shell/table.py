@@ -161,13 +161,15 @@ COMMANDS: list[Command] = [
             description="One line per event with its timestamp; with -j one JSON object "
                         "per line. Ctrl-C ends it.",
             examples=("kpctl monitor", "kpctl -j monitor -c 2")),
-    Command("top", "live table of proxies by throughput", observe.cmd_top,
+    Command("top", "live table of listeners and of proxies by throughput", observe.cmd_top,
             opts=(Opt(("-d", "--delay"), "delay", "seconds between refreshes (default 1)",
                       metavar="SECS", type=seconds, default=1.0),
                   Opt(("-c", "--count"), "count", "stop after COUNT refreshes",
                       metavar="COUNT", type=count)),
             description="Proxies sorted by bytes per second over the last interval (the "
-                        "first screen shows the average since creation). Ctrl-C ends it.",
+                        "first screen shows the average since creation); above them the "
+                        "listeners, with connections accepted per second, active proxies, "
+                        "failed connects and refusals at the limit. Ctrl-C ends it.",
             examples=("kpctl top", "kpctl -j top -c 3")),
     Command("serve", "listen and hand every connection to the kernel (an L4 proxy)",
             service.cmd_serve,
