@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -592,6 +593,58 @@ def test_short_connections_in_a_row(record_property):
             summary = s.stop()
         assert summary["created"] == SHORT_CONNS + 1 and summary["failed"] == 0
         assert summary["accepted"] == SHORT_CONNS + 1 and summary["active"] == 0
+    finally:
+        echo.close()
+
+
+WORKER_CONNS = 200
+
+
+def test_userspace_workers_carry_every_connection(record_property):
+    """--userspace --workers 2: two processes accept on one port; 200
+    connections (8 clients at once) each get their own random bytes back,
+    the sha256 of all that came back is that of all that was sent, both
+    workers served, and the one summary counts every connection and byte."""
+    echo = EchoServer()
+    size = 4096
+    sent, back = hashlib.sha256(), hashlib.sha256()
+    lock = threading.Lock()
+    try:
+        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}", "--userspace",
+                     "--workers", "2") as s:
+            (listening,) = s.kinds("listening")
+            assert len(listening["workers"]) == 2
+            assert all(pid != s.pid for pid in listening["workers"])
+
+            def client(count: int) -> None:
+                for _ in range(count):
+                    payload = os.urandom(size)
+                    with s.connect() as c:
+                        c.sendall(payload)
+                        got = recv_exact(c, size)
+                        c.shutdown(socket.SHUT_WR)
+                        assert c.recv(1) == b""
+                    with lock:  # pairs hashed together: the order of connections is free
+                        sent.update(payload)
+                        back.update(got)
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                for f in [pool.submit(client, WORKER_CONNS // 8) for _ in range(8)]:
+                    f.result(timeout=600)  # a client's failure fails the test
+            took = time.monotonic() - t0
+            record_property("serve_workers_conn_rate_per_s", round(WORKER_CONNS / took, 1))
+            assert back.hexdigest() == sent.hexdigest()
+            s.wait_event(lambda e: len(s.kinds("ended")) >= WORKER_CONNS, 120)
+            proxies = s.kinds("proxy")
+            assert len(proxies) == WORKER_CONNS
+            assert {p["worker"] for p in proxies} == {0, 1}  # SO_REUSEPORT spread them
+            summary = s.stop()
+        assert (summary["accepted"], summary["created"], summary["ended"],
+                summary["failed"], summary["active"]) == (WORKER_CONNS, WORKER_CONNS,
+                                                          WORKER_CONNS, 0, 0)
+        assert summary["bytes_a_to_b"] == summary["bytes_b_to_a"] == WORKER_CONNS * size
+        wait_no_proxies(echo.port)
     finally:
         echo.close()
 
