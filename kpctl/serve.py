@@ -1034,9 +1034,17 @@ class Server:
 
     def _on_ends(self) -> None:
         """Take the ends the kernel sent us (notify_end); an id we do not
-        hold (a proxy whose attach failed) is not ours to count."""
+        hold (a proxy whose attach failed) is not ours to count.  A client
+        with ended_brief() (kpctl.Kproxy) parses each end for what is
+        counted here alone."""
+        brief = getattr(self.client, "ended_brief", None)
         try:
-            events = self.client.ended(0)
+            if brief is not None:
+                ends = brief()
+            else:
+                ends = [(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
+                         ev.proxy.b_to_a.bytes, getattr(ev, "tls_alert", None))
+                        for ev in self.client.ended(0) if ev.kind == "del"]
         except (KproxyError, OSError) as e:
             if _lost_ends(e):
                 self._reconcile()
@@ -1044,10 +1052,9 @@ class Server:
                 self._emit("warning", {"message": f"cannot read the ends of proxies: "
                                                   f"{getattr(e, 'message', None) or e}"})
             return
-        for ev in events:
-            if ev.kind == "del" and ev.proxy.id in self._live:
-                self._ended(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
-                            ev.proxy.b_to_a.bytes, tls_alert=getattr(ev, "tls_alert", None))
+        for pid, reason, ab, ba, alert in ends:
+            if pid in self._live:
+                self._ended(pid, reason, ab, ba, tls_alert=alert)
 
     def _reconcile(self) -> None:
         """The kernel dropped some of our ends (our socket's buffer was

@@ -140,3 +140,18 @@ def test_closed_handle_refuses(kernel) -> None:
     with pytest.raises(KproxyError) as ei:
         k.list()
     assert ei.value.errno == errno.EBADF
+
+
+def test_ended_brief_parses_what_serve_counts(kp, kernel) -> None:
+    """ended_brief(): the same ends as ended(), as (id, reason, bytes each
+    way, tls alert), including those a request met on its way."""
+    (a, b, c) = kp.read_created(kp.send_creates([(5, 6), (7, 8), (9, 10)])).values()
+    kernel.end(a, 2)
+    kp.destroy(b)  # its end arrives before the ack: kept by the request
+    kernel.end(c, 1)
+    want = {a: (a, "reset", a * 1000, (a + 1) * 1000, None),
+            b: (b, "user", b * 1000, (b + 1) * 1000, None),
+            c: (c, "closed", c * 1000, (c + 1) * 1000, None)}
+    got = kp.ended_brief()
+    assert sorted(tuple(e) for e in got) == sorted(want.values())
+    assert kp.ended_brief() == [] and kp.ended() == []

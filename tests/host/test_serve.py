@@ -256,7 +256,8 @@ class RelayKproxy:
     sends them to the creator's socket; `lose_ends` of them are dropped
     (the next ended() raises ENOBUFS, as a full netlink socket does).
     send_creates()/read_created() answer as kpctl.Kproxy's: serve makes a
-    round's proxies with one send (`batches`: the pairs of each)."""
+    round's proxies with one send (`batches`: the pairs of each);
+    ended_brief() gives the ends as kpctl.Kproxy's does."""
 
     def __init__(self, fail=None, attach_fail=None, lose_ends=0):
         self.fail = fail
@@ -382,6 +383,10 @@ class RelayKproxy:
                 raise KproxyError(errno.ENOBUFS, "No buffer space available")
             out, self.ends = self.ends, []
             return out
+
+    def ended_brief(self):
+        return [(e.proxy.id, e.reason, e.proxy.a_to_b.bytes, e.proxy.b_to_a.bytes, e.tls_alert)
+                for e in self.ended(0)]
 
     def list(self):
         self.calls.append("list")
