@@ -195,10 +195,9 @@ class Peers:
             elif peer == "kproxy":
                 # serve's own accept loop: the row kept its meaning when
                 # serve moved to a kernel listener (kproxy-listener below);
-                # one worker per CPU, as HAProxy runs one thread per CPU.
+                # one process, as HAProxy runs one thread (nbthread 1).
                 for t, lp in ports.items():
                     self._spawn(f"kproxy-{t}", [str(VENV / "kpctl"), "serve", "--userspace",
-                                                "--workers", str(os.cpu_count() or 1),
                                                 f"{HOST}:{lp}", f"{HOST}:{TARGETS[t]}"])
             elif peer == "kproxy-listener":
                 # A kernel listener (issue 21): no Python per connection.
