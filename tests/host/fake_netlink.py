@@ -174,6 +174,8 @@ class FakeSocket:
         self.notify_ids: set[int] = set()
         self.closed = False
         self.sent = 0  # send() calls
+        self.dups: list[FakeSocket] = []  # handles made by dup()
+        self.dup_of: FakeSocket | None = None
         self.timeout: float | None = None
         self._r, self._w = socket.socketpair()  # readable while the inbox is not empty
 
@@ -194,6 +196,8 @@ class FakeSocket:
 
     def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
         if not self.inbox:
+            if self.timeout == 0.0:
+                raise BlockingIOError(errno.EAGAIN, "no data")  # a non-blocking handle
             if self.timeout:
                 # CPython waits for readability before any recv on a socket
                 # with a timeout, MSG_DONTWAIT or not: a real one would sit
@@ -211,6 +215,19 @@ class FakeSocket:
     def fileno(self) -> int:
         return self._r.fileno()
 
+    def dup(self) -> "FakeSocket":
+        """The same socket (inbox) through another handle, as socket.dup()."""
+        twin = FakeSocket.__new__(FakeSocket)
+        twin.__dict__.update(self.__dict__)
+        twin.timeout = None
+        twin.dup_of = self
+        twin.dups = []
+        self.dups.append(twin)
+        return twin
+
+    def setblocking(self, flag: bool) -> None:
+        self.timeout = None if flag else 0.0
+
     def setsockopt(self, *args: Any) -> None:
         pass
 
@@ -218,6 +235,9 @@ class FakeSocket:
         self.timeout = timeout
 
     def close(self) -> None:
+        if self.dup_of is not None:  # a dup's close leaves the socket open
+            self.closed = True
+            return
         if not self.closed:
             self.closed = True
             self._r.close()

@@ -155,3 +155,8 @@ def test_ended_brief_parses_what_serve_counts(kp, kernel) -> None:
     got = kp.ended_brief()
     assert sorted(tuple(e) for e in got) == sorted(want.values())
     assert kp.ended_brief() == [] and kp.ended() == []
+    # the answers and ends are read through a non-blocking twin of the
+    # request socket, closed with the handle
+    (twin,) = kernel.sockets[-1].dups
+    kp.close()
+    assert twin.closed and kernel.sockets[-1].closed
