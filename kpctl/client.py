@@ -266,6 +266,7 @@ class Kproxy:
         self._ends_rcvbuf = False
         self._create_tmpl: tuple[bytearray, int, int] | None = None  # send_creates()
         self._nowait: Any = None  # the request socket without a timeout (_recv_nowait)
+        self._end_parse: Callable[[bytearray, int, int], EndBrief | None] | None = None
         self._sock: socket.socket | None = None
         self._family: wire.FamilyInfo | None = None
         try:
@@ -674,7 +675,10 @@ class Kproxy:
 
     def _end_parser(self) -> Callable[[bytearray, int, int], EndBrief | None]:
         """parse(buf, off, end) of one proxy-del-ntf message: an EndBrief
-        (None for another command), walking the attributes once."""
+        (None for another command), walking the attributes once.  Made
+        once per handle."""
+        if self._end_parse is not None:
+            return self._end_parse
         spec = self._spec
         root = spec.attr_sets[spec.root_set]
         del_cmd = spec.cmd("proxy-del-ntf")
@@ -721,6 +725,7 @@ class Kproxy:
                     alert = buf[off + 4]
                 off += (length + 3) & ~3
             return EndBrief(pid, reason, ab, ba, alert)
+        self._end_parse = parse
         return parse
 
     def _create_template(self) -> tuple[bytearray, int, int]:
