@@ -20,10 +20,11 @@ listen(), so it takes no connection) to learn the port; every worker binds
 that port; the parent's socket closes once all listen.
 
 Stopping: stop(mode) and the parent's SIGINT/SIGTERM/SIGHUP reach each
-worker through its control pipe (workers run in their own process group,
-so a terminal's Ctrl-C reaches the parent alone, once); each stops as
-serve does (leave, drain, kill).  A worker whose control pipe closes (the
-parent died) stops as "leave".
+worker through its control pipe, once; each stops as serve does (leave,
+drain, kill).  Workers run in their own process group and ignore signals
+sent to them directly (a terminal's Ctrl-C, systemd's SIGTERM to every
+process of the unit): they obey the parent alone.  A worker whose control
+pipe closes (the parent died) stops as "leave".
 """
 
 from __future__ import annotations
@@ -219,8 +220,11 @@ class WorkerPool:
 
     def _worker_main(self, index: int, ev_w: int, ctl_r: int) -> int:
         os.setpgid(0, 0)  # a terminal's signals go to the parent alone
+        # and so do the others: systemd signals every process of the
+        # service, and a worker that also obeyed its own SIGTERM would
+        # count the parent's as a second one (drain: stop waiting).
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, signal.SIG_DFL)
+            signal.signal(s, signal.SIG_IGN)
         out = os.fdopen(ev_w, "w", buffering=1)
         per_connection = self._per_connection
 

@@ -139,3 +139,24 @@ def test_counters_are_summed():
     assert (s["accepted"], s["active"], s["bytes_a_to_b"]) == (5, 1, 15)
     assert s["failures"] == {"ECONNREFUSED": 3, "ETIMEDOUT": 1}
     assert (s["started"], s["elapsed"]) == (10.0, 5.0)
+
+
+def test_workers_obey_the_parent_alone():
+    """A signal sent to a worker itself (systemd signals every process of
+    the unit) is ignored: the parent passes its own on, once."""
+    import os
+    import signal
+    echo = EchoServer()
+    p = Pool(echo.addr)
+    try:
+        (listening,) = p.kinds("listening")
+        for pid in listening["workers"]:
+            os.kill(pid, signal.SIGTERM)
+        for n in range(8):
+            assert _echo_once(p.addr, b"still") == b"still"
+        assert p.kinds("stopping") == []
+        c = p.stop()
+        assert c.accepted == 8
+        assert [d["mode"] for d in p.kinds("stopping")] == ["leave"]
+    finally:
+        echo.close()
