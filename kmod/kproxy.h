@@ -52,8 +52,10 @@
  * Listeners (listener.c) have their own rules, stated there; between them
  * and proxies: a proxy knows its listener only by id (kp->listener_id);
  * the listener's count of active proxies is changed under kproxy_lock
- * when the proxy is published and when it is destroyed, by looking the
- * id up in kproxy_listener_idr (a deleted listener is simply not found).
+ * when the proxy is published and when it is destroyed (which also adds
+ * the proxy's final counters to the listener's ended counters), by
+ * looking the id up in kproxy_listener_idr (a deleted listener is simply
+ * not found).
  * Ending a netns or unloading ends listeners before proxies.
  */
 #ifndef _KPROXY_H
@@ -177,7 +179,7 @@ struct kproxy {
 	 * read only by the owner of the teardown: it needs no lock. It holds
 	 * no reference: a socket gone by the end is skipped (ECONNREFUSED),
 	 * and one that reused the portid gets a del ntf that the monitor
-	 * group shows to anyone anyway. Fills the tail padding (512 bytes).
+	 * group shows to anyone anyway.
 	 */
 	u32 notify_portid;
 	u32 listener_id;		/* its listener, 0 for proxy-new; fixed */
@@ -363,6 +365,9 @@ enum {
 	KPROXY_LC_FAILED_TIMEOUT,
 	KPROXY_LC_FAILED_OTHER,
 	KPROXY_LC_REFUSED_LIMIT,
+	KPROXY_LC_ENDED,		/* of its proxies, with their bytes: */
+	KPROXY_LC_ENDED_BYTES_A_TO_B,
+	KPROXY_LC_ENDED_BYTES_B_TO_A,
 	KPROXY_LC_MAX,
 };
 

@@ -32,12 +32,16 @@
  * The accept work accepts in batches (kernel_accept(), O_NONBLOCK) and
  * gives each connection to a struct kproxy_conn, which owns the accepted
  * socket and the upstream socket it makes until they are joined (the
- * proxy then owns both) or reset. A conn is driven by its own delayed
- * work alone, which never runs concurrently with itself: the first run
- * creates, binds and connects the upstream socket without blocking,
- * hooks its sk_state_change (which only requeues the work at once) and
- * arms the work for the connect timeout; a later run finds the connect
- * done (join), failed (reset the client, count the cause) or timed out.
+ * proxy then owns both) or reset. A conn is driven by one context at a
+ * time. Its first step runs in the accept work: it creates, binds and
+ * connects the upstream socket without blocking, and joins at once if
+ * the connect is already done (a near target); otherwise it hooks the
+ * socket's sk_state_change (which only requeues the conn's delayed work
+ * at once) and arms that work for the connect timeout, and from then on
+ * the conn is driven by its work alone, which never runs concurrently
+ * with itself: a run finds the connect done (join), failed (reset the
+ * client, count the cause) or timed out. Before the hook nothing can
+ * queue that work (the deleter cancels the accept work first).
  * A conn is in its listener's conns list (l->lock) until it ends, and
  * the deleter may requeue it only while it is there. Ending, the work
  * unhooks the upstream socket and unlinks the conn, after which nobody
@@ -224,8 +228,31 @@ static int kproxy_conn_cause(int err)
 	}
 }
 
+/* How the connect went, or -EINPROGRESS (the work requeued). */
+static int kproxy_conn_outcome(struct kproxy_conn *c)
+{
+	struct sock *sk = c->upstream->sk;
+
+	switch (READ_ONCE(sk->sk_state)) {
+	case TCP_ESTABLISHED:
+	case TCP_CLOSE_WAIT:
+		return KPROXY_LC_CREATED;
+	case TCP_SYN_SENT:
+		if (time_before(jiffies, c->deadline)) {
+			queue_delayed_work(kproxy_wq, &c->work,
+					   c->deadline - jiffies);
+			return -EINPROGRESS;
+		}
+		return KPROXY_LC_FAILED_TIMEOUT;
+	case TCP_CLOSE:
+		return kproxy_conn_cause(READ_ONCE(sk->sk_err));
+	default:
+		return KPROXY_LC_FAILED_OTHER;
+	}
+}
+
 /*
- * The first run: make the upstream socket and start its connect. Returns
+ * The first step: make the upstream socket and start its connect. Returns
  * -EINPROGRESS while the connect is in flight, else the outcome.
  */
 static int kproxy_conn_start(struct kproxy_conn *c)
@@ -253,6 +280,13 @@ static int kproxy_conn_start(struct kproxy_conn *c)
 			     kproxy_addr_len(&l->target), O_NONBLOCK);
 	if (err && err != -EINPROGRESS)
 		return kproxy_conn_cause(-err);
+	/*
+	 * A near target (loopback, a local container) has often answered
+	 * by the time connect() returns, its SYN-ACK processed at
+	 * release_sock(): join now, without a trip through the work.
+	 */
+	if (READ_ONCE(sk->sk_state) != TCP_SYN_SENT)
+		return kproxy_conn_outcome(c);
 
 	write_lock_bh(&sk->sk_callback_lock);
 	c->saved_state_change = sk->sk_state_change;
@@ -266,29 +300,6 @@ static int kproxy_conn_start(struct kproxy_conn *c)
 	else
 		queue_delayed_work(kproxy_wq, &c->work, timeout);
 	return -EINPROGRESS;
-}
-
-/* A later run: how the connect went, or -EINPROGRESS (requeued). */
-static int kproxy_conn_outcome(struct kproxy_conn *c)
-{
-	struct sock *sk = c->upstream->sk;
-
-	switch (READ_ONCE(sk->sk_state)) {
-	case TCP_ESTABLISHED:
-	case TCP_CLOSE_WAIT:
-		return KPROXY_LC_CREATED;
-	case TCP_SYN_SENT:
-		if (time_before(jiffies, c->deadline)) {
-			queue_delayed_work(kproxy_wq, &c->work,
-					   c->deadline - jiffies);
-			return -EINPROGRESS;
-		}
-		return KPROXY_LC_FAILED_TIMEOUT;
-	case TCP_CLOSE:
-		return kproxy_conn_cause(READ_ONCE(sk->sk_err));
-	default:
-		return KPROXY_LC_FAILED_OTHER;
-	}
 }
 
 /*
@@ -426,7 +437,15 @@ static void kproxy_listener_take(struct kproxy_listener *l,
 	spin_lock(&l->lock);
 	list_add_tail(&c->node, &l->conns);
 	spin_unlock(&l->lock);
-	queue_delayed_work(kproxy_wq, &c->work, 0);
+	/*
+	 * The first step runs here, in the accept work: the connect does not
+	 * block, and a connect that completes at once is joined at once. No
+	 * one else can queue the conn's work before kproxy_conn_start() hooks
+	 * the upstream socket (the deleter cancels this accept work before
+	 * it requeues conns), so the conn is still driven by one context at
+	 * a time.
+	 */
+	kproxy_conn_work(&c->work.work);
 }
 
 static void kproxy_accept_work(struct work_struct *work)
@@ -573,8 +592,16 @@ void kproxy_listener_proxy_ended(struct kproxy *kp)
 
 	lockdep_assert_held(&kproxy_lock);
 	l = idr_find(&kproxy_listener_idr, kp->listener_id);
-	if (l && l->active)
+	if (!l)
+		return;
+	if (l->active)
 		l->active--;
+	/* Its final counters: the proxy's works are done. */
+	kproxy_count(l, KPROXY_LC_ENDED);
+	atomic64_add(READ_ONCE(kp->dir[KPROXY_A_TO_B].bytes),
+		     &l->counters[KPROXY_LC_ENDED_BYTES_A_TO_B]);
+	atomic64_add(READ_ONCE(kp->dir[KPROXY_B_TO_A].bytes),
+		     &l->counters[KPROXY_LC_ENDED_BYTES_B_TO_A]);
 }
 
 /* End the live proxies listener @id made, with reason user. */

@@ -625,6 +625,12 @@ static int kproxy_fill_listener(struct sk_buff *skb,
 			       c[KPROXY_LC_FAILED_OTHER]) ||
 	    kproxy_put_counter(skb, KPROXY_A_LISTENER_REFUSED_LIMIT,
 			       c[KPROXY_LC_REFUSED_LIMIT]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_ENDED,
+			       c[KPROXY_LC_ENDED]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_ENDED_BYTES_A_TO_B,
+			       c[KPROXY_LC_ENDED_BYTES_A_TO_B]) ||
+	    kproxy_put_counter(skb, KPROXY_A_LISTENER_ENDED_BYTES_B_TO_A,
+			       c[KPROXY_LC_ENDED_BYTES_B_TO_A]) ||
 	    nla_put_u32(skb, KPROXY_A_LISTENER_ACTIVE, info->active) ||
 	    nla_put_u32(skb, KPROXY_A_LISTENER_PENDING, info->pending)) {
 		genlmsg_cancel(skb, hdr);

@@ -200,7 +200,7 @@ static int kproxy_lseq_show(struct seq_file *seq, void *v)
 
 	if (v == &kn->listeners) {
 		seq_puts(seq,
-			 "id listen target source max_proxies connect_timeout_ms parser verdict accepted created failed_refused failed_unreachable failed_timeout failed_other refused_limit active pending created_ns\n");
+			 "id listen target source max_proxies connect_timeout_ms parser verdict accepted created failed_refused failed_unreachable failed_timeout failed_other refused_limit active pending created_ns ended ended_bytes_a_to_b ended_bytes_b_to_a\n");
 		return 0;
 	}
 	l = kproxy_listener_of(v);
@@ -214,10 +214,14 @@ static int kproxy_lseq_show(struct seq_file *seq, void *v)
 	seq_printf(seq, " %u %u %u %u", info.max_proxies, info.timeout_ms,
 		   info.prog_id[KPROXY_BPF_KIND_PARSER],
 		   info.prog_id[KPROXY_BPF_KIND_VERDICT]);
-	for (i = 0; i < KPROXY_LC_MAX; i++)
+	for (i = 0; i < KPROXY_LC_ENDED; i++)
 		seq_printf(seq, " %llu", info.counters[i]);
-	seq_printf(seq, " %u %u %llu\n", info.active, info.pending,
+	seq_printf(seq, " %u %u %llu", info.active, info.pending,
 		   info.created_ns);
+	/* Columns added later go last, so older readers keep their places. */
+	for (i = KPROXY_LC_ENDED; i < KPROXY_LC_MAX; i++)
+		seq_printf(seq, " %llu", info.counters[i]);
+	seq_putc(seq, '\n');
 	return 0;
 }
 

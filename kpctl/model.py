@@ -247,7 +247,8 @@ class Event:
 # A listener's counters, by the names its JSON form and /proc use.
 LISTENER_COUNTERS: tuple[str, ...] = (
     "accepted", "created", "failed_refused", "failed_unreachable", "failed_timeout",
-    "failed_other", "refused_limit", "active", "pending",
+    "failed_other", "refused_limit", "active", "pending", "ended", "ended_bytes_a_to_b",
+    "ended_bytes_b_to_a",
 )  # fmt: skip
 
 
@@ -276,6 +277,9 @@ class Listener:
     refused_limit: int = 0
     active: int = 0
     pending: int = 0
+    ended: int = 0  # its proxies that ended, and the bytes they carried:
+    ended_bytes_a_to_b: int = 0
+    ended_bytes_b_to_a: int = 0
 
     @property
     def failed(self) -> int:

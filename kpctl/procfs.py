@@ -98,8 +98,11 @@ def _listener_id(row: dict[str, str]) -> int | None:
     return None if v == "-" else int(v)
 
 
+# The ended columns were appended later: optional, 0 when absent.
+_LISTENER_LATER = ("ended", "ended_bytes_a_to_b", "ended_bytes_b_to_a")
 _LISTENER_REQUIRED = ("id", "listen", "target", "source", "max_proxies", "connect_timeout_ms",
-                      "parser", "verdict", "created_ns") + LISTENER_COUNTERS
+                      "parser", "verdict", "created_ns") + tuple(
+                          c for c in LISTENER_COUNTERS if c not in _LISTENER_LATER)
 
 
 def parse_listeners(text: str) -> list[Listener]:
@@ -129,7 +132,7 @@ def parse_listeners(text: str) -> list[Listener]:
                 parser_id=int(row["parser"]) or None,
                 verdict_id=int(row["verdict"]) or None,
                 created_ns=int(row["created_ns"]),
-                **{c: int(row[c]) for c in LISTENER_COUNTERS},
+                **{c: int(row.get(c, 0)) for c in LISTENER_COUNTERS},
             ))
         except ValueError as e:
             raise ProcFormatError(f"line {n}: {e}") from None

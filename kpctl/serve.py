@@ -153,6 +153,11 @@ class ServeOptions:
     userspace: bool = False
     # Processes serving LISTEN together (kpctl.serve_workers), userspace path.
     workers: int = 1
+    # A "proxy" and an "ended" event for every connection. A kernel listener
+    # without them costs no Python per connection: the counters come from
+    # the listener's own (kpctl.serve_listener); the userspace path then
+    # skips their per-connection work too (the upstream's address).
+    connection_events: bool = True
 
     @property
     def terminates_tls(self) -> bool:
@@ -989,10 +994,13 @@ class Server:
     def _joined(self, conn: socket.socket, peer: str, up: socket.socket,
                 client_tls: dict[str, str] | None, target_tls: dict[str, str] | None,
                 pid: int) -> None:
-        try:
-            local = _fmt_peer(up.getsockname())
-        except OSError:
-            local = "?"
+        events = self.options.connection_events
+        local = "?"
+        if events:
+            try:
+                local = _fmt_peer(up.getsockname())
+            except OSError:
+                pass
         if self._programs and not self._attach_programs(pid, conn, up, peer):
             return
         # The proxy holds its own references: our fds go now.
@@ -1000,8 +1008,9 @@ class Server:
         _close(up)
         self.counters.created += 1
         self._live.add(pid)
-        self._emit("proxy", {"id": pid, "client": peer, "upstream": local,
-                             "tls": {"client": client_tls, "target": target_tls}})
+        if events:
+            self._emit("proxy", {"id": pid, "client": peer, "upstream": local,
+                                 "tls": {"client": client_tls, "target": target_tls}})
 
     def _attach_programs(self, pid: int, conn: socket.socket, up: socket.socket,
                          peer: str) -> bool:
@@ -1092,6 +1101,8 @@ class Server:
         c.lost += int(lost)
         c.bytes_a_to_b += ab
         c.bytes_b_to_a += ba
+        if not self.options.connection_events:
+            return
         event: dict[str, Any] = {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba}
         if tls_alert is not None:
             event["tls_alert"] = tls_alert  # reason tls-alert: the alert's description

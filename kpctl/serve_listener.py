@@ -21,15 +21,25 @@ comes within a tick; `accept_errors` stays 0 (the kernel's accept does not
 fail that way). TLS needs handshakes in userspace: those options keep the
 userspace path (kpctl.serve.make_server decides).
 
+Without per-connection events (options.connection_events false: text
+output, a shell job) the listener does not notify at all, and not even the
+live set costs Python per connection: created, ended, the ended proxies'
+bytes and the active count come from the listener's counters, once a tick.
+
 Stopping: the listener is deleted (the kernel stops accepting and resets
 the connects in flight), then leave / drain / kill as before: kill ends
-the live proxies one by one, drain waits for their ends.
+the live proxies one by one, drain waits for their ends. Without
+notifications, stopping first shuts the listening socket down (the kernel
+listener stops accepting, its counters go on), takes the live proxies
+from one dump, and keeps the listener until they are gone, so that its
+counters still count their ends and bytes; it is deleted last.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 from typing import Any
 
 from .errors import KproxyError
@@ -51,6 +61,9 @@ class ListenerServer(Server):
         super().__init__(*args, **kw)
         self.listener_id: int | None = None
         self._seen: dict[str, int] = {}  # the listener's counters at the last poll
+        self._notified = self.options.connection_events
+        self._kernel_active = 0  # unnotified: the listener's active count
+        self._next_list = 0.0    # unnotified, stopping: when to look for ends again
 
     # -- the listening socket goes to the kernel -------------------------------
 
@@ -77,13 +90,17 @@ class ListenerServer(Server):
             self._listener, (self.target.host, self.target.port),
             max_proxies=self.options.max_conns, connect_timeout=self.options.connect_timeout,
             parser=progs.get(PROGRAM_KINDS[0]), verdict=progs.get(PROGRAM_KINDS[1]),
-            notify=True)
+            notify=self._notified)
         self.listener_id = li.id
         self._listening = True
 
     def _listen_off(self) -> None:
         if self.listener_id is None:
             return
+        if not self._notified and self._listening:
+            self._stop_accepting()
+            if self._live:
+                return  # deleted once they are gone (_finish)
         self._poll()  # the last failures and refusals, before the counters go
         lid, self.listener_id = self.listener_id, None
         self._listening = False
@@ -94,9 +111,36 @@ class ListenerServer(Server):
                 self._emit("warning", {"message": f"listener {lid}: {e}"})
         self._on_ends()  # proxies made before the listener went
 
+    def _stop_accepting(self) -> None:
+        """Unnotified: the kernel listener stops accepting (its socket is
+        shut down: new clients are refused) but lives on, counting the
+        ends of the proxies it made, which one dump names."""
+        self._listening = False
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._poll()
+        try:
+            self._live = {p.id for p in self.client.list() if p.listener_id == self.listener_id}
+        except (KproxyError, OSError) as e:
+            self._emit("warning", {"message": f"cannot list the listener's proxies: "
+                                              f"{getattr(e, 'message', None) or e}"})
+
+    def _finish(self) -> None:
+        if not self._notified:
+            self._live.clear()  # what is left goes on (leave) or was waited for
+            self._listen_off()  # the listener kept counting until now: delete it
+        super()._finish()
+
     # -- what the kernel tells -------------------------------------------------
 
     def _on_ends(self) -> None:
+        if not self._notified:
+            if self._live and self.listener_id is not None:
+                self._forget_ended()
+            return
         try:
             events = self.client.ended(0, with_new=True)
         except (KproxyError, OSError) as e:
@@ -120,6 +164,20 @@ class ListenerServer(Server):
                 self._ended(p.id, ev.reason or "?", p.a_to_b.bytes, p.b_to_a.bytes,
                             tls_alert=getattr(ev, "tls_alert", None))
 
+    def _forget_ended(self) -> None:
+        """Unnotified, stopping: the proxies of the dump that are gone (the
+        listener's counters have counted their ends and bytes), 5 times a second."""
+        now = self._clock()
+        if now < self._next_list:
+            return
+        self._next_list = now + 0.2
+        try:
+            alive = {p.id for p in self.client.list()}
+        except (KproxyError, OSError):
+            return  # the next round tries again
+        self._live &= alive
+        self._poll()
+
     def _poll(self) -> None:
         """The listener's counters since the last poll: accepted, and one
         event per failure or refusal (the kernel counts them; it names no
@@ -141,6 +199,12 @@ class ListenerServer(Server):
             return max(0, d)
 
         c.accepted += delta("accepted")
+        if not self._notified:
+            c.created += delta("created")
+            c.ended += delta("ended")
+            c.bytes_a_to_b += delta("ended_bytes_a_to_b")
+            c.bytes_b_to_a += delta("ended_bytes_b_to_a")
+            self._kernel_active = li.active
         for name, stage, num in _FAILURES:
             for _ in range(delta(name)):
                 reason = os.strerror(num) if num else "the kernel could not make the proxy"
@@ -162,6 +226,8 @@ class ListenerServer(Server):
             self._next_poll = now + 1.0
             self._poll()
         snap = super()._publish()
+        if not self._notified:
+            snap["active"] = self.counters.active = self._kernel_active
         snap["pending"] = self.counters.pending = getattr(self, "_kernel_pending", 0) \
             if self.listener_id is not None else 0
         self._published = snap

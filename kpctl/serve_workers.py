@@ -12,8 +12,8 @@ with a "worker" field (0..N-1), and its own "listening", "tick",
 parent and not each worker printing its own lines: a user and the shell
 read one status line and one summary per service, and the JSON log stays
 one stream in which each per-connection event names its worker.
-Per-connection events ("proxy", "ended") cross the pipe only when asked
-for (per_connection; the text view prints none of them).
+Per-connection events ("proxy", "ended") come only with
+options.connection_events (the JSON log; the text view prints none).
 
 LISTEN with port 0: the parent binds a first socket (SO_REUSEPORT, no
 listen(), so it takes no connection) to learn the port; every worker binds
@@ -44,7 +44,6 @@ from .address import Address, ServeError
 from .errors import KproxyError
 from .serve import STOP_MODES, TICK, Counters, ServeOptions, Server
 
-PER_CONNECTION = ("proxy", "ended")
 # Counters that are not summed over the workers.
 _NOT_SUMMED = ("failures", "started", "elapsed")
 
@@ -90,7 +89,6 @@ class WorkerPool:
     def __init__(self, listen: Address, target: Address, options: ServeOptions, workers: int,
                  *, on_event: Callable[[str, dict], None] | None = None,
                  netns: str | None = None, loader: Callable[[str], Any] | None = None,
-                 per_connection: bool = True,
                  server_factory: Callable[..., Server] | None = None) -> None:
         if workers < 2:
             raise ServeError("--workers: a pool needs 2 workers or more")
@@ -101,7 +99,6 @@ class WorkerPool:
         self.on_event = on_event or (lambda kind, data: None)
         self._netns = netns
         self._loader = loader
-        self._per_connection = per_connection
         self._factory = server_factory
         self._workers: list[_Worker] = []
         self._probe: socket.socket | None = None
@@ -226,11 +223,8 @@ class WorkerPool:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         out = os.fdopen(ev_w, "w", buffering=1)
-        per_connection = self._per_connection
 
         def send(kind: str, data: dict) -> None:
-            if kind in PER_CONNECTION and not per_connection:
-                return
             out.write(json.dumps([kind, data], separators=(",", ":"), default=str) + "\n")
 
         options = dataclasses.replace(self.options, reuseport=True)

@@ -20,10 +20,10 @@ def _is_bad_name(exc: BaseException) -> bool:
             and not getattr(exc, "log", ""))
 
 
-def serve_options(ns: Namespace) -> Any:
+def serve_options(ns: Namespace, *, connection_events: bool = True) -> Any:
     from kpctl.serve import ServeOptions
-    return ServeOptions(max_conns=ns.max_conns, connect_timeout=ns.connect_timeout,
-                        backlog=ns.backlog, reuseport=ns.reuseport,
+    return ServeOptions(connection_events=connection_events, max_conns=ns.max_conns,
+                        connect_timeout=ns.connect_timeout, backlog=ns.backlog, reuseport=ns.reuseport,
                         on_stop="drain" if ns.drain else "kill" if ns.kill else "leave",
                         parser=ns.parser, verdict=ns.verdict, prefix=ns.prefix,
                         offset=ns.offset,
@@ -69,10 +69,7 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
         from kpctl.serve_workers import WorkerPool
 
         def factory(client: Any, listen: Any, target: Any, options: Any, **kw: Any) -> Any:
-            # Each worker opens its own client; the JSON log alone prints
-            # every connection, so only it has them sent over.
-            return WorkerPool(listen, target, options, options.workers,
-                              per_connection=ctx.json and not ns.quiet, **kw)
+            return WorkerPool(listen, target, options, options.workers, **kw)  # clients their own
     elif ctx.server_factory is not None:
         factory = ctx.server_factory
     else:
@@ -90,7 +87,11 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
         except BaseException:
             load_failed.append(spec)  # not the exception: its traceback would make a cycle
             raise
-    server = factory(client, listen, target, serve_options(ns), on_event=on_event,
+    # Only JSON lines print every connection (a job, the status line and
+    # the summary need counts alone).
+    events = bool(ctx.json) and not getattr(ns, "background", False)
+    server = factory(client, listen, target, serve_options(ns, connection_events=events),
+                     on_event=on_event,
                      netns=ctx.netns, loader=loader)
     try:
         server.open()           # loads the programs and certificates once; EADDRINUSE,

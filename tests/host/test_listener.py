@@ -34,6 +34,7 @@ def listener_attrs(lid: int, **over: Any) -> dict[str, Any]:
         "create-time": 1_700_000_000_000_000_000,
         "accepted": 12, "created": 9, "failed-refused": 1, "failed-unreachable": 0,
         "failed-timeout": 1, "failed-other": 0, "refused-limit": 1, "active": 3, "pending": 1,
+        "ended": 6, "ended-bytes-a-to-b": 6144, "ended-bytes-b-to-a": 12288,
     }
     attrs.update(over)
     return attrs
@@ -149,7 +150,8 @@ def test_listener_json_shape() -> None:
         "created_ns": 1_700_000_000_000_000_000,
         "counters": {"accepted": 12, "created": 9, "failed_refused": 1, "failed_unreachable": 0,
                      "failed_timeout": 1, "failed_other": 0, "refused_limit": 1, "active": 3,
-                     "pending": 1},
+                     "pending": 1, "ended": 6, "ended_bytes_a_to_b": 6144,
+                     "ended_bytes_b_to_a": 12288},
     }
 
 
@@ -200,14 +202,19 @@ def test_proc_listener_column() -> None:
 def test_proc_listeners_file() -> None:
     text = ("id listen target source max_proxies connect_timeout_ms parser verdict accepted "
             "created failed_refused failed_unreachable failed_timeout failed_other "
-            "refused_limit active pending created_ns\n"
-            "3 127.0.0.1:8080 [::1]:80 - 0 10000 0 0 12 9 1 0 1 0 1 3 1 1700000000000000000\n"
-            "4 [::]:443 10.0.0.2:443 10.0.0.1:0 100 500 17 0 5 5 0 0 0 0 0 5 0 1700000000000000001\n")
+            "refused_limit active pending created_ns ended ended_bytes_a_to_b ended_bytes_b_to_a\n"
+            "3 127.0.0.1:8080 [::1]:80 - 0 10000 0 0 12 9 1 0 1 0 1 3 1 1700000000000000000 6 10 20\n"
+            "4 [::]:443 10.0.0.2:443 10.0.0.1:0 100 500 17 0 5 5 0 0 0 0 0 5 0 1700000000000000001"
+            " 0 0 0\n")
     a, b = parse_listeners(text)
     assert a == Listener(3, Endpoint("127.0.0.1", 8080), Endpoint("::1", 80), None, 0, 10000,
-                         None, None, 1700000000000000000, 12, 9, 1, 0, 1, 0, 1, 3, 1)
+                         None, None, 1700000000000000000, 12, 9, 1, 0, 1, 0, 1, 3, 1, 6, 10, 20)
     assert (str(b.source), b.max_proxies, b.parser_id, b.active) == ("10.0.0.1:0", 100, 17, 5)
     assert parse_listeners("") == []
+    # An older module's file, without the ended columns, still parses.
+    old = text.split("\n")[0].rsplit(" ", 3)[0] + "\n" + \
+        "3 127.0.0.1:8080 [::1]:80 - 0 10000 0 0 12 9 1 0 1 0 1 3 1 1700000000000000000\n"
+    assert parse_listeners(old)[0].ended == 0
 
 
 # --- the commands ---------------------------------------------------------------------
@@ -399,6 +406,78 @@ def test_serve_on_a_kernel_listener_reports_what_the_kernel_tells() -> None:
     assert (summary["accepted"], summary["created"], summary["failed"], summary["refused"]) == (7, 2, 3, 1)
     assert summary["failures"] == {"ECONNREFUSED": 2, "ETIMEDOUT": 1} and summary["ended"] == 2
     assert ("close_listener", 5, False) in client.calls and ("destroy", 2) in client.calls
+
+
+class CountingClient(ListenerClient):
+    """A kernel listener that notifies nobody: counters and dumps only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive: list[int] = []
+        self.shut_seen = False
+
+    def ended(self, timeout=0.0, *, with_new=False):
+        raise AssertionError("an unnotified listener has no news to read")
+
+    def list(self):
+        from types import SimpleNamespace
+        self.calls.append(("list",))
+        return [SimpleNamespace(id=pid, listener_id=5) for pid in self.alive] + \
+            [SimpleNamespace(id=99, listener_id=6)]  # another listener's
+
+    def destroy(self, pid):
+        self.calls.append(("destroy", pid))
+
+
+def test_serve_without_connection_events_counts_from_the_listener() -> None:
+    """Text output needs no event per connection: the listener notifies
+    nobody, the counters (ended bytes included) come from listener-get,
+    and a drain keeps the listener (shut, counting) until its proxies are
+    gone, then deletes it."""
+    import threading
+    import time as _time
+
+    from kpctl.address import Address
+    from kpctl.serve import ServeOptions
+    from kpctl.serve_listener import make_server
+    client = CountingClient()
+    events: list[tuple[str, dict]] = []
+    opts = ServeOptions(on_stop="drain", connection_events=False)
+    server = make_server(client, Address("127.0.0.1", 0, socket.AF_INET),
+                         Address("127.0.0.1", 9, socket.AF_INET), opts,
+                         on_event=lambda k, d: events.append((k, d)))
+    addr = server.open()
+    assert client.calls[0][2]["notify"] is False
+    t = threading.Thread(target=server.run, kwargs={"install_signals": False})
+    t.start()
+
+    def wait(pred):
+        deadline = _time.monotonic() + 10
+        while not pred():
+            assert _time.monotonic() < deadline, events
+            _time.sleep(0.02)
+
+    client.counters = {"accepted": 3, "created": 3, "active": 2, "ended": 1,
+                       "ended_bytes_a_to_b": 100, "ended_bytes_b_to_a": 200}
+    wait(lambda: server.snapshot().get("active") == 2)
+    assert server.snapshot()["created"] == 3 and server.snapshot()["bytes_b_to_a"] == 200
+    client.alive = [7, 8]
+    server.stop()  # drain
+    wait(lambda: any(e[0] == "stopping" for e in events))
+    # Shut: a new client is refused, while the listener still counts.
+    with pytest.raises(OSError):
+        socket.create_connection((addr.host, addr.port), timeout=2).close()
+    assert not any(c[0] == "close_listener" for c in client.calls)
+    client.counters = dict(client.counters, active=0, ended=3, ended_bytes_a_to_b=300,
+                           ended_bytes_b_to_a=600)
+    client.alive = []
+    t.join(10)
+    assert not t.is_alive()
+    assert client.calls[-1] == ("close_listener", 5, False)
+    summary = events[-1][1]
+    assert (summary["created"], summary["ended"], summary["active"]) == (3, 3, 0)
+    assert (summary["bytes_a_to_b"], summary["bytes_b_to_a"]) == (300, 600)
+    assert not [e for e in events if e[0] in ("proxy", "ended")]
 
 
 def test_serve_keeps_the_userspace_path_when_asked_or_needed() -> None:

@@ -643,6 +643,35 @@ def test_kernel_refusal_is_a_failure():
         echo.close()
 
 
+def test_without_connection_events_the_counts_stay():
+    """connection_events=False (text output): no "proxy" or "ended" event,
+    the same counters and bytes."""
+    echo = EchoServer()
+    r = Running(RelayKproxy(), echo.addr, options={"connection_events": False})
+    try:
+        for _ in range(3):
+            with r.connect() as c:
+                c.sendall(b"x" * 100)
+                assert recv_all(c, 100) == b"x" * 100
+        wait_for(lambda: r.server.snapshot()["ended"] == 3)
+        c = r.stop()
+        assert (c.accepted, c.created, c.ended, c.bytes_a_to_b, c.bytes_b_to_a) == \
+            (3, 3, 3, 300, 300)
+        assert r.kinds("proxy") == [] and r.kinds("ended") == []
+        assert [k for k, _ in r.events][0] == "listening"
+    finally:
+        echo.close()
+
+
+def recv_all(c, n):
+    got = b""
+    while len(got) < n:
+        d = c.recv(65536)
+        assert d, "EOF"
+        got += d
+    return got
+
+
 def test_a_wakeup_makes_its_proxies_in_one_send():
     """Connections waiting together are accepted, connected and joined
     together (one send_creates); a refusal among them fails that client

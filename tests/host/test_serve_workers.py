@@ -21,12 +21,12 @@ def _relay_server(listen, target, options, on_event):
 
 
 class Pool:
-    def __init__(self, target, workers=2, **kw):
+    def __init__(self, target, workers=2, connection_events=True):
         self.events = []
         self.lock = threading.Lock()
-        self.pool = WorkerPool(resolve("127.0.0.1:0", listen=True), target,
-                               ServeOptions(userspace=True, workers=workers), workers,
-                               on_event=self._on, server_factory=_relay_server, **kw)
+        opts = ServeOptions(userspace=True, workers=workers, connection_events=connection_events)
+        self.pool = WorkerPool(resolve("127.0.0.1:0", listen=True), target, opts, workers,
+                               on_event=self._on, server_factory=_relay_server)
         self.addr = self.pool.open()
         self.result = None
         self.t = threading.Thread(target=self._run, daemon=True)
@@ -86,14 +86,16 @@ def test_workers_share_the_port_and_report_as_one():
         echo.close()
 
 
-def test_per_connection_events_stay_in_the_workers_unless_asked():
+def test_without_connection_events_only_the_counts_come():
     echo = EchoServer()
-    p = Pool(echo.addr, per_connection=False)
+    p = Pool(echo.addr, connection_events=False)
     try:
         for n in range(6):
             assert _echo_once(p.addr, b"hi") == b"hi"
+        wait_for(lambda: p.pool.snapshot().get("ended") == 6, what="6 ends in the ticks")
         c = p.stop("kill")
-        assert c.accepted == 6 and p.kinds("proxy") == [] and p.kinds("ended") == []
+        assert (c.accepted, c.ended, c.bytes_a_to_b, c.bytes_b_to_a) == (6, 6, 12, 12)
+        assert p.kinds("proxy") == [] and p.kinds("ended") == []
     finally:
         echo.close()
 

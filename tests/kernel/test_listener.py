@@ -14,8 +14,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -290,12 +292,18 @@ def test_sequential_and_concurrent_connections_carry_every_byte(kp, echo, clean,
         assert not errors, errors[:3]
 
         total = sequential + concurrent
+        # Every byte each way, in the counters of the ended proxies.
+        carried = sum(1000 + i for i in range(sequential)) + concurrent * size
         li = settled(kp, li.id, accepted=total, created=total, failed_refused=0,
-                     failed_timeout=0, failed_other=0, refused_limit=0, pending=0)
+                     failed_timeout=0, failed_other=0, refused_limit=0, pending=0,
+                     active=0, ended=total, ended_bytes_a_to_b=carried,
+                     ended_bytes_b_to_a=carried)
         # /proc says what netlink says.
         with open(LISTENERS_PATH) as f:
             (row,) = [x for x in parse_listeners(f.read()) if x.id == li.id]
         assert (row.accepted, row.created, str(row.target)) == (total, total, echo.endpoint)
+        assert (row.ended, row.ended_bytes_a_to_b, row.ended_bytes_b_to_a) == \
+            (total, carried, carried)
 
         # Every proxy the listener made was announced with its id.
         news = 0
@@ -722,3 +730,89 @@ def test_bad_input_is_refused_with_a_reason(kp, clean):  # noqa: F811
             os.close(fd)
         for s in (udp, unlistened, lsock):
             s.close()
+
+
+# --- kpctl serve's text mode: counts from the listener, no news per connection --------
+
+
+def serve_text(listen_port: int, target: str, *args: str) -> subprocess.Popen:
+    """`kpctl serve` with text output (a pipe: no status line, a summary at
+    the end), listening once the kernel listener exists."""
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), NO_COLOR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "kpctl.cli", "serve",
+                             f"127.0.0.1:{listen_port}", target, *args],
+                            cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def up():
+        assert proc.poll() is None, proc.communicate()
+        with Kproxy() as k:
+            return any(li.listen.port == listen_port for li in k.listeners())
+
+    wait_for(up, timeout=120, what="serve's kernel listener")
+    return proc
+
+
+@pytest.mark.parametrize("mode", ["--drain", "--kill"])
+def test_serve_text_mode_counts_from_the_listener(kp, echo, clean, mode):  # noqa: F811
+    """Text output asks for no event per connection: the listener notifies
+    nobody, and serve's summary (proxied, ended, bytes each way) comes from
+    the listener's counters. On stop the listening socket is shut (a new
+    client is refused) while a live proxy goes on; --drain waits for its
+    end, --kill ends it, and either way its bytes are in the summary."""
+    port = dead_port()
+    proc = serve_text(port, echo.endpoint, mode)
+    try:
+        (li,) = [x for x in kp.listeners() if x.listen.port == port]
+        sent = 0
+        for i in range(30):
+            with connect_addr(("127.0.0.1", port)) as c:
+                payload = os.urandom(500 + i)
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+                assert hashlib.sha256(recv_all(c)).digest() == hashlib.sha256(payload).digest()
+                sent += len(payload)
+        held = connect_addr(("127.0.0.1", port))
+        held.sendall(b"held")
+        assert recv_exact(held, 4) == b"held"
+        sent += 4
+        proc.send_signal(signal.SIGTERM)
+        if mode == "--drain":
+            # Shut to newcomers, still serving the held connection.
+            wait_for(lambda: not listens(port), timeout=60, what="the listening socket shut")
+            assert not connects(port)
+            held.sendall(b"more")
+            assert recv_exact(held, 4) == b"more"
+            sent += 4
+            assert proc.poll() is None, "serve left while a proxy was running"
+            assert [x.id for x in kp.listeners()] == [li.id], "deleted while counting"
+            held.shutdown(socket.SHUT_WR)
+            assert recv_all(held) == b""
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        held.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "31 accepted, 31 proxied, 0 failed, 0 refused" in out, out
+    assert "bytes of the 31 ended: client→target" in out, out
+    assert out.count(f"({sent})") == 2, out  # each way: the echo
+    assert kp.listeners() == [] and not [p for p in kp.list() if p.listener_id == li.id]
+
+
+def listens(port: int) -> bool:
+    """Whether a socket listens on the port (/proc/net/tcp, state 0A):
+    looking, unlike connecting, makes no connection to count."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
+
+
+def connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
