@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import selectors
 import signal
 import socket
@@ -111,6 +110,9 @@ BACKOFF_MAX = 1.0
 # sends each before proxy-del returns, but a proxy that was already ending
 # by itself (ENOENT) reports from its own teardown, a moment later.
 KILL_WAIT = 5.0
+# struct tcp_info's first byte, tcpi_state (<net/tcp_states.h>)
+TCP_ESTABLISHED = 1
+TCP_SYN_SENT = 2
 # accept(2) errors that mean "out of a resource": stop accepting for a while
 # (the connections wait in the listen backlog) instead of spinning on them.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -830,24 +832,27 @@ class Server:
         self._fresh.append(p)
 
     def _settle_connects(self) -> None:
-        """The connects started this round: one poll(2) of them all finds
-        those done already (on loopback, nearly all: the handshake ran in
-        connect()); only the others wait in the selector."""
+        """The connects started this round: those done already (on
+        loopback, nearly all: the handshake ran in connect()) go on at
+        once, told by the socket's TCP state (one getsockopt); only those
+        still in SYN-SENT wait in the selector."""
         fresh, self._fresh = self._fresh, []
-        fresh = [p for p in fresh if self._pending.get(p.up.fileno()) is p]
-        if not fresh:
-            return
-        poller = select.poll()
         for p in fresh:
-            poller.register(p.up.fileno(), select.POLLOUT)
-        done = {fd for fd, _ev in poller.poll(0)}
-        assert self._sel is not None
-        for p in fresh:
-            if p.up.fileno() in done:
-                self._on_connected(p)
-            else:
+            if self._pending.get(p.up.fileno()) is not p:
+                continue  # failed or expired meanwhile
+            try:
+                state = p.up.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+            except OSError:
+                state = None
+            if state == TCP_ESTABLISHED:
+                self._unpend(p)
+                self._connected(p.client, p.peer, p.up, p.client_tls)
+            elif state == TCP_SYN_SENT:
+                assert self._sel is not None
                 self._sel.register(p.up, selectors.EVENT_WRITE, p)
                 p.waiting = True
+            else:
+                self._on_connected(p)  # refused, reset...: SO_ERROR says which
 
     def _unpend(self, p: _Pending) -> None:
         self._pending.pop(p.up.fileno(), None)
