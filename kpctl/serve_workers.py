@@ -36,6 +36,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -160,10 +161,10 @@ class WorkerPool:
         ev_r, ev_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
         inherited = [fd for w in self._workers for fd in (w.events, w.control)]
-        for stream in ("stdout", "stderr"):
+        for stream in (sys.stdout, sys.stderr):  # else the worker would print it again
             try:
-                getattr(__import__("sys"), stream).flush()
-            except Exception:  # noqa: BLE001 - nothing to flush
+                stream.flush()
+            except (OSError, ValueError, AttributeError):  # closed, or none
                 pass
         pid = os.fork()
         if pid == 0:  # the worker: never returns
