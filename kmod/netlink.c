@@ -154,11 +154,23 @@ static int kproxy_fill(struct sk_buff *skb, struct kproxy *kp, u32 portid,
 	return 0;
 }
 
-void kproxy_nl_notify(struct kproxy *kp, u8 cmd)
+/*
+ * A proxy's notification @cmd: multicast to the monitor group and, when
+ * @portid is a creator that asked (notify_portid), unicast to its socket,
+ * which the multicast skips so that it reads the message once. Both copies
+ * share one message: the unicast gets its own clone, since the multicast
+ * marks the skb it is given as a group's. Netlink sends from the kernel
+ * never block: a full receive buffer drops the copy and the reader gets
+ * ENOBUFS; a socket gone (ECONNREFUSED) is no error of ours.
+ */
+static void kproxy_nl_send_proxy(struct kproxy *kp, u8 cmd, u32 portid)
 {
-	struct sk_buff *skb;
+	struct sk_buff *skb, *uskb = NULL;
+	bool mcast;
 
-	if (!genl_has_listeners(&kproxy_nl_family, kp->net, KPROXY_NLGRP_MONITOR))
+	mcast = genl_has_listeners(&kproxy_nl_family, kp->net,
+				   KPROXY_NLGRP_MONITOR);
+	if (!mcast && !portid)
 		return;
 	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
 	if (!skb)
@@ -167,74 +179,31 @@ void kproxy_nl_notify(struct kproxy *kp, u8 cmd)
 		nlmsg_free(skb);
 		return;
 	}
-	genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, 0,
-				KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+	if (portid)
+		uskb = mcast ? skb_clone(skb, GFP_KERNEL) : skb;
+	if (mcast)
+		genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, portid,
+					KPROXY_NLGRP_MONITOR, GFP_KERNEL);
+	if (uskb)
+		genlmsg_unicast(kp->net, uskb, portid);
 }
 
-/*
- * proxy-del-ntf: multicast to the monitor group and, when its creator
- * asked (notify_portid), unicast to the creator's socket, which the
- * multicast skips so that it reads the message once. Both copies share
- * one message: the unicast gets its own clone, since the multicast marks
- * the skb it is given as a group's. Netlink sends from the kernel never
- * block: a full receive buffer drops the copy and the reader gets
- * ENOBUFS; a socket gone (ECONNREFUSED) is no error of ours.
- */
+/* To the monitor group only (proxy-new's creator has its reply). */
+void kproxy_nl_notify(struct kproxy *kp, u8 cmd)
+{
+	kproxy_nl_send_proxy(kp, cmd, 0);
+}
+
+/* proxy-del-ntf: also to the creator that asked (proxy-new's notify). */
 void kproxy_nl_notify_end(struct kproxy *kp)
 {
-	u32 portid = kp->notify_portid;
-	struct sk_buff *skb, *uskb = NULL;
-	bool mcast;
-
-	mcast = genl_has_listeners(&kproxy_nl_family, kp->net,
-				   KPROXY_NLGRP_MONITOR);
-	if (!mcast && !portid)
-		return;
-	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
-	if (!skb)
-		return;
-	if (kproxy_fill(skb, kp, 0, 0, 0, KPROXY_CMD_PROXY_DEL_NTF, NULL)) {
-		nlmsg_free(skb);
-		return;
-	}
-	if (portid)
-		uskb = mcast ? skb_clone(skb, GFP_KERNEL) : skb;
-	if (mcast)
-		genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, portid,
-					KPROXY_NLGRP_MONITOR, GFP_KERNEL);
-	if (uskb)
-		genlmsg_unicast(kp->net, uskb, portid);
+	kproxy_nl_send_proxy(kp, KPROXY_CMD_PROXY_DEL_NTF, kp->notify_portid);
 }
 
-/*
- * proxy-new-ntf of a listener's proxy: as kproxy_nl_notify(), and when the
- * listener's creator asked (notify_portid), unicast to it as well, which
- * the multicast then skips (see kproxy_nl_notify_end()).
- */
+/* proxy-new-ntf of a listener's proxy: also to the listener's creator. */
 void kproxy_nl_notify_new(struct kproxy *kp)
 {
-	u32 portid = kp->notify_portid;
-	struct sk_buff *skb, *uskb = NULL;
-	bool mcast;
-
-	mcast = genl_has_listeners(&kproxy_nl_family, kp->net,
-				   KPROXY_NLGRP_MONITOR);
-	if (!mcast && !portid)
-		return;
-	skb = genlmsg_new(NLMSG_GOODSIZE, GFP_KERNEL);
-	if (!skb)
-		return;
-	if (kproxy_fill(skb, kp, 0, 0, 0, KPROXY_CMD_PROXY_NEW_NTF, NULL)) {
-		nlmsg_free(skb);
-		return;
-	}
-	if (portid)
-		uskb = mcast ? skb_clone(skb, GFP_KERNEL) : skb;
-	if (mcast)
-		genlmsg_multicast_netns(&kproxy_nl_family, kp->net, skb, portid,
-					KPROXY_NLGRP_MONITOR, GFP_KERNEL);
-	if (uskb)
-		genlmsg_unicast(kp->net, uskb, portid);
+	kproxy_nl_send_proxy(kp, KPROXY_CMD_PROXY_NEW_NTF, kp->notify_portid);
 }
 
 /* The proxy a request names by id, or NULL with the reason in extack.

@@ -560,7 +560,23 @@ void kproxy_write_space(struct sock *sk)
 	read_unlock_bh(&sk->sk_callback_lock);
 }
 
-/* FIN, reset and errors: both directions touching this socket look. */
+/*
+ * Whether a state change is news to a direction. A FIN that arrives
+ * (CLOSE_WAIT, CLOSING, TIME_WAIT) comes with a data_ready, which wakes
+ * the direction reading the socket; the steps of a close a direction
+ * began itself (FIN_WAIT1, FIN_WAIT2, LAST_ACK) change nothing for either.
+ * Errors (a reset, a timeout), the end (CLOSE) and anything else, such as
+ * a co-owner's shutdown, wake both.
+ */
+static bool kproxy_state_news(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_err) ||
+	       !((1 << READ_ONCE(sk->sk_state)) &
+		 (TCPF_CLOSE_WAIT | TCPF_CLOSING | TCPF_TIME_WAIT |
+		  TCPF_FIN_WAIT1 | TCPF_FIN_WAIT2 | TCPF_LAST_ACK));
+}
+
+/* Resets, errors and ends: both directions touching this socket look. */
 void kproxy_state_change(struct sock *sk)
 {
 	struct kproxy *kp;
@@ -568,7 +584,7 @@ void kproxy_state_change(struct sock *sk)
 
 	read_lock_bh(&sk->sk_callback_lock);
 	kp = kproxy_from_sk(sk, &idx);
-	if (kp) {
+	if (kp && kproxy_state_news(sk)) {
 		queue_work(kproxy_wq, &kp->dir[0].work);
 		queue_work(kproxy_wq, &kp->dir[1].work);
 	}

@@ -302,6 +302,18 @@ def test_completion_of_listener_ids() -> None:
 # --- serve on a kernel listener ---------------------------------------------------------
 
 
+def waiter(events: list):
+    """wait(pred): until pred() holds, 10 s at most (the events tell why not)."""
+    import time as _time
+
+    def wait(pred) -> None:
+        deadline = _time.monotonic() + 10
+        while not pred():
+            assert _time.monotonic() < deadline, events
+            _time.sleep(0.02)
+    return wait
+
+
 class ListenerClient:
     """What ListenerServer asks of a Kproxy: listen, the news of its
     proxies on fileno(), the listener's counters, close_listener."""
@@ -359,7 +371,6 @@ class ListenerClient:
 
 def test_serve_on_a_kernel_listener_reports_what_the_kernel_tells() -> None:
     import threading
-    import time as _time
 
     from kpctl.address import Address
     from kpctl.serve import ServeOptions
@@ -377,12 +388,7 @@ def test_serve_on_a_kernel_listener_reports_what_the_kernel_tells() -> None:
                                 "verdict": None, "notify": True})
     t = threading.Thread(target=server.run, kwargs={"install_signals": False})
     t.start()
-
-    def wait(pred):
-        deadline = _time.monotonic() + 10
-        while not pred():
-            assert _time.monotonic() < deadline, events
-            _time.sleep(0.02)
+    wait = waiter(events)
 
     client.push("new", 1)
     client.push("new", 2)
@@ -435,7 +441,6 @@ def test_serve_without_connection_events_counts_from_the_listener() -> None:
     and a drain keeps the listener (shut, counting) until its proxies are
     gone, then deletes it."""
     import threading
-    import time as _time
 
     from kpctl.address import Address
     from kpctl.serve import ServeOptions
@@ -450,12 +455,7 @@ def test_serve_without_connection_events_counts_from_the_listener() -> None:
     assert client.calls[0][2]["notify"] is False
     t = threading.Thread(target=server.run, kwargs={"install_signals": False})
     t.start()
-
-    def wait(pred):
-        deadline = _time.monotonic() + 10
-        while not pred():
-            assert _time.monotonic() < deadline, events
-            _time.sleep(0.02)
+    wait = waiter(events)
 
     client.counters = {"accepted": 3, "created": 3, "active": 2, "ended": 1,
                        "ended_bytes_a_to_b": 100, "ended_bytes_b_to_a": 200}

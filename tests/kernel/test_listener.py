@@ -159,6 +159,15 @@ def connect_is_reset(lsock: socket.socket, timeout: float = 30.0) -> None:
         assert_reset(c, timeout)
 
 
+def assert_handed_back(lsock: socket.socket) -> None:
+    """The listening socket is its owner's again, and works: a client of
+    it is accepted by the owner."""
+    with connect(lsock):
+        lsock.settimeout(60)
+        conn, _ = lsock.accept()
+        conn.close()
+
+
 def dead_port(host: str = LOOP4) -> int:
     """A port nobody listens on."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -453,6 +462,31 @@ def test_blackholed_target_times_out_and_resets_the_client(kp, clean):  # noqa: 
         hole.close()
 
 
+def test_target_dying_mid_connect_resets_every_waiting_client(kp, clean):  # noqa: F811
+    """Connects in flight to a target that goes away: its SYNs were being
+    dropped (a full backlog), then it closes, so the next retransmitted
+    SYN meets a reset. Each waiting client is reset, each connect counted
+    refused, and nothing stays pending."""
+    hole = Blackhole()
+    lsock = listening()
+    clients: list[socket.socket] = []
+    try:
+        li = kp.listen(lsock, hole.endpoint, connect_timeout=30)
+        for _ in range(5):
+            clients.append(connect(lsock))
+        settled(kp, li.id, accepted=5, pending=5, created=0)
+        hole.close()  # the target dies while its SYNs are unanswered
+        for c in clients:
+            assert_reset(c)
+        settled(kp, li.id, accepted=5, failed_refused=5, failed_timeout=0, created=0,
+                pending=0, active=0)
+    finally:
+        for c in clients:
+            c.close()
+        lsock.close()
+        hole.close()
+
+
 @pytest.fixture
 def netns():
     name = f"kpl-{uuid.uuid4().hex[:6]}"
@@ -560,11 +594,7 @@ def test_unload_with_a_listener_and_pending_connects(kp, clean):  # noqa: F811
         assert time.monotonic() - t0 < 60
         for c in clients:
             assert_reset(c)
-        # The listening socket is handed back working.
-        with connect(lsock) as c:
-            lsock.settimeout(30)
-            conn, _ = lsock.accept()
-            conn.close()
+        assert_handed_back(lsock)
     finally:
         for c in clients:
             c.close()
@@ -642,10 +672,7 @@ def test_netns_deletion_ends_its_listener(kp, netns, clean):  # noqa: F811
         subprocess.run(["ip", "netns", "del", netns], check=True, timeout=60)
         for c in clients:
             assert_reset(c, timeout=120)
-        with connect(lsock) as c:
-            lsock.settimeout(60)
-            conn, _ = lsock.accept()
-            conn.close()
+        assert_handed_back(lsock)
     finally:
         for c in clients:
             c.close()
