@@ -195,7 +195,8 @@ class Peers:
                                         *(f"{lp}:{TARGETS[t]}" for t, lp in ports.items())])
             elif peer == "kproxy":
                 # serve's own accept loop: the row kept its meaning when
-                # serve moved to a kernel listener (kproxy-listener below).
+                # serve moved to a kernel listener (kproxy-listener below);
+                # one process, as HAProxy runs one thread (nbthread 1).
                 for t, lp in ports.items():
                     self._spawn(f"kproxy-{t}", [str(VENV / "kpctl"), "serve", "--userspace",
                                                 f"{HOST}:{lp}", f"{HOST}:{TARGETS[t]}"])
@@ -348,29 +349,15 @@ class Bench:
         self.add(scen, peer, "p99", "us", r["p99"])
         log(f"  {scen} {peer}: p50 {r['p50']:.1f} us, p99 {r['p99']:.1f} us")
 
-    def connrate(self, peer: str, port: int, secs: float) -> None:
-        """Sequential connect, 1 KiB echo, close, for `secs` seconds."""
-        scen = "connect+1K echo+close"
-        payload = b"x" * 1024
-        n = 0
-        err = None
-        start = time.monotonic()
-        end = start + secs
-        while time.monotonic() < end:
-            try:
-                with socket.create_connection((HOST, port), timeout=10) as s:
-                    s.sendall(payload)
-                    got = 0
-                    while got < len(payload):
-                        b = s.recv(65536)
-                        if not b:
-                            raise ConnectionError("EOF before the echo")
-                        got += len(b)
-                n += 1
-            except OSError as e:
-                err = f"{type(e).__name__}: {e}"
-                break
-        el = time.monotonic() - start
+    def connrate(self, peer: str, port: int, secs: float, clients: int = 1) -> None:
+        """Connect, 1 KiB echo, close, for `secs` seconds: one sequential
+        client, or `clients` of them at once (processes, so that no GIL
+        and no single client limits the peer); the rate is their sum."""
+        scen = stats.connect_scenario(clients)
+        if clients == 1:
+            n, el, err = connect_loop(port, secs)
+        else:
+            n, el, err = in_processes(clients, lambda: connect_loop(port, secs))
         if err or n == 0:
             log(f"  {scen} {peer}: {err}")
             self.add(scen, peer, "rate", "conn/s", None, err or "no connection")
@@ -546,6 +533,58 @@ def raw_dump(family: int, cmd: int, version: int) -> int:
         s.close()
 
 
+def connect_loop(port: int, secs: float) -> tuple[int, float, str | None]:
+    """Sequential connect, 1 KiB echo, close for `secs` seconds: (connections,
+    seconds, the error that stopped it or None)."""
+    payload = b"x" * 1024
+    n = 0
+    err = None
+    start = time.monotonic()
+    end = start + secs
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((HOST, port), timeout=10) as s:
+                s.sendall(payload)
+                got = 0
+                while got < len(payload):
+                    b = s.recv(65536)
+                    if not b:
+                        raise ConnectionError("EOF before the echo")
+                    got += len(b)
+            n += 1
+        except OSError as e:
+            err = f"{type(e).__name__}: {e}"
+            break
+    return n, time.monotonic() - start, err
+
+
+def in_processes(count: int, fn) -> tuple[int, float, str | None]:
+    """fn() -> (n, seconds, error) in `count` forked processes at once:
+    the summed n, the longest seconds, the first error."""
+    kids = []
+    for _ in range(count):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            code = 1
+            try:
+                os.write(w, json.dumps(fn()).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        kids.append((pid, r))
+    results = []
+    for pid, r in kids:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        results.append(json.loads(data) if data else (0, 0.0, "a client process died"))
+    err = next((e for _n, _s, e in results if e), None)
+    return sum(n for n, _s, _e in results), max(s for _n, s, _e in results), err
+
+
 def counted(b: Bench, port: int, sizes: list[str], secs: int) -> None:
     """One iperf3 run per size through kpctl serve with the data path's
     calls counted: bytes per send call, work runs and skbs per MB."""
@@ -657,7 +696,7 @@ def cmd_run(args) -> int:
                 if peer in pe.broken:
                     continue
                 # The listener's data path is kproxy's: only its connection rate differs.
-                if peer == "kproxy-listener" and scen_desc != "connect rate":
+                if peer == "kproxy-listener" and not scen_desc.startswith("connect rate"):
                     continue
                 fn(peer, pe.ports[peer])
             b.save()
@@ -671,7 +710,9 @@ def cmd_run(args) -> int:
             each(lambda peer, ports: b.latency(peer, ports["sockperf"], size, secs + 1),
                  f"rr {size}")
         if "connect" in groups:
-            each(lambda peer, ports: b.connrate(peer, ports["echo"], secs), "connect rate")
+            for clients in stats.CONNECT_CLIENTS:
+                each(lambda peer, ports: b.connrate(peer, ports["echo"], secs, clients),
+                     f"connect rate x{clients}")
         if "counts" in groups and "kproxy" in peers and "kproxy" not in pe.broken:
             counted(b, pe.ports["kproxy"]["iperf3"], ["16K"] if quick else ["1K", "16K", "256K"], secs)
         pe.stop()

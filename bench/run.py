@@ -91,7 +91,30 @@ def goals(recs: list[dict]) -> list[str]:
             out.append(_goal(f"{scen}: {peer} <= 1.5x ss -tn (ms)", m(scen, peer, "time"),
                             ss * 1.5 if ss else None, False))
     out.append(_goal("idle proxy slab <= 1024 B", m("idle proxy memory", "kproxy", "slab"), 1024, False))
+    out += connect_goals(recs)
     out += tls_goals(recs)
+    return out
+
+
+# Issue 21's goals for connections per second, in each connection scenario
+# that ran: (peer, factor, base peer).
+CONNECT_GOALS = (("kproxy", 1.0, "haproxy"), ("kproxy-listener", 1.5, "haproxy"),
+                 ("kproxy-listener", 0.8, stats.DIRECT))
+
+
+def connect_goals(recs: list[dict]) -> list[str]:
+    med = {(r["scenario"], r["peer"]): r["median"] for r in recs if r["metric"] == "rate"}
+    scens = {r["scenario"] for r in recs}
+    out = []
+    for clients in stats.CONNECT_CLIENTS:
+        scen = stats.connect_scenario(clients)
+        if scen not in scens:
+            continue
+        for peer, factor, base_peer in CONNECT_GOALS:
+            base = med.get((scen, base_peer))
+            out.append(_goal(f"{scen} {peer} >= {factor}x {base_peer} (conn/s)",
+                             med.get((scen, peer)), base * factor if base is not None else None,
+                             True))
     return out
 
 

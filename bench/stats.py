@@ -30,9 +30,20 @@ DIRECT = "direct"
 # target speaking TLS itself.
 TLS_PEERS = ("direct", "kproxy", "nginx", "nginx-ktls", "haproxy", "socat")
 
-# Metrics that get a ratio to direct (higher is better for throughput,
-# lower for latency: the ratio is always peer / direct).
-RATIO_METRICS = ("throughput", "p50", "p99")
+# The connection scenario: one sequential client, then several at once
+# (each sequential; the rate is their sum), so that a peer's own limit shows
+# rather than one client's.
+CONNECT_CLIENTS = (1, 4)
+
+
+def connect_scenario(clients: int) -> str:
+    """The connection scenario's name for `clients` clients at once."""
+    return "connect+1K echo+close" + (f" x{clients}" if clients > 1 else "")
+
+
+# Metrics that get a ratio to direct (higher is better for throughput and
+# connection rate, lower for latency: the ratio is always peer / direct).
+RATIO_METRICS = ("throughput", "p50", "p99", "rate")
 
 # Order of a scenario's metrics in the table.
 METRIC_ORDER = ("throughput", "p50", "p99", "cpu", "ctxsw", "rate", "time", "slab", "percpu")

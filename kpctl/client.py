@@ -18,11 +18,12 @@ import errno
 import os
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from . import spec as spec_mod
 from . import wire
@@ -97,6 +98,32 @@ def _endpoint_attrs(where: Endpoint | str | tuple[str, int]) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise KproxyError(errno.EINVAL, f"bad address {where.host!r}: {e}") from None
     return {"family": int(family), "addr": raw, "port": where.port}
+
+
+_U32 = struct.Struct("=I")
+
+
+def _first_u32(buf: bytearray, off: int, end: int, kind: int, nla: Any) -> int | KproxyError:
+    """The value of the first u32 attribute of type `kind` in buf[off:end]
+    (a reply's id), without decoding the others."""
+    while off + 4 <= end:
+        length, typ = nla(buf, off)
+        if length < 4:
+            break
+        if typ & wire.NLA_TYPE_MASK == kind and length >= 8:
+            return int(_U32.unpack_from(buf, off + 4)[0])
+        off += (length + 3) & ~3
+    return KproxyError(errno.EPROTO, "proxy-new: the reply has no id")
+
+
+class EndBrief(NamedTuple):
+    """A proxy's end as serve counts it (Kproxy.ended_brief)."""
+
+    id: int
+    reason: str             # the reason's label ("closed", "reset", ...)
+    a_to_b: int             # bytes, final counters
+    b_to_a: int
+    tls_alert: int | None   # reason tls-alert: the alert's description
 
 
 def _os_error(e: OSError) -> KproxyError:
@@ -237,6 +264,9 @@ class Kproxy:
         self._ends: deque[Event] = deque()
         self._ends_lost = False
         self._ends_rcvbuf = False
+        self._create_tmpl: tuple[bytearray, int, int] | None = None  # send_creates()
+        self._nowait: Any = None  # the request socket without a timeout (_recv_nowait)
+        self._end_parse: Callable[[bytearray, int, int], EndBrief | None] | None = None
         self._sock: socket.socket | None = None
         self._family: wire.FamilyInfo | None = None
         try:
@@ -312,6 +342,9 @@ class Kproxy:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+            if self._nowait is not None:
+                self._nowait.close()
+                self._nowait = None
             self._family = None
 
     @property
@@ -516,6 +549,222 @@ class Kproxy:
                 # A burst of ends must not crowd out a request's reply.
                 _big_rcvbuf(self._request_socket(), MONITOR_RCVBUF)
                 self._ends_rcvbuf = True
+
+    # a fast create (kpctl serve --userspace): many per send, no ack round trip
+
+    def send_creates(self, pairs: Sequence[tuple[Any, Any]]) -> list[int]:
+        """Join several pairs of connected sockets with one send(2): one
+        proxy-new each (notify_end, as create(..., notify_end=True)),
+        without NLM_F_ACK, patched into a request encoded once (only the
+        two fds and the seq differ).  The kernel handles every one of them
+        before this returns (the fds are resolved now); their answers wait
+        on the request socket for read_created().  Returns their seqs, in
+        the order of `pairs`.  The caller keeps its fds until
+        read_created() has said which proxies were made.
+        """
+        if not pairs:
+            return []
+        template, off_a, off_b = self._create_template()
+        size = len(template)
+        out = template * len(pairs)
+        seqs = []
+        pack = _U32.pack_into
+        with self._lock:
+            sock = self._request_socket()
+            for i, (a, b) in enumerate(pairs):
+                seq = self._next_seq()
+                at = i * size
+                pack(out, at + 8, seq)
+                pack(out, at + off_a, _fd(a))
+                pack(out, at + off_b, _fd(b))
+                seqs.append(seq)
+            try:
+                sock.send(out)
+            except OSError as e:
+                raise _os_error(e) from None
+        return seqs
+
+    def read_created(self, seqs: Iterable[int]) -> dict[int, int | KproxyError]:
+        """The answers to send_creates(): seq -> the new proxy's id, or the
+        KproxyError of a refusal (errno and extended-ack text, as create()
+        raises it).  Only the id is read from a reply (the rest is what
+        the caller gave).  Reads the request socket until it is empty,
+        without blocking; the ends met on the way are kept for ended().
+        An answer the kernel could not queue (the receive buffer was full)
+        comes back as ENOBUFS, and the next ended() raises ENOBUFS too:
+        whether that proxy was made is unknown.
+        """
+        want = set(seqs)
+        got: dict[int, int | KproxyError] = {}
+        if not want:
+            return got
+        template, _, _ = self._create_template()
+        id_type = self._id_attr_type()
+        header = wire.NLMSGHDR.unpack_from
+        nla = wire.NLAHDR.unpack_from
+        buf = self._buf
+        with self._lock:
+            recv = self._recv_nowait()
+            fid = self.family_id
+            while True:
+                try:
+                    n = recv(buf)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        self._ends_lost = True
+                        continue
+                    raise _os_error(e) from None
+                off = 0
+                while off + 16 <= n:
+                    length, mtype, flags, mseq, _pid = header(buf, off)
+                    if length < 16 or off + length > n:
+                        break
+                    if mseq in want:
+                        if mtype == fid:
+                            got[mseq] = _first_u32(buf, off + wire.HEADERS, off + length,
+                                                   id_type, nla)
+                        elif mtype == wire.NLMSG_ERROR:
+                            m = wire.error_message(buf, off, length, flags, mseq)
+                            got[mseq] = KproxyError(m.error or errno.EPROTO,
+                                                    wire.error_text(self._spec, m, template))
+                    elif mseq == 0 and mtype == fid:
+                        self._keep_end(buf, off, length)
+                    off += (length + 3) & ~3
+        for seq in want - got.keys():
+            self._ends_lost = True
+            got[seq] = KproxyError(errno.ENOBUFS, "the kernel's answer was lost (receive "
+                                                  "buffer full)")
+        return got
+
+    def ended_brief(self) -> list[EndBrief]:
+        """The ends of the proxies made with notify_end, as ended(0) reads
+        them (without blocking; ENOBUFS when some were lost), but each
+        parsed for its id, reason and byte counts alone: what serve
+        counts, at a fraction of a full decode per connection."""
+        with self._lock:
+            recv = self._recv_nowait()
+            out = [EndBrief(e.proxy.id, e.reason or "?", e.proxy.a_to_b.bytes,
+                            e.proxy.b_to_a.bytes, e.tls_alert)
+                   for e in self._ends if e.kind == "del"]
+            self._ends.clear()
+            parse = self._end_parser()
+            buf = self._buf
+            header = wire.NLMSGHDR.unpack_from
+            fid = self.family_id
+            while True:
+                try:
+                    n = recv(buf)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        self._ends_lost = True
+                        continue
+                    raise _os_error(e) from None
+                off = 0
+                while off + 16 <= n:
+                    length, mtype, _flags, mseq, _pid = header(buf, off)
+                    if length < 16 or off + length > n:
+                        break
+                    if mseq == 0 and mtype == fid:
+                        end = parse(buf, off, off + length)
+                        if end is not None:
+                            out.append(end)
+                    off += (length + 3) & ~3
+            if self._ends_lost:
+                self._ends_lost = False
+                raise KproxyError(errno.ENOBUFS, "ends of proxies were lost (receive buffer full)")
+            return out
+
+    def _recv_nowait(self) -> Callable[[bytearray], int]:
+        """recv_into() of the request socket that raises BlockingIOError at
+        once when it is empty: a twin (dup) without the timeout, since
+        CPython polls before any recv on a socket with one (two syscalls a
+        datagram where one does)."""
+        if self._nowait is None:
+            self._nowait = self._request_socket().dup()
+            self._nowait.setblocking(False)
+        return self._nowait.recv_into
+
+    def _end_parser(self) -> Callable[[bytearray, int, int], EndBrief | None]:
+        """parse(buf, off, end) of one proxy-del-ntf message: an EndBrief
+        (None for another command), walking the attributes once.  Made
+        once per handle."""
+        if self._end_parse is not None:
+            return self._end_parse
+        spec = self._spec
+        root = spec.attr_sets[spec.root_set]
+        del_cmd = spec.cmd("proxy-del-ntf")
+        t_id, t_reason, t_ab, t_ba = (root[n].value for n in ("id", "reason", "a-to-b", "b-to-a"))
+        t_alert = root["tls-alert"].value if "tls-alert" in root else -1
+        t_bytes = spec.attr_sets[root["a-to-b"].nested]["bytes"].value
+        reasons = spec.enums["reason"]
+        nla = wire.NLAHDR.unpack_from
+        u64 = struct.Struct("=Q").unpack_from
+        u32 = _U32.unpack_from
+        mask = wire.NLA_TYPE_MASK
+
+        def nested_bytes(buf: bytearray, off: int, end: int) -> int:
+            while off + 4 <= end:
+                length, typ = nla(buf, off)
+                if length < 4:
+                    break
+                if typ & mask == t_bytes and length >= 12:
+                    return int(u64(buf, off + 4)[0])
+                off += (length + 3) & ~3
+            return 0
+
+        def parse(buf: bytearray, off: int, end: int) -> EndBrief | None:
+            if buf[off + 16] != del_cmd:
+                return None
+            pid = ab = ba = 0
+            reason: str = "?"
+            alert = None
+            off += wire.HEADERS
+            while off + 4 <= end:
+                length, typ = nla(buf, off)
+                if length < 4 or off + length > end:
+                    break
+                typ &= mask
+                if typ == t_id:
+                    pid = u32(buf, off + 4)[0]
+                elif typ == t_reason:
+                    reason = reasons.label(u32(buf, off + 4)[0])
+                elif typ == t_ab:
+                    ab = nested_bytes(buf, off + 4, off + length)
+                elif typ == t_ba:
+                    ba = nested_bytes(buf, off + 4, off + length)
+                elif typ == t_alert:
+                    alert = buf[off + 4]
+                off += (length + 3) & ~3
+            return EndBrief(pid, reason, ab, ba, alert)
+        self._end_parse = parse
+        return parse
+
+    def _create_template(self) -> tuple[bytearray, int, int]:
+        """proxy-new with notify and placeholder fds, encoded once, with
+        the offsets of the fd-a and fd-b values."""
+        tmpl = self._create_tmpl
+        if tmpl is None:
+            spec = self._spec
+            if "notify" not in spec.attr_sets[spec.root_set]:
+                raise KproxyError(errno.EOPNOTSUPP, "this schema has no notify attribute")
+            self._big_request_rcvbuf()
+            body = self._encode({"fd-a": 0, "fd-b": 0, "notify": True}, "proxy-new")
+            req = bytearray(wire.request(self.family_id, spec.cmd("proxy-new"), spec.version,
+                                         wire.NLM_F_REQUEST, 0, body))
+            where = {}
+            for kind, at, _end in wire._walk(req, wire.HEADERS, len(req)):
+                where[kind] = at
+            a = spec.attr(spec.root_set, "fd-a").value
+            b = spec.attr(spec.root_set, "fd-b").value
+            tmpl = self._create_tmpl = (req, where[a], where[b])
+        return tmpl
+
+    def _id_attr_type(self) -> int:
+        return self._spec.attr(self._spec.root_set, "id").value
 
     def ended(self, timeout: float | None = 0.0, *, with_new: bool = False) -> list[Event]:
         """The ends (Events of kind "del") of the proxies this handle made

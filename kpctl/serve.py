@@ -101,13 +101,18 @@ PROGRAM_KINDS = ("parser", "verdict")  # attached in this order, each on both di
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_BACKLOG = 1024
 TICK = 1.0
-ACCEPT_BATCH = 64
+# Accepted in one wakeup before their connects and creates go out together
+# (a bound, so that a flood still lets the loop read ends and ticks).
+ACCEPT_BATCH = 256
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 # How long "kill" waits for the ends of the proxies it destroyed: the kernel
 # sends each before proxy-del returns, but a proxy that was already ending
 # by itself (ENOENT) reports from its own teardown, a moment later.
 KILL_WAIT = 5.0
+# struct tcp_info's first byte, tcpi_state (<net/tcp_states.h>)
+TCP_ESTABLISHED = 1
+TCP_SYN_SENT = 2
 # accept(2) errors that mean "out of a resource": stop accepting for a while
 # (the connections wait in the listen backlog) instead of spinning on them.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -148,9 +153,12 @@ class ServeOptions:
     # Accept and connect here, not in a kernel listener (kpctl.serve_listener);
     # TLS always does.
     userspace: bool = False
+    # Processes serving LISTEN together (kpctl.serve_workers), userspace path.
+    workers: int = 1
     # A "proxy" and an "ended" event for every connection. A kernel listener
     # without them costs no Python per connection: the counters come from
-    # the listener's own (kpctl.serve_listener).
+    # the listener's own (kpctl.serve_listener); the userspace path then
+    # skips their per-connection work too (the upstream's address).
     connection_events: bool = True
     # HTTP (kpctl.http): the http parser on both directions and the
     # http-filter verdict on requests (a-to-b), with these rules (an
@@ -209,6 +217,11 @@ class ServeOptions:
             raise ServeError("--connect-timeout must be a positive number of seconds")
         if self.backlog < 1:
             raise ServeError("--backlog must be 1 or more")
+        if self.workers < 1:
+            raise ServeError("--workers must be 1 or more")
+        if self.workers > 1 and not (self.userspace or self.uses_tls):
+            raise ServeError("--workers: a kernel listener needs no workers (the kernel "
+                             "accepts); give --userspace to serve from N processes")
         if self.on_stop not in STOP_MODES:
             raise ServeError(f"on_stop must be one of {', '.join(STOP_MODES)}")
         check_tls_options(self)
@@ -267,7 +280,11 @@ class Counters:
     elapsed: float = 0.0     # seconds it ran
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every round of the loop publishes one: a flat copy, not asdict()'s
+        # recursive one (its cost showed per connection).
+        out = dict(self.__dict__)
+        out["failures"] = dict(self.failures)
+        return out
 
 
 def load_programs(options: ServeOptions,
@@ -319,12 +336,13 @@ def describe_programs(progs: dict[str, Any] | None) -> dict[str, dict[str, Any]]
 
 
 class _Pending:
-    __slots__ = ("client", "peer", "up", "deadline", "client_tls")
+    __slots__ = ("client", "peer", "up", "deadline", "client_tls", "waiting")
 
     def __init__(self, client: socket.socket, peer: str, up: socket.socket,
                  deadline: float, client_tls: dict[str, str] | None) -> None:
         self.client, self.peer, self.up, self.deadline = client, peer, up, deadline
         self.client_tls = client_tls  # the client side's TLS, when serve terminates it
+        self.waiting = False  # in the selector (a connect not done when first polled)
 
 
 def _fmt_peer(addr: Any) -> str:
@@ -432,7 +450,7 @@ class Server:
         self._accept = accept or (lambda ls: ls.accept())
         self._netns = netns
         self._in_netns = False  # the loop's thread has entered netns
-        self._socket_factory = socket_factory or self._new_socket
+        self._socket_factory = socket_factory or self._upstream_socket
         self._clock = clock
         self._tls_build = tls_configs or TlsConfigs.build
         self._tls_accept, self._tls_connect = tls_accept, tls_connect
@@ -442,6 +460,8 @@ class Server:
         self._listener: socket.socket | None = None
         self._sel: selectors.BaseSelector | None = None
         self._pending: dict[int, _Pending] = {}
+        self._fresh: list[_Pending] = []      # connects started this round (_settle_connects)
+        self._joins: list[tuple[Any, ...]] = []  # connected pairs to join this round
         self._live: set[int] = set()          # our proxies alive in the kernel
         self._own_client = False
         self._kill_deadline: float | None = None
@@ -467,6 +487,12 @@ class Server:
             from .netns import socket_in_netns
             return socket_in_netns(self._netns, family, socket.SOCK_STREAM)
         return socket.socket(family, socket.SOCK_STREAM)
+
+    @staticmethod
+    def _upstream_socket(family: int) -> socket.socket:
+        # Made in the loop's thread, in its netns: non-blocking from the
+        # start (a syscall less per connection than setblocking()).
+        return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
 
     def open(self) -> Address:
         """Bind and listen; returns the bound address (port 0 -> the real one).
@@ -591,6 +617,11 @@ class Server:
             raise ValueError(f"stop mode must be one of {', '.join(STOP_MODES)}")
         self._request(("stop", mode))
 
+    def signal(self, name: str) -> None:
+        """Act as on receiving the signal `name` ("SIGINT", "SIGTERM",
+        "SIGHUP"): the worker pool passes its own signals on. Thread-safe."""
+        self._request(("signal", name))
+
     def snapshot(self) -> dict[str, Any]:
         """The counters as of the loop's last round (thread-safe)."""
         return dict(self._published)
@@ -706,11 +737,13 @@ class Server:
                         self._drain_wake()
                     elif key.data != "ends":
                         self._on_connected(key.data)
+                self._take_handshakes()
+                self._settle_connects()
+                self._flush_joins()
                 # Every round, not only when the socket is readable: the
                 # client keeps the ends that arrive while it waits for an
-                # answer (a proxy may end before create() returns).
+                # answer (a proxy may end before its create is answered).
                 self._on_ends()
-                self._take_handshakes()
                 if self._handle_requests():
                     break
                 now = self._clock()
@@ -844,7 +877,8 @@ class Server:
                                f"{getattr(e, 'strerror', None) or e}", getattr(e, "errno", None),
                                "socket")
             return
-        up.setblocking(False)
+        if up.gettimeout() != 0.0:
+            up.setblocking(False)
         if self.options.frames_messages:
             _no_delay(up)
         rc = up.connect_ex(self.target.sockaddr())
@@ -857,12 +891,35 @@ class Server:
             return
         p = _Pending(conn, peer, up, self._clock() + self.options.connect_timeout, client_tls)
         self._pending[up.fileno()] = p
-        assert self._sel is not None
-        self._sel.register(up, selectors.EVENT_WRITE, p)
+        self._fresh.append(p)
+
+    def _settle_connects(self) -> None:
+        """The connects started this round: those done already (on
+        loopback, nearly all: the handshake ran in connect()) go on at
+        once, told by the socket's TCP state (one getsockopt); only those
+        still in SYN-SENT wait in the selector."""
+        fresh, self._fresh = self._fresh, []
+        for p in fresh:
+            if self._pending.get(p.up.fileno()) is not p:
+                continue  # failed or expired meanwhile
+            try:
+                state = p.up.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+            except OSError:
+                state = None
+            if state == TCP_ESTABLISHED:
+                self._unpend(p)
+                self._connected(p.client, p.peer, p.up, p.client_tls)
+            elif state == TCP_SYN_SENT:
+                assert self._sel is not None
+                self._sel.register(p.up, selectors.EVENT_WRITE, p)
+                p.waiting = True
+            else:
+                self._on_connected(p)  # refused, reset...: SO_ERROR says which
 
     def _unpend(self, p: _Pending) -> None:
         self._pending.pop(p.up.fileno(), None)
-        if self._sel is not None:
+        if p.waiting and self._sel is not None:
+            p.waiting = False
             try:
                 self._sel.unregister(p.up)
             except (KeyError, ValueError):
@@ -951,20 +1008,68 @@ class Server:
 
     def _join(self, conn: socket.socket, peer: str, up: socket.socket,
               client_tls: dict[str, str] | None, target_tls: dict[str, str] | None) -> None:
+        """Both sides ready: the proxy is made with the round's others
+        (_flush_joins), in one request to the kernel."""
+        self._joins.append((conn, peer, up, client_tls, target_tls))
+
+    def _flush_joins(self) -> None:
+        joins, self._joins = self._joins, []
+        if not joins:
+            return
+        if self._programs:
+            # Each proxy's programs right after its create: the bytes the
+            # kernel reads before the attach pass unparsed.
+            for j in joins:
+                self._finish_joins([j], self._create_all([(j[0], j[2])]))
+        else:
+            self._finish_joins(joins, self._create_all([(j[0], j[2]) for j in joins]))
+
+    def _finish_joins(self, joins: list[tuple[Any, ...]],
+                      results: list[int | OSError | KproxyError]) -> None:
+        for (conn, peer, up, client_tls, target_tls), res in zip(joins, results):
+            if isinstance(res, KproxyError):
+                self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {res}", res.errno,
+                                   "create")
+            elif isinstance(res, OSError):
+                self._fail_sockets(conn, up, peer, f"kernel refused the proxy: "
+                                   f"{res.strerror or res}", res.errno, "create")
+            else:
+                self._joined(conn, peer, up, client_tls, target_tls, res)
+
+    def _create_all(self, pairs: list[tuple[socket.socket, socket.socket]]
+                    ) -> list[int | OSError | KproxyError]:
+        """A proxy id, or the refusal, for each pair.  A client with
+        send_creates() (kpctl.Kproxy) gets them all in one send, without
+        ack round trips; any other client (a test's, an override) one
+        create() each."""
+        # --http's programs go with each proxy-new (_create): not batched.
+        fast = (self._create_override is None and hasattr(self.client, "send_creates")
+                and not self._programs_at_create())
+        if not fast:
+            out: list[int | OSError | KproxyError] = []
+            for conn, up in pairs:
+                try:
+                    out.append(int(getattr(self._create(conn, up), "id", 0)))
+                except (KproxyError, OSError) as e:
+                    out.append(e)
+            return out
         try:
-            local = _fmt_peer(up.getsockname())
-        except OSError:
-            local = "?"
-        try:
-            proxy = self._create(conn, up)
+            seqs = self.client.send_creates(pairs)
+            got = self.client.read_created(seqs)
         except KproxyError as e:
-            self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {e}", e.errno, "create")
-            return
-        except OSError as e:
-            self._fail_sockets(conn, up, peer, f"kernel refused the proxy: {e.strerror or e}",
-                               e.errno, "create")
-            return
-        pid = int(getattr(proxy, "id", 0))
+            return [e] * len(pairs)
+        return [got[seq] for seq in seqs]
+
+    def _joined(self, conn: socket.socket, peer: str, up: socket.socket,
+                client_tls: dict[str, str] | None, target_tls: dict[str, str] | None,
+                pid: int) -> None:
+        events = self.options.connection_events
+        local = "?"
+        if events:
+            try:
+                local = _fmt_peer(up.getsockname())
+            except OSError:
+                pass
         if self._programs and not self.options.http \
                 and not self._attach_programs(pid, conn, up, peer):
             return
@@ -973,8 +1078,9 @@ class Server:
         _close(up)
         self.counters.created += 1
         self._live.add(pid)
-        self._emit("proxy", {"id": pid, "client": peer, "upstream": local,
-                             "tls": {"client": client_tls, "target": target_tls}})
+        if events:
+            self._emit("proxy", {"id": pid, "client": peer, "upstream": local,
+                                 "tls": {"client": client_tls, "target": target_tls}})
 
     def _attach_programs(self, pid: int, conn: socket.socket, up: socket.socket,
                          peer: str) -> bool:
@@ -1014,9 +1120,17 @@ class Server:
 
     def _on_ends(self) -> None:
         """Take the ends the kernel sent us (notify_end); an id we do not
-        hold (a proxy whose attach failed) is not ours to count."""
+        hold (a proxy whose attach failed) is not ours to count.  A client
+        with ended_brief() (kpctl.Kproxy) parses each end for what is
+        counted here alone."""
+        brief = getattr(self.client, "ended_brief", None)
         try:
-            events = self.client.ended(0)
+            if brief is not None:
+                ends = brief()
+            else:
+                ends = [(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
+                         ev.proxy.b_to_a.bytes, getattr(ev, "tls_alert", None))
+                        for ev in self.client.ended(0) if ev.kind == "del"]
         except (KproxyError, OSError) as e:
             if _lost_ends(e):
                 self._reconcile()
@@ -1024,10 +1138,9 @@ class Server:
                 self._emit("warning", {"message": f"cannot read the ends of proxies: "
                                                   f"{getattr(e, 'message', None) or e}"})
             return
-        for ev in events:
-            if ev.kind == "del" and ev.proxy.id in self._live:
-                self._ended(ev.proxy.id, ev.reason or "?", ev.proxy.a_to_b.bytes,
-                            ev.proxy.b_to_a.bytes, tls_alert=getattr(ev, "tls_alert", None))
+        for pid, reason, ab, ba, alert in ends:
+            if pid in self._live:
+                self._ended(pid, reason, ab, ba, tls_alert=alert)
 
     def _reconcile(self) -> None:
         """The kernel dropped some of our ends (our socket's buffer was
@@ -1058,6 +1171,8 @@ class Server:
         c.lost += int(lost)
         c.bytes_a_to_b += ab
         c.bytes_b_to_a += ba
+        if not self.options.connection_events:
+            return
         event: dict[str, Any] = {"id": pid, "reason": reason, "a_to_b": ab, "b_to_a": ba}
         if tls_alert is not None:
             event["tls_alert"] = tls_alert  # reason tls-alert: the alert's description
@@ -1160,6 +1275,12 @@ def serve(listen: str, target: str, options: ServeOptions | None = None, *,
     laddr = resolve(listen, listen=True, resolver=resolver)
     taddr = resolve(target, resolver=resolver)
     check_distinct(laddr, taddr)
+    if options.workers > 1:
+        from .serve_workers import WorkerPool
+        pool = WorkerPool(laddr, taddr, options, options.workers, on_event=on_event,
+                          netns=netns, loader=loader)
+        pool.open()
+        return pool.run(install_signals=install_signals)
     from .serve_listener import make_server
     server = make_server(client, laddr, taddr, options, on_event=on_event, netns=netns,
                          loader=loader)

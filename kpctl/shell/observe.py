@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kpctl.shell.args import Namespace
 from kpctl.shell.context import Context, isatty, totals_dict
 
@@ -69,23 +71,41 @@ def cmd_monitor(ctx: Context, ns: Namespace) -> int:
     return 0
 
 
+def _listeners(kp: Any) -> list[Any]:
+    """The listeners, or none from a client (or module) without them."""
+    from kpctl.errors import KproxyError
+    listeners = getattr(kp, "listeners", None)
+    if listeners is None:
+        return []
+    try:
+        return list(listeners())
+    except KproxyError:  # a module without listener-get
+        return []
+
+
 def cmd_top(ctx: Context, ns: Namespace) -> int:
-    from kpctl.shell.render import top_rows, top_table
+    from kpctl.shell.render import listener_top_rows, top_rows, top_view
     kp = ctx.client()
     prev, prev_t = None, None
+    prev_listeners: dict[int, Any] | None = None
     n = 0
     live = None
     use_live = (not ctx.json) and isatty(ctx.stdout) and ctx.console.is_terminal
     try:
         while True:
+            listeners = _listeners(kp)
             proxies, t = list(kp.list()), ctx.clock()
-            rows = top_rows(proxies, prev, (t - prev_t) if prev_t else None, now=t)
+            dt = (t - prev_t) if prev_t else None
+            rows = top_rows(proxies, prev, dt, now=t)
+            lrows = listener_top_rows(listeners, prev_listeners, dt, now=t)
             if ctx.json:
-                ctx.emit_json({"timestamp": t, "proxies": [
+                ctx.emit_json({"timestamp": t, "listeners": [
+                    dict(r["listener"].to_dict(), accepted_per_s=r["accepted_per_s"])
+                    for r in lrows], "proxies": [
                     dict(r["proxy"].to_dict(), rate_a_to_b=r["rate_ab"], rate_b_to_a=r["rate_ba"])
                     for r in rows]})
             else:
-                table = top_table(rows, t)
+                table = top_view(lrows, rows, t)
                 if use_live:
                     if live is None:
                         from rich.live import Live
@@ -98,6 +118,7 @@ def cmd_top(ctx: Context, ns: Namespace) -> int:
                     ctx.console.print(table)
                     ctx.stdout.flush()
             prev, prev_t = {p.id: p for p in proxies}, t
+            prev_listeners = {li.id: li for li in listeners}
             n += 1
             if ns.count is not None and n >= ns.count:
                 break

@@ -237,3 +237,43 @@ def top_table(rows, now: float) -> Table:
                       str(p.a_to_b.denied + p.b_to_a.denied)]
         t.add_row(*cells)
     return t
+
+
+def listener_top_rows(listeners, prev: dict | None, dt: float | None, now: float):
+    """Listeners by id with their accept rate over the last interval (the
+    first time: the average since the listener was made)."""
+    rows = []
+    for li in sorted(listeners, key=lambda x: x.id):
+        old = prev.get(li.id) if prev else None
+        if old is not None and dt and dt > 0:
+            rate = (li.accepted - old.accepted) / dt
+        else:
+            rate = li.accepted / max(now - li.created_ns / 1e9, 1.0)
+        rows.append({"listener": li, "accepted_per_s": max(0.0, rate)})
+    return rows
+
+
+def listener_top_table(rows) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
+              title=f"{len(rows)} listener{'' if len(rows) == 1 else 's'}",
+              title_justify="left")
+    t.add_column("ID", justify="right", style="bold")
+    t.add_column("LISTEN", overflow="fold")
+    t.add_column("TARGET", overflow="fold")
+    t.add_column("ACCEPTED/s", justify="right")
+    t.add_column("ACTIVE", justify="right")
+    t.add_column("FAILED", justify="right")
+    t.add_column("REFUSED", justify="right")
+    for r in rows:
+        li = r["listener"]
+        t.add_row(str(li.id), str(li.listen), str(li.target), f"{r['accepted_per_s']:.1f}",
+                  str(li.active), str(li.failed), str(li.refused_limit))
+    return t
+
+
+def top_view(listener_rows, proxy_rows, now: float):
+    """top's screen: the listeners (when there are any) above the proxies."""
+    proxies = top_table(proxy_rows, now)
+    if not listener_rows:
+        return proxies
+    return Group(listener_top_table(listener_rows), proxies)

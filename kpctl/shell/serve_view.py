@@ -149,6 +149,8 @@ class ServeView:
         o = d.get("options", {})
         if o.get("max_conns"):
             extra.append(f"max {o['max_conns']} connections")
+        if d.get("workers"):
+            extra.append(f"{len(d['workers'])} workers")
         if o.get("on_stop") and o["on_stop"] != "leave":
             extra.append(f"on stop: {o['on_stop']}")
         for kind, prog in (d.get("programs") or {}).items():

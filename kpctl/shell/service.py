@@ -36,7 +36,8 @@ def serve_options(ns: Namespace, *, connection_events: bool = True) -> Any:
                         target_insecure=ns.target_insecure, tls_versions=ns.tls_versions,
                         tls_ciphers=ns.tls_ciphers, handshake_timeout=ns.handshake_timeout,
                         handshake_workers=ns.handshake_workers,
-                        userspace=bool(getattr(ns, "userspace", False)))
+                        userspace=bool(getattr(ns, "userspace", False)),
+                        workers=ns.workers)
 
 
 
@@ -50,6 +51,9 @@ def check_serve(cmd: Command, ns: Namespace) -> None:
         serve_options(ns).check()
     except ServeError as e:
         raise UsageError(f"serve: {e.message}", cmd) from None
+    if ns.workers > 1 and ns.background:
+        raise UsageError("serve: --workers runs processes of their own: serve in the "
+                         "foreground (not as a job of the shell)", cmd)
 
 
 def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any:
@@ -65,7 +69,12 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
         check_distinct(listen, target)
     except ServeError as e:
         raise UsageError(f"serve: {e.message}", cmd) from None
-    if ctx.server_factory is not None:
+    if ns.workers > 1:
+        from kpctl.serve_workers import WorkerPool
+
+        def factory(client: Any, listen: Any, target: Any, options: Any, **kw: Any) -> Any:
+            return WorkerPool(listen, target, options, options.workers, **kw)  # clients their own
+    elif ctx.server_factory is not None:
         factory = ctx.server_factory
     else:
         from kpctl.serve_listener import make_server as factory

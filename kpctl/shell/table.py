@@ -190,13 +190,15 @@ COMMANDS: list[Command] = [
             description="One line per event with its timestamp; with -j one JSON object "
                         "per line. Ctrl-C ends it.",
             examples=("kpctl monitor", "kpctl -j monitor -c 2")),
-    Command("top", "live table of proxies by throughput", observe.cmd_top,
+    Command("top", "live table of listeners and of proxies by throughput", observe.cmd_top,
             opts=(Opt(("-d", "--delay"), "delay", "seconds between refreshes (default 1)",
                       metavar="SECS", type=seconds, default=1.0),
                   Opt(("-c", "--count"), "count", "stop after COUNT refreshes",
                       metavar="COUNT", type=count)),
             description="Proxies sorted by bytes per second over the last interval (the "
-                        "first screen shows the average since creation). Ctrl-C ends it.",
+                        "first screen shows the average since creation); above them the "
+                        "listeners, with connections accepted per second, active proxies, "
+                        "failed connects and refusals at the limit. Ctrl-C ends it.",
             examples=("kpctl top", "kpctl -j top -c 3")),
     Command("serve", "listen and hand every connection to the kernel (an L4 proxy)",
             service.cmd_serve,
@@ -217,6 +219,9 @@ COMMANDS: list[Command] = [
                   Opt(("--userspace",), "userspace",
                       "accept and connect in kpctl, not in a kernel listener (TLS always "
                       "does)"),
+                  Opt(("--workers",), "workers", "with --userspace: N processes accept on "
+                      "LISTEN (SO_REUSEPORT), one report (default 1)", metavar="N", type=count,
+                      default=1),
                   Opt(("--drain",), "drain", "on SIGINT/SIGTERM wait for running proxies to end"),
                   Opt(("--kill",), "kill", "on SIGINT/SIGTERM end running proxies"),
                   Opt(("--background",), "background",
@@ -272,7 +277,8 @@ COMMANDS: list[Command] = [
                         "With --userspace, or with TLS, serve itself accepts, connects to "
                         "TARGET without blocking, joins the two "
                         "sockets in the kernel and closes its own fds: the process carries no "
-                        "bytes. A target that refuses or times out resets that client, counted; "
+                        "bytes; --workers N runs N such processes on LISTEN (SO_REUSEPORT), "
+                        "reported as one service (JSON lines name each connection's worker). A target that refuses or times out resets that client, counted; "
                         "accept errors (EMFILE...) pause accepting. Names are resolved once at "
                         "start. On a terminal a status line shows accepted, active, failed, "
                         "refused and bytes each way (kernel counters); a summary on exit. "

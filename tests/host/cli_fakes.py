@@ -34,10 +34,11 @@ def make_proxy(pid, state="active", ab=0, ba=0, age=192.0, v6=False):
 class FakeKproxy:
     """The methods of kpctl.Kproxy over a dict; records what was asked."""
 
-    def __init__(self, proxies=(), events=(), netns=None, fail_open=None):
+    def __init__(self, proxies=(), events=(), netns=None, fail_open=None, listeners=()):
         if fail_open is not None:
             raise fail_open
         self.proxies = {p.id: p for p in proxies}
+        self.listeners_ = {li.id: li for li in listeners}
         self.events = list(events)
         self.netns = netns
         self.calls = []
@@ -78,6 +79,10 @@ class FakeKproxy:
         if self.list_hook:
             self.list_hook(self)
         return list(self.proxies.values())
+
+    def listeners(self):
+        self.calls.append(("listeners",))
+        return list(self.listeners_.values())
 
     def destroy(self, pid):
         self.calls.append(("destroy", pid))
@@ -244,3 +249,13 @@ class FakeServer:
 
     def snapshot(self):
         return dict(self.counters)
+
+
+def make_listener(lid, *, accepted=0, active=0, failed_refused=0, refused_limit=0,
+                  age=100.0):
+    """A kernel listener on 127.0.0.1:8000+lid towards [::1]:80, made `age`
+    seconds before NOW."""
+    from kpctl.model import Listener
+    return Listener(lid, Endpoint("127.0.0.1", 8000 + lid), Endpoint("::1", 80), None, 0, 10000,
+                    None, None, int((NOW - age) * 1e9), accepted=accepted, created=accepted,
+                    failed_refused=failed_refused, refused_limit=refused_limit, active=active)

@@ -83,6 +83,7 @@ class FakeKernel:
         self.loaded = loaded
         self.sockets: list[FakeSocket] = []
         self.prepared: dict[int, list[bytes]] = {}  # dump datagrams by seq, built beforehand
+        self.refused_fds: set[int] = set()  # proxy-new refuses these fds (ENOTCONN)
 
     def socket(self) -> "FakeSocket":
         s = FakeSocket(self)
@@ -121,11 +122,22 @@ class FakeKernel:
                     wire.NLMSGERR_ATTR_MISS_TYPE, struct.pack("=I", SPEC.attr("proxy", "fd-b").value))
                 sock.queue(ack(req, seq, errno.EINVAL, miss))
                 return
+            bad = next((n for n in ("fd-a", "fd-b") if attrs[n] in self.refused_fds), None)
+            if bad is not None:
+                # Where the kernel points: the offending attribute's header.
+                at = next(a - 4 for k, a, _e in wire._walk(req, wire.HEADERS, len(req))
+                          if k == SPEC.attr("proxy", bad).value)
+                offs = wire.nla(wire.NLMSGERR_ATTR_MSG, b"not a connected TCP socket\0") \
+                    + wire.nla(wire.NLMSGERR_ATTR_OFFS, struct.pack("=I", at))
+                sock.queue(ack(req, seq, errno.ENOTCONN, offs))
+                return
             pid = max(self.proxies, default=0) + 1
             self.proxies[pid] = proxy_attrs(pid)
             if attrs.get("notify"):
                 sock.notify_ids.add(pid)
-            sock.queue(message("proxy-new", self.proxies[pid], seq) + ack(req, seq))
+            # No ack unless asked for (NLM_F_ACK): only a refusal is always answered.
+            sock.queue(message("proxy-new", self.proxies[pid], seq)
+                       + (ack(req, seq) if flags & wire.NLM_F_ACK else b""))
         elif pid not in self.proxies:
             offs = wire.nla(wire.NLMSGERR_ATTR_MSG, b"no such proxy\0") + wire.nla(
                 wire.NLMSGERR_ATTR_OFFS, struct.pack("=I", wire.HEADERS))
@@ -161,6 +173,9 @@ class FakeSocket:
         self.inbox: deque[bytes] = deque()
         self.notify_ids: set[int] = set()
         self.closed = False
+        self.sent = 0  # send() calls
+        self.dups: list[FakeSocket] = []  # handles made by dup()
+        self.dup_of: FakeSocket | None = None
         self.timeout: float | None = None
         self._r, self._w = socket.socketpair()  # readable while the inbox is not empty
 
@@ -169,11 +184,20 @@ class FakeSocket:
         self._w.send(b"x")
 
     def send(self, data: bytes) -> int:
-        self.kernel.answer(self, bytes(data))
+        # Every message of the datagram, in order (netlink_rcv_skb).
+        data = bytes(data)
+        off = 0
+        while off + wire.NLMSGHDR.size <= len(data):
+            length = wire.NLMSGHDR.unpack_from(data, off)[0]
+            self.kernel.answer(self, data[off:off + length])
+            off += (length + 3) & ~3
+        self.sent += 1
         return len(data)
 
     def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
         if not self.inbox:
+            if self.timeout == 0.0:
+                raise BlockingIOError(errno.EAGAIN, "no data")  # a non-blocking handle
             if self.timeout:
                 # CPython waits for readability before any recv on a socket
                 # with a timeout, MSG_DONTWAIT or not: a real one would sit
@@ -191,6 +215,19 @@ class FakeSocket:
     def fileno(self) -> int:
         return self._r.fileno()
 
+    def dup(self) -> "FakeSocket":
+        """The same socket (inbox) through another handle, as socket.dup()."""
+        twin = FakeSocket.__new__(FakeSocket)
+        twin.__dict__.update(self.__dict__)
+        twin.timeout = None
+        twin.dup_of = self
+        twin.dups = []
+        self.dups.append(twin)
+        return twin
+
+    def setblocking(self, flag: bool) -> None:
+        self.timeout = None if flag else 0.0
+
     def setsockopt(self, *args: Any) -> None:
         pass
 
@@ -198,6 +235,9 @@ class FakeSocket:
         self.timeout = timeout
 
     def close(self) -> None:
+        if self.dup_of is not None:  # a dup's close leaves the socket open
+            self.closed = True
+            return
         if not self.closed:
             self.closed = True
             self._r.close()

@@ -204,3 +204,59 @@ def test_table():
     md = stats.markdown_table(stats.records(raw)).splitlines()
     assert md[0].startswith("| scenario") and len(md) == 5
     assert md[3] == "| stream 16K x1 | throughput | kproxy | 8.00 | 7.00 | 9.00 | Gbit/s | 0.73 |"
+
+
+# --- the connection scenario: one client and four -------------------------
+
+
+def _connect_samples(rates: dict[tuple[int, str], list[float]]) -> list[dict]:
+    return [sample(stats.connect_scenario(clients), peer, "rate", v, unit="conn/s")
+            for (clients, peer), vals in rates.items() for v in vals]
+
+
+def test_connect_scenarios_are_named_by_their_clients():
+    assert stats.CONNECT_CLIENTS == (1, 4)
+    assert [stats.connect_scenario(c) for c in stats.CONNECT_CLIENTS] == \
+        ["connect+1K echo+close", "connect+1K echo+close x4"]
+
+
+def test_connect_rows_fold_with_a_ratio_to_direct_per_scenario():
+    raw = _connect_samples({(1, "direct"): [150, 152, 148], (1, "kproxy"): [75, 76, 74],
+                            (4, "direct"): [400, 420, 410], (4, "kproxy-listener"): [205, 200, 210],
+                            (4, "haproxy"): [100, 90, 110]})
+    recs = {(r["scenario"], r["peer"]): r for r in stats.records(raw)}
+    x4 = stats.connect_scenario(4)
+    assert recs[(stats.connect_scenario(1), "kproxy")]["ratio_to_direct"] == pytest.approx(75 / 150)
+    # each scenario's ratio is to its own direct row, not the one-client one
+    assert recs[(x4, "kproxy-listener")]["ratio_to_direct"] == pytest.approx(205 / 410)
+    assert (recs[(x4, "haproxy")]["median"], recs[(x4, "haproxy")]["n"]) == (100, 3)
+    order = [r["peer"] for r in stats.records(raw) if r["scenario"] == x4]
+    assert order == ["direct", "haproxy", "kproxy-listener"]
+    assert "connect+1K echo+close x4  rate    kproxy-listener" in stats.table(stats.records(raw))
+
+
+def _run_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_connect_goals_per_scenario():
+    run = _run_module()
+    raw = _connect_samples({(1, "direct"): [150], (1, "haproxy"): [90], (1, "kproxy"): [95],
+                            (1, "kproxy-listener"): [140],
+                            (4, "direct"): [400], (4, "haproxy"): [200], (4, "kproxy"): [150]})
+    lines = run.connect_goals(stats.records(raw))
+    assert lines == [
+        "  ok  connect+1K echo+close kproxy >= 1.0x haproxy (conn/s): 95.00 vs 90.00",
+        "  ok  connect+1K echo+close kproxy-listener >= 1.5x haproxy (conn/s): 140.00 vs 135.00",
+        "  ok  connect+1K echo+close kproxy-listener >= 0.8x direct (conn/s): 140.00 vs 120.00",
+        "  MISS connect+1K echo+close x4 kproxy >= 1.0x haproxy (conn/s): 150.00 vs 200.00",
+        "  ?    connect+1K echo+close x4 kproxy-listener >= 1.5x haproxy (conn/s): no figure",
+        "  ?    connect+1K echo+close x4 kproxy-listener >= 0.8x direct (conn/s): no figure",
+    ]
+    # a run without the x4 scenario has no goals for it
+    assert run.connect_goals(stats.records(raw[:4])) == lines[:3]
+    assert all("conn/s" in g for g in run.goals(stats.records(raw)) if "echo+close" in g)

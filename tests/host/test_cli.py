@@ -520,6 +520,25 @@ def test_top_sorted_by_throughput():
     assert docs[2]["proxies"][0]["rate_a_to_b"] == 10240.0
 
 
+def test_top_json_has_listeners_with_their_accept_rate():
+    from cli_fakes import make_listener
+    client = FakeKproxy([make_proxy(1)], listeners=[make_listener(2, accepted=10, active=1)])
+
+    def accept(c):
+        li = c.listeners_[2]
+        from dataclasses import replace
+        c.listeners_[2] = replace(li, accepted=li.accepted + 20)
+    client.list_hook = accept
+    h = Harness(client)
+    assert h.run("-j", "top", "-c", "2") == 0
+    docs = [json.loads(l) for l in h.out.splitlines()]
+    (li,) = docs[1]["listeners"]
+    assert (li["id"], li["listen"], li["target"], li["accepted_per_s"]) == \
+        (2, "127.0.0.1:8002", "[::1]:80", 20.0)
+    assert li["counters"]["active"] == 1
+    assert [p["id"] for p in docs[1]["proxies"]] == [1]
+
+
 def test_top_text():
     h = Harness(FakeKproxy([make_proxy(1, ab=192 * 1024)]))
     assert h.run("top", "-c", "1", "-d", "0.5") == 0

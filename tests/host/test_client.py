@@ -83,6 +83,43 @@ def test_unicast_ends_are_kept_for_ended(kp, kernel) -> None:
     assert [e.proxy.id for e in kp.ended()] == [fourth.id]
 
 
+def test_creates_in_one_send_without_acks(kp, kernel) -> None:
+    """send_creates: one datagram for many proxy-new, no ack asked; the
+    answers by seq, a refusal in the kernel's words, ends kept meanwhile."""
+    sock = kernel.sockets[-1]
+    kernel.refused_fds.add(8)
+    sent = sock.sent
+    seqs = kp.send_creates([(5, 6), (7, 8), (9, 10)])
+    assert sock.sent == sent + 1 and len(set(seqs)) == 3
+    got = kp.read_created(seqs)
+    ok = [got[seqs[0]], got[seqs[2]]]
+    assert all(isinstance(i, int) for i in ok) and sorted(ok) == sorted(set(kernel.proxies) - {1, 2})
+    err = got[seqs[1]]
+    assert isinstance(err, KproxyError)
+    assert (err.errno, err.message) == (errno.ENOTCONN, "not a connected TCP socket (attribute fd-b)")
+    # Nothing is left on the socket: no acks came (a request after this one
+    # gets its own answer), and the proxies were asked to report their end.
+    assert select.select([kp.fileno()], [], [], 0)[0] == []
+    assert kp.get(ok[0]).id == ok[0]
+    kernel.end(ok[1], 1)
+    more = kp.send_creates([(11, 12)])
+    (pid,) = kp.read_created(more).values()
+    assert [(e.proxy.id, e.reason) for e in kp.ended()] == [(ok[1], "closed")]
+    assert kp.send_creates([]) == [] and kp.read_created([]) == {}
+    assert isinstance(pid, int)
+
+
+def test_an_answer_lost_is_enobufs(kp, kernel) -> None:
+    seqs = kp.send_creates([(5, 6)])
+    kernel.sockets[-1].inbox.clear()  # dropped: the receive buffer was full
+    kernel.sockets[-1]._r.recv(16)
+    (err,) = kp.read_created(seqs).values()
+    assert isinstance(err, KproxyError) and err.errno == errno.ENOBUFS
+    with pytest.raises(KproxyError) as ei:
+        kp.ended()
+    assert ei.value.errno == errno.ENOBUFS
+
+
 def test_notify_end_needs_the_attribute_in_the_schema(kernel) -> None:
     import copy
 
@@ -103,3 +140,23 @@ def test_closed_handle_refuses(kernel) -> None:
     with pytest.raises(KproxyError) as ei:
         k.list()
     assert ei.value.errno == errno.EBADF
+
+
+def test_ended_brief_parses_what_serve_counts(kp, kernel) -> None:
+    """ended_brief(): the same ends as ended(), as (id, reason, bytes each
+    way, tls alert), including those a request met on its way."""
+    (a, b, c) = kp.read_created(kp.send_creates([(5, 6), (7, 8), (9, 10)])).values()
+    kernel.end(a, 2)
+    kp.destroy(b)  # its end arrives before the ack: kept by the request
+    kernel.end(c, 1)
+    want = {a: (a, "reset", a * 1000, (a + 1) * 1000, None),
+            b: (b, "user", b * 1000, (b + 1) * 1000, None),
+            c: (c, "closed", c * 1000, (c + 1) * 1000, None)}
+    got = kp.ended_brief()
+    assert sorted(tuple(e) for e in got) == sorted(want.values())
+    assert kp.ended_brief() == [] and kp.ended() == []
+    # the answers and ends are read through a non-blocking twin of the
+    # request socket, closed with the handle
+    (twin,) = kernel.sockets[-1].dups
+    kp.close()
+    assert twin.closed and kernel.sockets[-1].closed

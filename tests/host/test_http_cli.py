@@ -351,6 +351,7 @@ def test_userspace_serve_http_creates_each_proxy_with_its_programs():
     c, d = socket.socketpair()
     try:
         srv._join(a, "1.2.3.4:5", c, None, None)
+        srv._flush_joins()  # the round's proxies are made together
     finally:
         for s in (a, b, c, d):
             s.close()

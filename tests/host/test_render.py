@@ -6,7 +6,7 @@ import io
 import pytest
 from rich.console import Console
 
-from cli_fakes import NOW, make_proxy, new_event, del_event
+from cli_fakes import NOW, make_listener, make_proxy, new_event, del_event
 from kpctl.shell import columns
 from kpctl.model import TlsInfo
 from kpctl.shell import render as R
@@ -149,6 +149,29 @@ def test_top_rows_and_table():
     assert "2 proxies, 3.5 KiB/s" in out
     first_row = [l for l in out.splitlines() if l.strip().startswith("2 ")][0]
     assert "2.0 KiB/s" in first_row and "512 B/s" in first_row
+
+
+def test_top_shows_listeners_above_the_proxies():
+    old = {7: make_listener(7, accepted=100), 3: make_listener(3, accepted=0)}
+    now = [make_listener(7, accepted=130, active=4, failed_refused=2, refused_limit=1),
+           make_listener(3, accepted=5)]
+    lrows = R.listener_top_rows(now, old, 2.0, now=NOW)
+    assert [(r["listener"].id, r["accepted_per_s"]) for r in lrows] == [(3, 2.5), (7, 15.0)]
+    rows = R.top_rows([make_proxy(1, ab=1000)], None, None, now=NOW)
+    lines = text_of(R.top_view(lrows, rows, NOW), width=120).splitlines()
+    head = next(i for i, l in enumerate(lines) if "ACCEPTED/s" in l)
+    assert lines[head - 1].strip() == "2 listeners"
+    assert lines[head].split() == ["ID", "LISTEN", "TARGET", "ACCEPTED/s", "ACTIVE", "FAILED",
+                                   "REFUSED"]
+    assert lines[head + 2].split() == ["3", "127.0.0.1:8003", "[::1]:80", "2.5", "0", "0", "0"]
+    assert lines[head + 3].split() == ["7", "127.0.0.1:8007", "[::1]:80", "15.0", "4", "2", "1"]
+    proxies_title = next(i for i, l in enumerate(lines) if "kpctl top" in l)
+    assert proxies_title > head + 3  # the proxies come below
+    # the first screen: the average since the listener was made (100 s ago)
+    (first,) = R.listener_top_rows([make_listener(7, accepted=300)], None, None, now=NOW)
+    assert first["accepted_per_s"] == 3.0
+    # no listeners: the proxies' table alone, as before listeners existed
+    assert text_of(R.top_view([], rows, NOW)) == text_of(R.top_table(rows, NOW))
 
 
 def test_console_off_terminal_is_wide_and_plain():

@@ -131,6 +131,14 @@ def test_same_address_refused():
     (["serve", ":8080", "127.0.0.1:80", "--parser", "p.o"], "serve: --parser: p.o: no such file"),
     (["serve", ":8080", "127.0.0.1:80", "--parser", "lenprefix", "--verdict", "v.o"],
      "serve: --verdict: v.o: no such file"),
+    (["serve", ":8080", "127.0.0.1:80", "--workers", "0"], "'0' is not a count"),
+    (["serve", ":8080", "127.0.0.1:80", "--workers", "2"],
+     "serve: --workers: a kernel listener needs no workers (the kernel accepts); give "
+     "--userspace to serve from N processes"),
+    (["serve", ":8080", "127.0.0.1:80", "--workers", "2", "--userspace", "--background"],
+     "serve: --workers runs processes of their own: serve in the foreground"),
+    (["serve", ":8080", "127.0.0.1:80", "--workers", "2", "--userspace", "--parser", "p.o"],
+     "serve: --parser: p.o: no such file"),
     (["serve", "::1:8080", "127.0.0.1:80"], "an IPv6 address goes in brackets"),
     (["serve", ":8080", "127.0.0.1"], "missing ':PORT'"),
     (["serve", ":8080", "127.0.0.1:8080"], "the service would connect to itself"),
@@ -246,7 +254,10 @@ class RelayKproxy:
     directions are done, like a kernel proxy that ended. Ends of proxies
     made with notify_end come back through fileno()/ended(), as the kernel
     sends them to the creator's socket; `lose_ends` of them are dropped
-    (the next ended() raises ENOBUFS, as a full netlink socket does)."""
+    (the next ended() raises ENOBUFS, as a full netlink socket does).
+    send_creates()/read_created() answer as kpctl.Kproxy's: serve makes a
+    round's proxies with one send (`batches`: the pairs of each);
+    ended_brief() gives the ends as kpctl.Kproxy's does."""
 
     def __init__(self, fail=None, attach_fail=None, lose_ends=0):
         self.fail = fail
@@ -267,6 +278,10 @@ class RelayKproxy:
         self.r.setblocking(False)
         self.closed = False
         self.tls_end = None  # (reason, alert): how every proxy ends, as a kTLS one may
+        self.batches = []  # len(pairs) of each send_creates()
+        self.answers = {}  # seq -> proxy id or KproxyError, until read_created()
+        self.seq = 0
+        self.refuse_every = 0  # N: every Nth create of a batch is refused (ENOTCONN)
 
     def create(self, a, b, *, notify_end=False):
         self.calls.append("create")
@@ -310,6 +325,23 @@ class RelayKproxy:
             threading.Thread(target=pump, args=args, daemon=True).start()
         return p
 
+    def send_creates(self, pairs):
+        self.batches.append(len(pairs))
+        seqs = []
+        for n, (a, b) in enumerate(pairs, 1):
+            self.seq += 1
+            try:
+                if self.refuse_every and n % self.refuse_every == 0:
+                    raise KproxyError(errno.ENOTCONN, "not a connected TCP socket (attribute fd-a)")
+                self.answers[self.seq] = self.create(a, b, notify_end=True).id
+            except KproxyError as e:
+                self.answers[self.seq] = e
+            seqs.append(self.seq)
+        return seqs
+
+    def read_created(self, seqs):
+        return {seq: self.answers.pop(seq) for seq in seqs}
+
     def _end(self, pid, reason):
         """Under self.lock."""
         p, a2, b2 = self.proxies.pop(pid)
@@ -351,6 +383,10 @@ class RelayKproxy:
                 raise KproxyError(errno.ENOBUFS, "No buffer space available")
             out, self.ends = self.ends, []
             return out
+
+    def ended_brief(self):
+        return [(e.proxy.id, e.reason, e.proxy.a_to_b.bytes, e.proxy.b_to_a.bytes, e.tls_alert)
+                for e in self.ended(0)]
 
     def list(self):
         self.calls.append("list")
@@ -604,6 +640,73 @@ def test_kernel_refusal_is_a_failure():
         assert c.failures == {"EPERM": 1} and c.created == 0
         assert r.kinds("failed")[0]["reason"] == "kernel refused the proxy: need CAP_NET_ADMIN (EPERM)"
     finally:
+        echo.close()
+
+
+def test_without_connection_events_the_counts_stay():
+    """connection_events=False (text output): no "proxy" or "ended" event,
+    the same counters and bytes."""
+    echo = EchoServer()
+    r = Running(RelayKproxy(), echo.addr, options={"connection_events": False})
+    try:
+        for _ in range(3):
+            with r.connect() as c:
+                c.sendall(b"x" * 100)
+                assert recv_all(c, 100) == b"x" * 100
+        wait_for(lambda: r.server.snapshot()["ended"] == 3)
+        c = r.stop()
+        assert (c.accepted, c.created, c.ended, c.bytes_a_to_b, c.bytes_b_to_a) == \
+            (3, 3, 3, 300, 300)
+        assert r.kinds("proxy") == [] and r.kinds("ended") == []
+        assert [k for k, _ in r.events][0] == "listening"
+    finally:
+        echo.close()
+
+
+def recv_all(c, n):
+    got = b""
+    while len(got) < n:
+        d = c.recv(65536)
+        assert d, "EOF"
+        got += d
+    return got
+
+
+def test_a_wakeup_makes_its_proxies_in_one_send():
+    """Connections waiting together are accepted, connected and joined
+    together (one send_creates); a refusal among them fails that client
+    alone, in the kernel's words."""
+    echo = EchoServer()
+    kp = RelayKproxy()
+    kp.refuse_every = 3
+    server = Server(kp, resolve("127.0.0.1:0", listen=True), echo.addr)
+    addr = server.open()
+    clients = [socket.create_connection(addr.sockaddr()[:2], timeout=T) for _ in range(6)]
+    events = []
+    t = threading.Thread(target=server.run, kwargs={"install_signals": False},
+                         daemon=True)
+    server.on_event = lambda kind, data: events.append((kind, data))
+    t.start()
+    try:
+        wait_for(lambda: server.snapshot()["created"] + server.snapshot()["failed"] == 6)
+        assert kp.batches == [6]
+        served, refused = [], []
+        for c in clients:
+            try:
+                c.sendall(b"ping")
+                (served if c.recv(4) == b"ping" else refused).append(c)
+            except ConnectionResetError:
+                refused.append(c)
+        assert (len(served), len(refused)) == (4, 2)
+        failed = [d for k, d in events if k == "failed"]
+        assert [(d["stage"], d["error"]["errno_name"], d["reason"]) for d in failed] == \
+            [("create", "ENOTCONN", "kernel refused the proxy: not a connected TCP socket "
+                                    "(attribute fd-a) (ENOTCONN)")] * 2
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+        t.join(T)
         echo.close()
 
 

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,10 @@ DOWNLOADS = 20
 CURL = shutil.which("curl")
 SHORT_CONNS = int(os.environ.get("KPROXY_SERVE_SHORT_CONNS", long_or(2000, 200)))
 CPU_MIB = int(os.environ.get("KPROXY_SERVE_CPU_MIB", long_or(256, 64)))
+# serve's two paths: a kernel listener (the default) and its own accept loop,
+# which joins a wakeup's connections with one send and no acks.
+PATHS = ((), ("--userspace",))
+PATH_IDS = ("listener", "userspace")
 
 
 # -- serve as a subprocess ------------------------------------------------------------
@@ -491,9 +496,10 @@ def test_ipv6_loopback():
         echo.close()
 
 
-def test_target_down_client_ends_within_a_second_and_serve_goes_on():
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_target_down_client_ends_within_a_second_and_serve_goes_on(path):
     port = free_port()
-    with serving("127.0.0.1:0", f"127.0.0.1:{port}") as s:
+    with serving("127.0.0.1:0", f"127.0.0.1:{port}", *path) as s:
         for _ in range(3):
             t0 = time.monotonic()
             try:
@@ -524,11 +530,12 @@ def test_target_down_client_ends_within_a_second_and_serve_goes_on():
     assert summary["created"] == 1 and summary["accepted"] == 4
 
 
-def test_max_conns_5_of_10():
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_max_conns_5_of_10(path):
     echo = EchoServer()
     held = []
     try:
-        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}", "--max-conns", "5") as s:
+        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}", "--max-conns", "5", *path) as s:
             served = refused = 0
             for i in range(10):
                 try:
@@ -563,11 +570,13 @@ def test_max_conns_5_of_10():
         echo.close()
 
 
-def test_short_connections_in_a_row(record_property):
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_short_connections_in_a_row(record_property, path):
     echo = EchoServer()
     payload = os.urandom(1024)
+    suffix = "_userspace" if path else ""
     try:
-        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}") as s:
+        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}", *path) as s:
             def one():
                 with s.connect() as c:
                     c.sendall(payload)
@@ -583,8 +592,9 @@ def test_short_connections_in_a_row(record_property):
             took = time.monotonic() - t0
             rate = SHORT_CONNS / took
             record_property("serve_short_conns", SHORT_CONNS)
-            record_property("serve_conn_rate_per_s", round(rate, 1))
-            print(f"\nserve: {SHORT_CONNS} short connections in {took:.1f}s = {rate:.0f}/s")
+            record_property(f"serve_conn_rate_per_s{suffix}", round(rate, 1))
+            print(f"\nserve{suffix}: {SHORT_CONNS} short connections in {took:.1f}s = "
+                  f"{rate:.0f}/s")
             wait_no_proxies(echo.port, timeout=120)
             # the serve process keeps nothing per connection
             wait_for(lambda: fd_count(s.pid) <= fds_before, timeout=30,
@@ -592,6 +602,58 @@ def test_short_connections_in_a_row(record_property):
             summary = s.stop()
         assert summary["created"] == SHORT_CONNS + 1 and summary["failed"] == 0
         assert summary["accepted"] == SHORT_CONNS + 1 and summary["active"] == 0
+    finally:
+        echo.close()
+
+
+WORKER_CONNS = 200
+
+
+def test_userspace_workers_carry_every_connection(record_property):
+    """--userspace --workers 2: two processes accept on one port; 200
+    connections (8 clients at once) each get their own random bytes back,
+    the sha256 of all that came back is that of all that was sent, both
+    workers served, and the one summary counts every connection and byte."""
+    echo = EchoServer()
+    size = 4096
+    sent, back = hashlib.sha256(), hashlib.sha256()
+    lock = threading.Lock()
+    try:
+        with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}", "--userspace",
+                     "--workers", "2") as s:
+            (listening,) = s.kinds("listening")
+            assert len(listening["workers"]) == 2
+            assert all(pid != s.pid for pid in listening["workers"])
+
+            def client(count: int) -> None:
+                for _ in range(count):
+                    payload = os.urandom(size)
+                    with s.connect() as c:
+                        c.sendall(payload)
+                        got = recv_exact(c, size)
+                        c.shutdown(socket.SHUT_WR)
+                        assert c.recv(1) == b""
+                    with lock:  # pairs hashed together: the order of connections is free
+                        sent.update(payload)
+                        back.update(got)
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                for f in [pool.submit(client, WORKER_CONNS // 8) for _ in range(8)]:
+                    f.result(timeout=600)  # a client's failure fails the test
+            took = time.monotonic() - t0
+            record_property("serve_workers_conn_rate_per_s", round(WORKER_CONNS / took, 1))
+            assert back.hexdigest() == sent.hexdigest()
+            s.wait_event(lambda e: len(s.kinds("ended")) >= WORKER_CONNS, 120)
+            proxies = s.kinds("proxy")
+            assert len(proxies) == WORKER_CONNS
+            assert {p["worker"] for p in proxies} == {0, 1}  # SO_REUSEPORT spread them
+            summary = s.stop()
+        assert (summary["accepted"], summary["created"], summary["ended"],
+                summary["failed"], summary["active"]) == (WORKER_CONNS, WORKER_CONNS,
+                                                          WORKER_CONNS, 0, 0)
+        assert summary["bytes_a_to_b"] == summary["bytes_b_to_a"] == WORKER_CONNS * size
+        wait_no_proxies(echo.port)
     finally:
         echo.close()
 
@@ -688,7 +750,8 @@ def test_drain_waits_for_proxies():
         echo.close()
 
 
-def test_parser_and_verdict_drop_prefixed_messages():
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_parser_and_verdict_drop_prefixed_messages(path):
     """--parser lenprefix --verdict drop-prefix --prefix DROP: of 20 messages
     the 5 starting with DROP never reach the target; the 15 others come back
     whole and in order."""
@@ -707,7 +770,7 @@ def test_parser_and_verdict_drop_prefixed_messages():
     echo = FramedEchoServer()
     try:
         with serving("127.0.0.1:0", f"127.0.0.1:{echo.port}", "--parser", "lenprefix",
-                     "--verdict", "drop-prefix", "--prefix", "DROP") as s:
+                     "--verdict", "drop-prefix", "--prefix", "DROP", *path) as s:
             progs = s.kinds("listening")[0]["programs"]
             assert set(progs) == {"parser", "verdict"}
             with s.connect() as c:
