@@ -7,7 +7,7 @@ one nginx backend, through:
     direct             nginx itself
     haproxy            HAProxy `mode http` with the deny rules below
     nginx-proxy        nginx as a reverse proxy (keep-alive upstream), same rules
-    kproxy-l4          kpctl serve (kernel listener), no parser: the floor
+    kproxy             kpctl serve (kernel listener), no parser: the floor
     kproxy-http        kpctl serve --http: parser both ways, http-filter, no rules
     kproxy-http-rules  kpctl serve --http with the deny rules
 
@@ -31,7 +31,7 @@ from typing import Callable
 HOST = "127.0.0.1"
 BACKEND_PORT = 20060
 PORT_BASE = 20061
-PEERS = ("direct", "haproxy", "nginx-proxy", "kproxy-l4", "kproxy-http", "kproxy-http-rules")
+PEERS = ("direct", "haproxy", "nginx-proxy", "kproxy", "kproxy-http", "kproxy-http-rules")
 FILTERING = frozenset({"haproxy", "nginx-proxy", "kproxy-http-rules"})
 PATH = "/index.bin"
 BODY_SIZE = 1024
@@ -147,7 +147,7 @@ def peer_argvs(peers: list[str], work: Path, kpctl: str) -> dict[str, list[str]]
             argvs["nginx-http-proxy"] = ["nginx", "-p", str(work), "-e",
                                          str(work / "nginx-http-proxy.error.log"), "-c", str(conf)]
         elif peer.startswith("kproxy"):
-            extra = {"kproxy-l4": [], "kproxy-http": ["--http"],
+            extra = {"kproxy": [], "kproxy-http": ["--http"],
                      "kproxy-http-rules": ["--http", *KPROXY_RULES]}[peer]
             argvs[peer] = [kpctl, "serve", "-q", f"{HOST}:{port}", target, *extra]
     return argvs

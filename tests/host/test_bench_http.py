@@ -83,10 +83,10 @@ def test_goals_compare_rules_with_haproxy_and_with_no_rules():
 
 def test_every_peer_has_its_process_and_kproxy_its_rules(tmp_path):
     argvs = hb.peer_argvs(list(hb.PEERS), tmp_path, "/usr/bin/kpctl")
-    assert set(argvs) == {"http-backend", "haproxy-http", "nginx-http-proxy", "kproxy-l4",
+    assert set(argvs) == {"http-backend", "haproxy-http", "nginx-http-proxy", "kproxy",
                           "kproxy-http", "kproxy-http-rules"}
     target = f"127.0.0.1:{hb.BACKEND_PORT}"
-    assert argvs["kproxy-l4"] == ["/usr/bin/kpctl", "serve", "-q", "127.0.0.1:20063", target]
+    assert argvs["kproxy"] == ["/usr/bin/kpctl", "serve", "-q", "127.0.0.1:20063", target]
     assert argvs["kproxy-http"][5:] == ["--http"]
     assert argvs["kproxy-http-rules"][5:] == ["--http", "--deny-path", "/admin",
                                               "--allow-methods", "GET,HEAD,POST",
