@@ -187,7 +187,13 @@ int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 		WRITE_ONCE(dir->msgs, dir->msgs + 1);
 		done = len;
 	}
-	if (kproxy_queue_full(dir))
+	/*
+	 * Whatever stopped us short ends the read: the TLS layer's read_sock
+	 * goes on to its next record while count is left, and the rest of
+	 * this one would be lost (tcp_read_sock offers it again). A clone
+	 * that would pass the bound stops us short of a full queue.
+	 */
+	if (done < len || kproxy_queue_full(dir))
 		desc->count = 0;
 	return done;
 }
