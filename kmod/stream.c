@@ -193,11 +193,10 @@ int kproxy_recv_actor(read_descriptor_t *desc, struct sk_buff *skb,
 		done = len;
 	}
 	/*
-	 * Whatever stopped us short stops the read: the TLS layer's
-	 * read_sock goes on to the next record with count left, dropping
-	 * the rest of this one (tcp_read_sock would offer it again). The
-	 * queue may have drained since the pause, so fullness alone does
-	 * not tell.
+	 * Whatever stopped us short ends the read: the TLS layer's read_sock
+	 * goes on to its next record while count is left, and the rest of
+	 * this one would be lost (tcp_read_sock offers it again). A clone
+	 * that would pass the bound stops us short of a full queue.
 	 */
 	if (done < len || kproxy_queue_full(dir))
 		desc->count = 0;

@@ -600,38 +600,21 @@ class Kproxy:
             return got
         template, _, _ = self._create_template()
         id_type = self._id_attr_type()
-        header = wire.NLMSGHDR.unpack_from
         nla = wire.NLAHDR.unpack_from
         buf = self._buf
         with self._lock:
-            recv = self._recv_nowait()
             fid = self.family_id
-            while True:
-                try:
-                    n = recv(buf)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno == errno.ENOBUFS:
-                        self._ends_lost = True
-                        continue
-                    raise _os_error(e) from None
-                off = 0
-                while off + 16 <= n:
-                    length, mtype, flags, mseq, _pid = header(buf, off)
-                    if length < 16 or off + length > n:
-                        break
-                    if mseq in want:
-                        if mtype == fid:
-                            got[mseq] = _first_u32(buf, off + wire.HEADERS, off + length,
-                                                   id_type, nla)
-                        elif mtype == wire.NLMSG_ERROR:
-                            m = wire.error_message(buf, off, length, flags, mseq)
-                            got[mseq] = KproxyError(m.error or errno.EPROTO,
-                                                    wire.error_text(self._spec, m, template))
-                    elif mseq == 0 and mtype == fid:
-                        self._keep_end(buf, off, length)
-                    off += (length + 3) & ~3
+            for off, length, mtype, flags, mseq in self._messages_nowait():
+                if mseq in want:
+                    if mtype == fid:
+                        got[mseq] = _first_u32(buf, off + wire.HEADERS, off + length,
+                                               id_type, nla)
+                    elif mtype == wire.NLMSG_ERROR:
+                        m = wire.error_message(buf, off, length, flags, mseq)
+                        got[mseq] = KproxyError(m.error or errno.EPROTO,
+                                                wire.error_text(self._spec, m, template))
+                elif mseq == 0 and mtype == fid:
+                    self._keep_end(buf, off, length)
         for seq in want - got.keys():
             self._ends_lost = True
             got[seq] = KproxyError(errno.ENOBUFS, "the kernel's answer was lost (receive "
@@ -644,39 +627,49 @@ class Kproxy:
         parsed for its id, reason and byte counts alone: what serve
         counts, at a fraction of a full decode per connection."""
         with self._lock:
-            recv = self._recv_nowait()
             out = [EndBrief(e.proxy.id, e.reason or "?", e.proxy.a_to_b.bytes,
                             e.proxy.b_to_a.bytes, e.tls_alert)
                    for e in self._ends if e.kind == "del"]
             self._ends.clear()
             parse = self._end_parser()
             buf = self._buf
-            header = wire.NLMSGHDR.unpack_from
             fid = self.family_id
-            while True:
-                try:
-                    n = recv(buf)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno == errno.ENOBUFS:
-                        self._ends_lost = True
-                        continue
-                    raise _os_error(e) from None
-                off = 0
-                while off + 16 <= n:
-                    length, mtype, _flags, mseq, _pid = header(buf, off)
-                    if length < 16 or off + length > n:
-                        break
-                    if mseq == 0 and mtype == fid:
-                        end = parse(buf, off, off + length)
-                        if end is not None:
-                            out.append(end)
-                    off += (length + 3) & ~3
+            for off, length, mtype, _flags, mseq in self._messages_nowait():
+                if mseq == 0 and mtype == fid:
+                    end = parse(buf, off, off + length)
+                    if end is not None:
+                        out.append(end)
             if self._ends_lost:
                 self._ends_lost = False
                 raise KproxyError(errno.ENOBUFS, "ends of proxies were lost (receive buffer full)")
             return out
+
+    def _messages_nowait(self) -> Iterator[tuple[int, int, int, int, int]]:
+        """(offset, length, type, flags, seq) of every message waiting on
+        the request socket, each datagram read into self._buf, without
+        blocking; a datagram the kernel dropped (ENOBUFS) marks ends lost.
+        The caller holds self._lock and reads a message's bytes before the
+        next one is asked for."""
+        recv = self._recv_nowait()
+        buf = self._buf
+        header = wire.NLMSGHDR.unpack_from
+        while True:
+            try:
+                n = recv(buf)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._ends_lost = True
+                    continue
+                raise _os_error(e) from None
+            off = 0
+            while off + 16 <= n:
+                length, mtype, flags, mseq, _pid = header(buf, off)
+                if length < 16 or off + length > n:
+                    break
+                yield off, length, mtype, flags, mseq
+                off += (length + 3) & ~3
 
     def _recv_nowait(self) -> Callable[[bytearray], int]:
         """recv_into() of the request socket that raises BlockingIOError at

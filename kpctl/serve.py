@@ -287,6 +287,17 @@ class Counters:
         return out
 
 
+def emit_guarded(on_event: Callable[[str, dict], None], kind: str, data: dict) -> None:
+    """on_event(kind, data), whose failure must not end the service (a
+    drawing bug); a closed output (BrokenPipeError) still stops it."""
+    try:
+        on_event(kind, data)
+    except BrokenPipeError:
+        raise
+    except Exception:  # noqa: BLE001 - a drawing bug must not kill the service
+        pass
+
+
 def load_programs(options: ServeOptions,
                   loader: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Load the programs `options` names, once: {"parser": Program, ...},
@@ -800,12 +811,7 @@ class Server:
             self._own_client = False
 
     def _emit(self, kind: str, data: dict) -> None:
-        try:
-            self.on_event(kind, data)
-        except BrokenPipeError:
-            raise
-        except Exception:  # noqa: BLE001 - a drawing bug must not kill the service
-            pass
+        emit_guarded(self.on_event, kind, data)
 
     def _publish(self) -> dict[str, Any]:
         c = self.counters

@@ -22,7 +22,7 @@ fail that way). TLS needs handshakes in userspace: those options keep the
 userspace path (kpctl.serve.make_server decides).
 
 Without per-connection events (options.connection_events false: text
-output, a shell job) the listener does not notify at all, and not even the
+output in the foreground) the listener does not notify at all, and not even the
 live set costs Python per connection: created, ended, the ended proxies'
 bytes and the active count come from the listener's counters, once a tick.
 

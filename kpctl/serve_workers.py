@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from .address import Address, ServeError
 from .errors import KproxyError
-from .serve import STOP_MODES, TICK, Counters, ServeOptions, Server
+from .serve import STOP_MODES, TICK, Counters, ServeOptions, Server, emit_guarded
 
 # Counters that are not summed over the workers.
 _NOT_SUMMED = ("failures", "started", "elapsed")
@@ -342,12 +342,7 @@ class WorkerPool:
         return self._published
 
     def _emit(self, kind: str, data: dict) -> None:
-        try:
-            self.on_event(kind, data)
-        except BrokenPipeError:
-            raise
-        except Exception:  # noqa: BLE001 - a drawing bug must not end the service
-            pass
+        emit_guarded(self.on_event, kind, data)
 
 
 def _control(fd: int, server: Server) -> None:

@@ -91,9 +91,11 @@ def _open_server(ctx: Context, ns: Namespace, client: Any, on_event: Any) -> Any
         except BaseException:
             load_failed.append(spec)  # not the exception: its traceback would make a cycle
             raise
-    # Only JSON lines print every connection (a job, the status line and
-    # the summary need counts alone).
-    events = bool(ctx.json) and not getattr(ns, "background", False)
+    # Text in the foreground needs counts alone, redrawn once a second: the
+    # listener's counters, polled as often, serve them. JSON lines print
+    # every connection, and a shell job answers `jobs` at any moment,
+    # which the notifications keep current.
+    events = bool(ctx.json) or bool(getattr(ns, "background", False))
     server = factory(client, listen, target, serve_options(ns, connection_events=events),
                      on_event=on_event,
                      netns=ctx.netns, loader=loader)

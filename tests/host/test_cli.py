@@ -1027,3 +1027,22 @@ def test_internal_error_in_a_real_process_has_no_traceback(tmp_path):
         env=dict(os.environ, PYTHONPATH=REPO))
     assert r.returncode == 2
     assert r.stderr == "Error: internal error: KeyError: 'x'\n"
+
+
+@pytest.mark.parametrize("argv,events", [(["serve"], False), (["-j", "serve"], True)])
+def test_serve_asks_for_per_connection_events_only_for_json(argv, events):
+    """Text in the foreground shows counts alone, from the kernel listener's
+    counters (no notification per connection); -j prints every connection."""
+    seen = []
+
+    class Refusing:
+        def __init__(self, client, listen, target, options, **kw):
+            seen.append(options.connection_events)
+
+        def open(self):
+            raise KproxyError(errno.EADDRINUSE, "stop here")
+
+    h = Harness(FakeKproxy())
+    h.server_factory = Refusing
+    assert h.run(*argv, "127.0.0.1:9000", "127.0.0.1:9001") != 0
+    assert seen == [events]

@@ -375,6 +375,7 @@ def _ended_event(s: Serve, pid: int) -> dict:
 
 def test_corrupted_record_after_the_handshake_ends_with_error(echoing, pki, dmesg):
     s = echoing
+    echo_works(s, pki)  # serve's steady state: what its first proxy opens once is open
     fds = fd_count(s.pid)
     seen = len(s.kinds("proxy"))
     c = s.connect()

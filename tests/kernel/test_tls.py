@@ -15,6 +15,7 @@ import contextlib
 import errno
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -377,6 +378,39 @@ def test_one_byte_records_toward_an_app_that_never_reads_hold_bounded_memory(kp,
     finally:
         t.close()
     assert dmesg.bad() == []
+
+
+def test_full_records_toward_an_app_that_reads_late_lose_nothing(kp, pki, server_cfg, dmesg):
+    """Full 16 KiB records toward an app that does not read at first: the
+    direction's queue reaches its bound, so reads of the TLS layer stop
+    short, in the middle of a record. When the app reads, every byte
+    arrives, in order (sha256): a record read in part is read on later,
+    never skipped."""
+    t = terminate(kp, server_cfg, pki=pki)
+    try:
+        t.app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        total = 4 << 20
+        tx = Sender(t.peer, total, 7)
+        tx.start()
+        # Until nothing moves: the app's buffers and the direction's queue
+        # are full, and the proxy has stopped reading.
+        wait_for(lambda: queue_stalled(t.proxy_id), timeout=IO_TIMEOUT,
+                 what="the direction to stall")
+        t.app.settimeout(IO_TIMEOUT)
+        rx = Receiver(t.app, total)
+        rx.start()
+        join_all([tx, rx], timeout=600)
+        assert rx.digest == tx.digest, "bytes lost or reordered"
+    finally:
+        t.close()
+    assert dmesg.bad() == []
+
+
+def queue_stalled(pid: int) -> bool:
+    """The a-to-b direction has sent something, then nothing for a second."""
+    first = proc_line(pid).a_to_b.bytes
+    time.sleep(1.0)
+    return first > 0 and proc_line(pid).a_to_b.bytes == first
 
 
 # --- a hostile co-owner, hand-back -----------------------------------------------
