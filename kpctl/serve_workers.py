@@ -103,6 +103,7 @@ class WorkerPool:
         self._factory = server_factory
         self._workers: list[_Worker] = []
         self._probe: socket.socket | None = None
+        self._programs: dict[str, Any] = {}
         # Re-entrant: the signal handler runs in the main thread, maybe
         # while that thread is in _tell() already.
         self._lock = threading.RLock()
@@ -119,13 +120,15 @@ class WorkerPool:
     def open(self) -> Address:
         """Bind the port, start the workers and wait until each listens;
         raises the first worker's error (EADDRINUSE, a BPF load...) after
-        ending the others.  The programs are loaded here first, once, and
-        closed: a bad name is told as without workers (then each worker
-        loads its own)."""
-        from .serve import close_programs, load_programs
-        close_programs(load_programs(self.options, self._loader))
-        self._bind_probe()
+        ending the others.  The programs are loaded here, once, before the
+        workers are forked: every worker attaches the same programs, so
+        one service has one set of maps (`kpctl http-rules` on any of its
+        proxies changes the rules of all).  The parent closes its
+        descriptors once the workers have ended."""
+        from .serve import load_programs
+        self._programs = load_programs(self.options, self._loader)
         try:
+            self._bind_probe()
             for index in range(self.workers):
                 self._spawn(index)
             self._wait_listening()
@@ -201,6 +204,7 @@ class WorkerPool:
             sel.close()
 
     def _abort(self) -> None:
+        self._close_programs()
         for w in self._workers:
             _close_fd(w.control)
             try:
@@ -213,6 +217,11 @@ class WorkerPool:
                 pass
             _close_fd(w.events)
         self._workers = []
+
+    def _close_programs(self) -> None:
+        from .serve import close_programs
+        close_programs(self._programs)
+        self._programs = {}
 
     # -- in the worker -----------------------------------------------------------
 
@@ -231,7 +240,7 @@ class WorkerPool:
         options = dataclasses.replace(self.options, reuseport=True)
         factory = self._factory or (lambda listen, target, opts, on_event: Server(
             None, listen, target, opts, on_event=on_event, netns=self._netns,
-            loader=self._loader))
+            loader=self._loader, programs=self._programs or None))
         try:
             server = factory(self.listen_addr, self.target, options, send)
             server.open()
@@ -316,6 +325,7 @@ class WorkerPool:
                     os.waitpid(w.pid, 0)
                 except ChildProcessError:
                     pass
+            self._close_programs()
         final = self._publish()
         self._emit("stopped", final)
         c = Counters()

@@ -30,7 +30,8 @@ from util import IO_TIMEOUT, wait_for
 BIG = 16 << 20
 CURL_TIMEOUT = 600
 RULES = ("--deny-path", "/admin", "--allow-methods", "GET,HEAD,POST,PUT")
-MODES = {"listener": (), "userspace": ("--userspace",)}
+MODES = {"listener": (), "userspace": ("--userspace",),
+         "workers": ("--userspace", "--workers", "2")}
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,33 @@ def test_http_rules_on_a_live_listener_and_show_counts(www, nginx, dmesg):
         assert nginx.requests()[seen:] == []
         wait_for(lambda: not [x for x in kpctl_json("list") if x["id"] == p["id"]],
                  what="the denied proxy to end")
+        s.stop()
+    assert dmesg.bad() == []
+
+
+def test_workers_share_one_set_of_rules(www, nginx, dmesg):
+    """--workers' processes attach the programs their parent loaded: new
+    rules given through any one proxy hold on every worker's."""
+    with serving("127.0.0.1:0", f"127.0.0.1:{nginx.http_port}", "--http", "--userspace",
+                 "--workers", "2") as s:
+        conns = [socket.create_connection(("127.0.0.1", s.port), timeout=IO_TIMEOUT)
+                 for _ in range(8)]
+        try:
+            readers = [Reader(c) for c in conns]
+            for c, r in zip(conns, readers):
+                c.sendall(get("/small.txt"))
+                assert r.response()[0] == 200
+            proxies = kpctl_json("list")
+            assert len(proxies) == 8
+            kpctl_json("http-rules", str(proxies[0]["id"]), "--deny-path", "/small")
+            seen = len(nginx.requests())
+            for c, r in zip(conns, readers):
+                c.sendall(get("/small.txt"))
+                assert r.eof() == REPLY[403]
+        finally:
+            for c in conns:
+                c.close()
+        assert nginx.requests()[seen:] == []
         s.stop()
     assert dmesg.bad() == []
 
