@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+import http_bench  # noqa: E402
 import stats  # noqa: E402
 
 
@@ -93,6 +94,7 @@ def goals(recs: list[dict]) -> list[str]:
     out.append(_goal("idle proxy slab <= 1024 B", m("idle proxy memory", "kproxy", "slab"), 1024, False))
     out += connect_goals(recs)
     out += tls_goals(recs)
+    out += http_bench.goals(recs)
     return out
 
 
