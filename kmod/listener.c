@@ -271,6 +271,14 @@ static int kproxy_conn_start(struct kproxy_conn *c)
 		return KPROXY_LC_FAILED_OTHER;
 	}
 	sk = c->upstream->sk;
+	/*
+	 * A parser sends each message on its own: without Nagle, else a body
+	 * framed apart from its header block waits for the backend's delayed
+	 * ACK of the header (40 ms a request). The client's side inherits the
+	 * listening socket's TCP_NODELAY, its owner's choice (serve sets it).
+	 */
+	if (l->prog[KPROXY_BPF_KIND_PARSER])
+		tcp_sock_set_nodelay(sk);
 	if (l->source.ss_family) {
 		err = kernel_bind(c->upstream, KPROXY_SOCKADDR(&l->source),
 				  kproxy_addr_len(&l->source));
