@@ -337,12 +337,30 @@ static int kproxy_strp_process(struct kproxy_dir *dir, struct sk_buff *skb,
 			       unsigned int offset, size_t len)
 {
 	struct kproxy_parser *parser = dir->bpf.parser;
+	struct sk_buff *trimmed = NULL;
 	int used;
 
 	if (parser->strp.skb_head && parser->pieces >= KPROXY_MSG_PIECES)
 		return -E2BIG;
+	/*
+	 * The strparser chains a message's later skbs whole from @offset
+	 * on, to their end: a kTLS record's skb goes on past @len (its
+	 * content type, its padding), bytes that would land inside the
+	 * message. Such an skb is fed trimmed to @len.
+	 */
+	if (offset + len < skb->len) {
+		trimmed = skb_clone(skb, GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+		if (!trimmed)
+			return -ENOMEM;
+		if (pskb_trim(trimmed, offset + len)) {
+			kfree_skb(trimmed);
+			return -ENOMEM;
+		}
+		skb = trimmed;
+	}
 	used = strp_process(&parser->strp, skb, offset, len, KPROXY_MSG_MAX,
 			    LONG_MAX);
+	consume_skb(trimmed);
 	/* A message still in progress holds one more piece. */
 	if (parser->strp.skb_head)
 		parser->pieces++;

@@ -308,14 +308,7 @@ int kproxy_tls_read(struct kproxy_dir *dir)
 	const struct proto_ops *ops = kproxy_src(dir)->sk_socket->ops;
 	int ret;
 
-	/*
-	 * A parser reads through the copy path on every kernel: 16 MiB
-	 * bodies framed from a kTLS source through the TLS layer's
-	 * read_sock arrived corrupted on 6.12 (same length, other bytes;
-	 * not understood yet), through the copy path intact on 6.1.
-	 */
-	if (ops->read_sock && ops->read_sock != tcp_read_sock &&
-	    !dir->bpf.strp_on && !READ_ONCE(dir->bpf.want[KPROXY_BPF_KIND_PARSER]))
+	if (ops->read_sock && ops->read_sock != tcp_read_sock)
 		ret = kproxy_tls_read_locked(dir);
 	else
 		ret = kproxy_tls_read_copy(dir);

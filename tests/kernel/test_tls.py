@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import os
 import socket
 import struct
 import time
@@ -352,6 +354,27 @@ def test_verdict_drops_a_prefix_of_decrypted_messages(kp, pki, server_cfg, dmesg
         t.close()
         lp.close()
         dp.close()
+    assert dmesg.bad() == []
+
+
+def test_messages_across_records_reach_the_parser_whole(kp, pki, server_cfg, dmesg):
+    """Messages many records long, framed by a parser on the decrypted
+    direction, arrive byte for byte: a record's skb from the TLS layer
+    goes on past its plaintext (content type, padding), and those bytes
+    once landed inside the message (same length, other bytes)."""
+    t = terminate(kp, server_cfg, pki=pki)
+    lp = bpf.load("lenprefix")
+    try:
+        kp.attach(t.proxy_id, "parser", lp, "a-to-b")
+        msgs = [os.urandom(n) for n in (100_000, 1, 65_537, 300_000)]
+        want = b"".join(struct.pack(">I", len(m)) + m for m in msgs)
+        t.peer.sendall(want)
+        got = recv_exact(t.app, len(want))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
+        assert kp.get(t.proxy_id).a_to_b.msgs == len(msgs)
+    finally:
+        t.close()
+        lp.close()
     assert dmesg.bad() == []
 
 
