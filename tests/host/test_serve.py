@@ -1662,8 +1662,13 @@ class FakeTls:
         from kpctl.tls import TlsError
         self._record(config)
         sock.settimeout(timeout)
-        sock.sendall(b"HELLO")
-        if recv_all(sock, 5) != b"HELLO":  # the echo target answers in kind
+        try:
+            sock.sendall(b"HELLO")
+            answer = recv_all(sock, 5)
+        except OSError as e:  # a target that resets: told as kpctl.tls tells it
+            raise TlsError(e.errno or errno.EIO, f"TLS handshake failed: {e.strerror or e}") \
+                from None
+        if answer != b"HELLO":  # the echo target answers in kind
             raise TlsError(errno.ECONNRESET, "TLS handshake failed: the peer closed the "
                                              "connection")
         return FakeSession("TLSv1.2", 52)
