@@ -585,6 +585,53 @@ struct bpf_prog *kproxy_bpf_want(struct kproxy_dir *dir, int kind,
 	return old;
 }
 
+/* Does a verdict given for @verdict_dir (KPROXY_DIRECTION_*) judge @d? */
+static bool kproxy_bpf_judges(u32 verdict_dir, int d)
+{
+	return verdict_dir == KPROXY_DIRECTION_BOTH ||
+	       verdict_dir == (d == KPROXY_A_TO_B ? KPROXY_DIRECTION_A_TO_B :
+						  KPROXY_DIRECTION_B_TO_A);
+}
+
+/*
+ * Programs given with a proxy (proxy-new, a listener's), attached under
+ * kproxy_lock before it runs, so none of its bytes passes unparsed or
+ * unjudged: @prog[kind] (NULL: none) on both directions, the verdict on
+ * those @verdict_dir names, answering with @replies. Each direction takes
+ * its own program reference; on error kproxy_join() releases what was
+ * attached.
+ */
+int kproxy_bpf_attach_new(struct kproxy *kp, struct bpf_prog *const prog[2],
+			  u32 verdict_dir, struct kproxy_replies *replies)
+{
+	int kind, d, err;
+
+	for (kind = 0; kind < 2; kind++) {
+		if (!prog[kind])
+			continue;
+		for (d = 0; d < 2; d++) {
+			err = kproxy_bpf_prepare(&kp->dir[d], kind);
+			if (err)
+				return err;
+		}
+	}
+	for (kind = 0; kind < 2; kind++) {
+		if (!prog[kind])
+			continue;
+		for (d = 0; d < 2; d++) {
+			if (kind != KPROXY_BPF_KIND_VERDICT) {
+				bpf_prog_inc(prog[kind]);
+				kproxy_bpf_want(&kp->dir[d], kind, prog[kind]);
+			} else if (kproxy_bpf_judges(verdict_dir, d)) {
+				bpf_prog_inc(prog[kind]);
+				kproxy_bpf_want_verdict(&kp->dir[d], prog[kind],
+							replies);
+			}
+		}
+	}
+	return 0;
+}
+
 /*
  * Program id for dumps and /proc, 0 when none is wanted. Holds
  * kproxy_lock, under which kproxy_bpf_release() takes want[] away, or

@@ -354,6 +354,8 @@ u32 kproxy_bpf_id(const struct kproxy_dir *dir, int kind);
 struct bpf_prog *kproxy_bpf_want_verdict(struct kproxy_dir *dir,
 					 struct bpf_prog *prog,
 					 struct kproxy_replies *replies);
+int kproxy_bpf_attach_new(struct kproxy *kp, struct bpf_prog *const prog[2],
+			  u32 verdict_dir, struct kproxy_replies *replies);
 u64 kproxy_bpf_denied(const struct kproxy_dir *dir);
 struct sk_buff *kproxy_bpf_take_reply(struct kproxy_dir *from);
 struct kproxy_replies *kproxy_replies_get(struct kproxy_replies *replies);

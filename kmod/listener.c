@@ -317,46 +317,16 @@ static int kproxy_conn_start(struct kproxy_conn *c)
  * the proxy carries the listener's id and programs, and is counted
  * active before its conn stops being pending.
  */
-/* Does the listener's verdict judge direction @d of its proxies? */
-static bool kproxy_listener_judges(const struct kproxy_listener *l, int d)
-{
-	return l->verdict_dir == KPROXY_DIRECTION_BOTH ||
-	       l->verdict_dir == (d == KPROXY_A_TO_B ? KPROXY_DIRECTION_A_TO_B :
-						     KPROXY_DIRECTION_B_TO_A);
-}
-
 static int kproxy_listener_published(struct kproxy *kp, void *arg)
 {
 	struct kproxy_listener *l = arg;
-	int kind, d, err;
+	int err;
 
 	if (test_bit(KPROXY_LISTENER_DEAD, &l->flags))
 		return -ESHUTDOWN;
-	for (kind = 0; kind < 2; kind++) {
-		if (!l->prog[kind])
-			continue;
-		for (d = 0; d < 2; d++) {
-			err = kproxy_bpf_prepare(&kp->dir[d], kind);
-			if (err)
-				return err;
-		}
-	}
-	for (kind = 0; kind < 2; kind++) {
-		if (!l->prog[kind])
-			continue;
-		for (d = 0; d < 2; d++) {
-			if (kind == KPROXY_BPF_KIND_VERDICT &&
-			    !kproxy_listener_judges(l, d))
-				continue;
-			bpf_prog_inc(l->prog[kind]);
-			if (kind == KPROXY_BPF_KIND_VERDICT)
-				kproxy_bpf_want_verdict(&kp->dir[d], l->prog[kind],
-							l->replies);
-			else
-				kproxy_bpf_want(&kp->dir[d], kind,
-						l->prog[kind]);
-		}
-	}
+	err = kproxy_bpf_attach_new(kp, l->prog, l->verdict_dir, l->replies);
+	if (err)
+		return err;
 	kp->listener_id = l->id;
 	kp->notify_portid = l->notify_portid;
 	l->active++;

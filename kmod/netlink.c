@@ -236,51 +236,6 @@ struct kproxy_new_reply {
 static struct bpf_prog *kproxy_nl_listener_prog(struct genl_info *info,
 						int attr_type);
 
-/* Does a proxy-new verdict go on direction @d? */
-static bool kproxy_nl_new_judges(const struct kproxy_new_reply *r, int d)
-{
-	return r->verdict_dir == KPROXY_DIRECTION_BOTH ||
-	       r->verdict_dir == (d == KPROXY_A_TO_B ? KPROXY_DIRECTION_A_TO_B :
-						     KPROXY_DIRECTION_B_TO_A);
-}
-
-/*
- * proxy-new's programs, under kproxy_lock before the proxy runs, so none
- * of its bytes passes unparsed or unjudged (a filter's first request).
- * Each direction takes its own program reference; on error
- * kproxy_join() releases what was attached.
- */
-static int kproxy_nl_new_attach(struct kproxy *kp, struct kproxy_new_reply *r)
-{
-	int kind, d, err;
-
-	for (kind = 0; kind < 2; kind++) {
-		if (!r->prog[kind])
-			continue;
-		for (d = 0; d < 2; d++) {
-			err = kproxy_bpf_prepare(&kp->dir[d], kind);
-			if (err)
-				return err;
-		}
-	}
-	for (kind = 0; kind < 2; kind++) {
-		if (!r->prog[kind])
-			continue;
-		for (d = 0; d < 2; d++) {
-			if (kind == KPROXY_BPF_KIND_VERDICT &&
-			    !kproxy_nl_new_judges(r, d))
-				continue;
-			bpf_prog_inc(r->prog[kind]);
-			if (kind == KPROXY_BPF_KIND_VERDICT)
-				kproxy_bpf_want_verdict(&kp->dir[d], r->prog[kind],
-							r->replies);
-			else
-				kproxy_bpf_want(&kp->dir[d], kind, r->prog[kind]);
-		}
-	}
-	return 0;
-}
-
 /* proxy-new's program attributes, checked; references in @r. */
 static int kproxy_nl_new_progs(struct genl_info *info,
 			       struct kproxy_new_reply *r)
@@ -339,7 +294,7 @@ static int kproxy_nl_new_published(struct kproxy *kp, void *arg)
 	struct kproxy_new_reply *r = arg;
 	int err;
 
-	err = kproxy_nl_new_attach(kp, r);
+	err = kproxy_bpf_attach_new(kp, r->prog, r->verdict_dir, r->replies);
 	if (err)
 		return err;
 	if (r->info->attrs[KPROXY_A_PROXY_NOTIFY])

@@ -528,14 +528,7 @@ class Kproxy:
         the client's first bytes were forwarded).
         """
         attrs: dict[str, Any] = {"fd-a": _fd(sock_a), "fd-b": _fd(sock_b)}
-        if parser is not None:
-            attrs["parser-fd"] = _prog_fd(parser)
-        if verdict is not None:
-            attrs["verdict-fd"] = _prog_fd(verdict)
-        if replies:
-            attrs["verdict-replies"] = [bytes(r) for r in replies]
-        if verdict_direction is not None:
-            attrs["verdict-direction"] = self._enum_value("direction", verdict_direction)
+        attrs.update(self._program_attrs(parser, verdict, replies, verdict_direction))
         if notify_end:
             if "notify" not in self._spec.attr_sets[self._spec.root_set]:
                 raise KproxyError(errno.EOPNOTSUPP, "this schema has no notify attribute")
@@ -897,6 +890,20 @@ class Kproxy:
                 errno.EINVAL, f"{enum} must be one of {', '.join(en.by_name)}, not {label!r}"
             ) from None
 
+    def _program_attrs(self, parser: Any, verdict: Any, replies: Sequence[bytes] | None,
+                       verdict_direction: Any) -> dict[str, Any]:
+        """The attributes of programs given with proxy-new or listener-new."""
+        attrs: dict[str, Any] = {}
+        if parser is not None:
+            attrs["parser-fd"] = _prog_fd(parser)
+        if verdict is not None:
+            attrs["verdict-fd"] = _prog_fd(verdict)
+        if replies:
+            attrs["verdict-replies"] = [bytes(r) for r in replies]
+        if verdict_direction is not None:
+            attrs["verdict-direction"] = self._enum_value("direction", verdict_direction)
+        return attrs
+
     # listeners
 
     def listen(self, sock_or_fd: Any, target: Endpoint | str | tuple[str, int], *,
@@ -928,14 +935,7 @@ class Kproxy:
             attrs["max-proxies"] = int(max_proxies)
         if connect_timeout is not None:
             attrs["connect-timeout-ms"] = max(1, round(connect_timeout * 1000))
-        if parser is not None:
-            attrs["parser-fd"] = _prog_fd(parser)
-        if verdict is not None:
-            attrs["verdict-fd"] = _prog_fd(verdict)
-        if replies:
-            attrs["verdict-replies"] = [bytes(r) for r in replies]
-        if verdict_direction is not None:
-            attrs["verdict-direction"] = self._enum_value("direction", verdict_direction)
+        attrs.update(self._program_attrs(parser, verdict, replies, verdict_direction))
         if notify:
             attrs["notify"] = True
             self._big_request_rcvbuf()

@@ -187,7 +187,8 @@ def proc_row(proxy_id: int) -> dict[str, str]:
     raise AssertionError(f"proxy {proxy_id} not in /proc/net/kproxy")
 
 
-def test_reply_verdict_sends_reply_after_backend_fin_then_ends_denied(kp):
+def _two_connections() -> tuple[socket.socket, ...]:
+    """(client, side_a, side_b, backend): a proxy joins side_a and side_b."""
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(2)
@@ -197,6 +198,11 @@ def test_reply_verdict_sends_reply_after_backend_fin_then_ends_denied(kp):
     backend, _ = lst.accept()
     lst.close()
     backend.settimeout(IO_TIMEOUT)
+    return client, side_a, side_b, backend
+
+
+def test_reply_verdict_sends_reply_after_backend_fin_then_ends_denied(kp):
+    client, side_a, side_b, backend = _two_connections()
     with bpf.load("lines") as parser, \
             bpf.load_insns("socket_filter", bpf.insn_return(-0x7FFFFFFF)) as verdict:  # 0x80000001
         p = kp.create(side_a, side_b, notify_end=True)
@@ -223,15 +229,7 @@ def test_reply_verdict_sends_reply_after_backend_fin_then_ends_denied(kp):
 
 
 def test_reply_without_such_reply_closes_without_bytes(kp):
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(2)
-    client = socket.create_connection(lst.getsockname(), timeout=IO_TIMEOUT)
-    side_a, _ = lst.accept()
-    side_b = socket.create_connection(lst.getsockname(), timeout=IO_TIMEOUT)
-    backend, _ = lst.accept()
-    lst.close()
-    backend.settimeout(IO_TIMEOUT)
+    client, side_a, side_b, backend = _two_connections()
     with bpf.load("lines") as parser, \
             bpf.load_insns("socket_filter", bpf.insn_return(-0x7FFFFFFB)) as verdict:  # 0x80000005
         p = kp.create(side_a, side_b, notify_end=True)
