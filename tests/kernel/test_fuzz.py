@@ -114,7 +114,8 @@ class AttrPolicy:
     value: int
     min: int | None
     max: int | None
-    flag: bool = False  # NLA_FLAG (no payload), else NLA_U32
+    flag: bool = False  # NLA_FLAG (no payload)
+    binary_max: int | None = None  # NLA_BINARY of at most this length; else NLA_U32
 
 
 @dataclass(frozen=True)
@@ -134,16 +135,23 @@ def _attr_policy(name: str) -> AttrPolicy:
     raw = next(a for s in SPEC.raw["attribute-sets"] if s["name"] == SPEC.root_set
                for a in s["attributes"] if a["name"] == name)
     a = SPEC.attr(SPEC.root_set, name)
-    # The fuzzer models u32 and flag request attributes only: a new type in
-    # a request must be taught to it (and fails here until it is).
-    assert a.type in ("u32", "flag"), f"request attribute {name} is {a.type}: teach the fuzzer"
+    # The fuzzer models u32, flag and binary request attributes only: a new
+    # type in a request must be taught to it (and fails here until it is).
+    assert a.type in ("u32", "flag", "binary"), \
+        f"request attribute {name} is {a.type}: teach the fuzzer"
     if a.type == "flag":
         return AttrPolicy(name, a.value, None, None, flag=True)
     checks = raw.get("checks", {})
+    if a.type == "binary":
+        return AttrPolicy(name, a.value, None, None, binary_max=_const(checks["max-len"]))
     lo, hi = checks.get("min"), checks.get("max")
     if a.enum is not None and hi is None:
         hi = max(SPEC.enums[a.enum].by_value)
     return AttrPolicy(name, a.value, lo, hi)
+
+
+def _const(name: str) -> int:
+    return next(d["value"] for d in SPEC.raw["definitions"] if d["name"] == name)
 
 
 def _ops() -> dict[str, Op]:
@@ -179,6 +187,11 @@ FLAG_ATTRS = {a.name for a in SPEC.attr_sets[SPEC.root_set].values() if a.type =
 KIND = SPEC.enums["bpf-kind"].by_name
 DIRECTION = SPEC.enums["direction"].by_name
 PARSER, VERDICT = KIND["parser"], KIND["verdict"]
+REPLIES_MAX = _const("replies-max")
+REPLY_LEN_MAX = _const("reply-len-max")
+# Optional attributes, most requests come without: proxy-new's programs
+# (in place before the first byte), bpf-attach's replies.
+OPTIONAL_ATTRS = ("parser-fd", "verdict-fd", "verdict-direction", "verdict-replies")
 
 # The module's extack texts a user sees (kmod/proxy.c, kmod/netlink.c).
 MSG_NO_PROXY = "no such proxy in this network namespace"
@@ -187,6 +200,11 @@ MSG_WRONG_PROG = "program is not of type socket_filter"
 MSG_VERDICT_NEEDS_PARSER = "a verdict needs a parser"
 MSG_NOT_ATTACHED = "no program of this kind is attached"
 MSG_VERDICT_ATTACHED = "a verdict is attached"
+MSG_NEW_NOT_PROG = "not a BPF program"
+MSG_NEW_VERDICT_ONLY = "verdict-replies and verdict-direction are for a verdict: give verdict-fd too"
+MSG_NEW_VERDICT_NEEDS_PARSER = "a verdict needs a parser: give parser-fd too"
+MSG_REPLIES_FOR_VERDICT = "verdict-replies are for a verdict"
+MSG_REPLIES_MAX = f"at most {REPLIES_MAX} verdict-replies"
 # ... and the kernel's own (lib/nlattr.c, net/netlink/genetlink.c).
 MSG_UNKNOWN_TYPE = "Unknown attribute type"
 MSG_UNSUPPORTED = "Unsupported attribute"
@@ -364,7 +382,7 @@ def validate_attrs(data: bytes, op: Op) -> dict[int, int]:
             raise PolicyError(errno.EINVAL, MSG_UNSUPPORTED)
         # validate_nla(): the exact length of integers, NLA_F_NESTED, then
         # the type's own check (a flag with a payload: -ERANGE, its default).
-        if not pt.flag and nlen - NLAHDR.size != 4:
+        if not pt.flag and pt.binary_max is None and nlen - NLAHDR.size != 4:
             raise PolicyError(errno.EINVAL, MSG_BAD_LEN)
         if ntype & NLA_F_NESTED:
             raise PolicyError(errno.EINVAL, MSG_NESTED)
@@ -372,6 +390,10 @@ def validate_attrs(data: bytes, op: Op) -> dict[int, int]:
             if nlen > NLAHDR.size:
                 raise PolicyError(errno.ERANGE, MSG_POLICY)
             tb[t] = 1
+        elif pt.binary_max is not None:
+            if nlen - NLAHDR.size > pt.binary_max:
+                raise PolicyError(errno.ERANGE, MSG_POLICY)
+            tb[t] = tb.get(t, 0) + 1  # how many: the handler walks them all
         else:
             (v,) = struct.unpack_from("=I", data, off + NLAHDR.size)
             if (pt.min is not None and v < pt.min) or (pt.max is not None and v > pt.max):
@@ -456,6 +478,9 @@ class Oracle:
         label = "proxy-new"
         if (e := self._missing(tb, ["fd-a", "fd-b"], label)) is not None:
             return e
+        progs = self._new_programs(tb, label)
+        if isinstance(progs, Expect):
+            return progs
         infos = []
         for name in ("fd-a", "fd-b"):  # kproxy_get_socket(), A then B
             fi = classify(tb[A[name]], self.progs)
@@ -480,9 +505,37 @@ class Oracle:
             assert attrs is not None
             self.model.add(ProxyModel(attrs["id"], (infos[0].ino, infos[1].ino),
                                       tuple((fi.local, fi.remote) for fi in infos),
-                                      notify=A["notify"] in tb))
+                                      progs, notify=A["notify"] in tb))
 
         return Expect("reply", label, ack=ack, reply_cmd=SPEC.cmd("proxy-new"), effect=created)
+
+    def _new_programs(self, tb: dict[int, int], label: str) -> dict[tuple[int, int], int] | Expect:
+        """kproxy_nl_new_progs(), before the sockets are looked at: the
+        programs a new proxy starts with ((kind, dir) -> prog id), or the
+        error."""
+        if (A["verdict-replies"] in tb or A["verdict-direction"] in tb) and A["verdict-fd"] not in tb:
+            return Expect("error", label, errno.EINVAL, MSG_NEW_VERDICT_ONLY)
+        if A["verdict-fd"] in tb and A["parser-fd"] not in tb:
+            return Expect("error", label, errno.EINVAL, MSG_NEW_VERDICT_NEEDS_PARSER)
+        ids = {}
+        for kind, name in ((PARSER, "parser-fd"), (VERDICT, "verdict-fd")):
+            if A[name] not in tb:
+                continue
+            fi = classify(tb[A[name]], self.progs)
+            if fi.kind == "none":
+                return Expect("error", label, errno.EBADF, MSG_NEW_NOT_PROG)
+            if fi.kind != "bpf":
+                return Expect("error", label, errno.EINVAL)  # as in do_bpf_attach
+            if not fi.prog.socket_filter:
+                return Expect("error", label, errno.EINVAL, MSG_WRONG_PROG)
+            ids[kind] = fi.prog.id
+        if VERDICT in ids and tb.get(A["verdict-replies"], 0) > REPLIES_MAX:
+            return Expect("error", label, errno.E2BIG, MSG_REPLIES_MAX)
+        progs = {(PARSER, d): ids[PARSER] for d in (0, 1)} if PARSER in ids else {}
+        if VERDICT in ids:
+            for d in dirs_of(tb.get(A["verdict-direction"], DIRECTION["both"])):
+                progs[(VERDICT, d)] = ids[VERDICT]
+        return progs
 
     def do_proxy_del(self, tb: dict[int, int], ack: bool) -> Expect:
         label = "proxy-del"
@@ -507,6 +560,11 @@ class Oracle:
         if (e := self._missing(tb, ["id", "prog-fd", "kind", "direction"], label)) is not None:
             return e
         kind, dirs = tb[A["kind"]], dirs_of(tb[A["direction"]])
+        replies = tb.get(A["verdict-replies"], 0)
+        if kind != VERDICT and replies:
+            return Expect("error", label, errno.EINVAL, MSG_REPLIES_FOR_VERDICT)
+        if replies > REPLIES_MAX:
+            return Expect("error", label, errno.E2BIG, MSG_REPLIES_MAX)
         fi = classify(tb[A["prog-fd"]], self.progs)
         if fi.kind == "none":
             return Expect("error", label, errno.EBADF, MSG_NOT_PROG)
@@ -735,17 +793,39 @@ class Generator:
         r = self.rng
         if name in ("fd-a", "fd-b"):
             return self.fd(bad)
-        if name == "prog-fd":
+        if name in ("prog-fd", "parser-fd", "verdict-fd"):
             return self.prog_fd(bad)
         if name == "id":
             return self.proxy_id(bad, mutating)
         if name == "kind":
             return r.choice(list(KIND.values())) if not bad or r.random() < 0.5 else \
                 r.choice([len(KIND), U32_MAX, r.getrandbits(32)])
-        if name == "direction":
+        if name in ("direction", "verdict-direction"):
             return r.choice(list(DIRECTION.values())) if not bad or r.random() < 0.5 else \
                 r.choice([len(DIRECTION), U32_MAX, r.getrandbits(32)])
         return r.getrandbits(32)
+
+    def replies(self, bad: bool) -> list[bytes]:
+        """verdict-replies: a few short ones; bad, too many or one too long."""
+        r = self.rng
+        n = REPLIES_MAX + r.randint(1, 3) if bad and r.random() < 0.5 else r.randint(1, 3)
+        out = [nla(A["verdict-replies"], r.randbytes(r.randint(0, 32))) for _ in range(n)]
+        if bad and r.random() < 0.5:
+            out[r.randrange(n)] = nla(A["verdict-replies"], r.randbytes(REPLY_LEN_MAX + r.randint(1, 16)))
+        return out
+
+    def new_programs(self) -> list[bytes]:
+        """A valid proxy-new's programs: a parser, maybe a verdict with
+        its direction and replies."""
+        r = self.rng
+        out = [nla(A["parser-fd"], u32(self.prog_fd(False)))]
+        if r.random() < 0.5:
+            out.append(nla(A["verdict-fd"], u32(self.prog_fd(False))))
+            if r.random() < 0.5:
+                out.append(nla(A["verdict-direction"], u32(r.choice(list(DIRECTION.values())))))
+            if r.random() < 0.5:
+                out += self.replies(False)
+        return out
 
     def huge(self) -> int:
         return self.rng.choice([U32_MAX, U32_MAX - 1, INT_MAX, INT_MAX + 1, 1 << 31 | self.rng.getrandbits(31)])
@@ -781,6 +861,11 @@ class Generator:
         bad_fd, bad_id = "bad-fd" in classes, "random-id" in classes
         attrs: list[bytes] = []
         for n in names:
+            if n in OPTIONAL_ATTRS and r.random() < 0.75:
+                continue
+            if n == "verdict-replies":
+                attrs += self.replies(cls != "valid" and r.random() < 0.25)
+                continue
             if n in FLAG_ATTRS:  # given or left out; a payload is malformed
                 if r.random() < 0.5:
                     bad = cls != "valid" and r.random() < 0.25
@@ -798,6 +883,8 @@ class Generator:
             attrs = [nla(A["fd-a"], u32(a)), nla(A["fd-b"], u32(b))]
             if r.random() < 0.5:
                 attrs.append(nla(A["notify"], b""))
+            if r.random() < 0.3:
+                attrs += self.new_programs()
         if target == "proxy-new" and r.random() < 0.1:  # the same socket twice, maybe via a dup
             fd = r.choice(self.fds["decoy"])
             same = r.choice([fd, *[d for d in self.fds["dup"] if os.fstat(d).st_ino == os.fstat(fd).st_ino]])

@@ -19,6 +19,7 @@ import os
 import random
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -394,6 +395,52 @@ def test_rules_change_on_a_running_proxy(front, nginx):
     c.sendall(get("/small.txt") + get("/admin/x.txt"))
     assert r.response()[2] == b"small file\n"
     assert r.eof() == REPLY[403]
+    c.close()
+
+
+def _dribble(c: socket.socket, data: bytes) -> None:
+    """One byte per segment (TCP_NODELAY, a pause between sends)."""
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(data)):
+        c.send(data[i:i + 1])
+        time.sleep(0.002)
+
+
+def test_a_peer_that_dribbles_bytes_is_judged_as_one_that_does_not(kp, nginx):
+    """A request in one-byte segments is framed and judged whole: the
+    allowed one answered, the denied one refused before nginx, on the same
+    connection, and the bytes held meanwhile stay bounded by the limit."""
+    f = Front(kp, nginx.http_port, http.parse_rules_file("deny-path /admin\n"))
+    try:
+        seen = len(nginx.requests())
+        c, pid = f.connect()
+        r = Reader(c)
+        _dribble(c, get("/small.txt", extra="X-Pad: " + "p" * 300 + "\r\n"))
+        assert r.response()[:3:2] == (200, b"small file\n")
+        _dribble(c, get("/admin/x.txt"))
+        assert r.eof() == REPLY[403]
+        c.close()
+        assert wait_ended(kp, pid) == "denied"
+        assert nginx.requests()[seen:] == ["GET /small.txt HTTP/1.1"]
+    finally:
+        f.close()
+
+
+def test_urgent_data_is_an_ordinary_byte_of_the_request(front, nginx):
+    """A joined socket reads urgent data inline: the byte sent with MSG_OOB
+    is part of the stream the parser frames, so a request carrying one in
+    a header value gets its answer and the next request its own."""
+    c, _ = front.connect()
+    r = Reader(c)
+    head = get("/small.txt", extra="X-Urgent: a\r\n")
+    cut = head.index(b"X-Urgent: a") + len(b"X-Urgent: ")
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.sendall(head[:cut])
+    c.send(b"!", socket.MSG_OOB)
+    c.sendall(head[cut:])
+    assert r.response()[:3:2] == (200, b"small file\n")
+    c.sendall(get("/small.txt"))
+    assert r.response()[:3:2] == (200, b"small file\n")
     c.close()
 
 
