@@ -22,7 +22,7 @@ import pytest
 
 from conftest import is_loaded, load, unload
 from kpctl import procfs
-from util import PROCESS_START_TIMEOUT, recv_exact, tcp_pair
+from util import IO_TIMEOUT, PROCESS_START_TIMEOUT, recv_exact, tcp_pair
 
 KPCTL = Path("/usr/local/bin/kpctl")
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # as `env -i PATH=...`
@@ -106,6 +106,38 @@ def test_installed_kpctl_creates_attaches_and_destroys():
         assert [p["id"] for p in json.loads(kpctl("-j", "list"))] == [pid]
         assert json.loads(kpctl("-j", "destroy", str(pid))) == {"destroyed": [pid]}
         assert json.loads(kpctl("-j", "list")) == []
+    finally:
+        for s in (c1, s1, c2, s2):
+            s.close()
+
+
+def test_installed_kpctl_filters_http_with_its_shipped_programs():
+    """http and http-filter from the installed package, by name, with a
+    rule given as an option: an allowed request reaches the backend byte
+    for byte, a denied one gets the canned 403 and a close, and the
+    backend gets a FIN in its place."""
+    c1, s1 = tcp_pair()
+    c2, s2 = tcp_pair()
+    for s in (c1, s2):
+        s.settimeout(IO_TIMEOUT)
+    try:
+        pid = json.loads(kpctl("-j", "create", "--fd", str(s1.fileno()), "--fd", str(c2.fileno()),
+                               pass_fds=(s1.fileno(), c2.fileno())))["id"]
+        kpctl("attach", str(pid), "parser", "http")
+        kpctl("attach", str(pid), "verdict", "http-filter", "--dir", "a-to-b",
+              "--deny-path", "/admin")
+        allowed = b"GET /public HTTP/1.1\r\nHost: example\r\n\r\n"
+        c1.sendall(allowed)
+        assert recv_exact(s2, len(allowed)) == allowed
+        s2.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        assert recv_exact(c1, 25) == b"HTTP/1.1 204 No Content\r\n\r\n"
+        c1.sendall(b"GET /admin/x HTTP/1.1\r\nHost: example\r\n\r\n")
+        assert s2.recv(100) == b""  # the FIN, and not a byte of the request
+        s2.close()
+        reply = b""
+        while chunk := c1.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 403 Forbidden\r\n"), reply
     finally:
         for s in (c1, s1, c2, s2):
             s.close()
