@@ -18,12 +18,16 @@
  * Programs run under rcu_read_lock() with preemption off: map lookups
  * return RCU-protected elements, and a per-CPU map value is one run's
  * at a time (the http parser keeps its scanner there). They see
- * in skb->cb[0..2] (struct __sk_buff's cb) the proxy's id, the direction
- * (0 a-to-b, 1 b-to-a) and flags (KPROXY_CB_TLS: the direction reads a
- * kTLS side; KPROXY_CB_VERDICT: a verdict judges this direction's
- * messages), so the two directions of a proxy can share state keyed by
- * its id; cb[3..4] are zero, the program's scratch. The view's own cb is
- * saved and put back around the run.
+ * in skb->cb[0..3] (struct __sk_buff's cb) the proxy's id, the direction
+ * (0 a-to-b, 1 b-to-a), flags (KPROXY_CB_TLS: the direction reads a kTLS
+ * side; KPROXY_CB_VERDICT: a verdict judges this direction's messages;
+ * KPROXY_CB_FRAMED: a parser of the proxy framed a message before) and
+ * the proxy's stamp (the low 32 bits of its created_ns), so the two
+ * directions of a proxy can share state keyed by its id, tell their
+ * state from an earlier proxy's with the same id (ids start again at a
+ * reload), and tell state they never made from state they lost (an LRU
+ * map's eviction); cb[4] is zero, the program's scratch. The view's own
+ * cb is saved and put back around the run.
  *
  * A verdict returning KPROXY_VERDICT_REPLY_FLAG | i ("reply and close",
  * see kproxy_deny()) stops the direction: the message and anything after
@@ -61,6 +65,7 @@
 /* skb->cb[2] of a program's view: what the direction is. */
 #define KPROXY_CB_TLS		BIT(0)
 #define KPROXY_CB_VERDICT	BIT(1)
+#define KPROXY_CB_FRAMED	BIT(2)
 
 static struct kproxy_parser *kproxy_parser_of(struct strparser *strp)
 {
@@ -81,6 +86,7 @@ static int kproxy_bpf_run(struct kproxy_dir *dir, struct bpf_prog *prog,
 			  struct sk_buff *skb, u32 offset, u32 len, u32 *ret)
 {
 	u32 *cb, saved[BPF_SKB_CB_LEN / sizeof(u32)];
+	struct kproxy *kp = kproxy_of(dir);
 	struct sk_buff *view = skb;
 
 	if (offset || skb->len > offset + len) {
@@ -97,10 +103,12 @@ static int kproxy_bpf_run(struct kproxy_dir *dir, struct bpf_prog *prog,
 	cb = (u32 *)bpf_skb_cb(view);
 	memcpy(saved, cb, sizeof(saved));
 	memset(cb, 0, sizeof(saved));
-	cb[0] = kproxy_of(dir)->id;
+	cb[0] = kp->id;
 	cb[1] = dir->idx;
 	cb[2] = (dir->tls_src ? KPROXY_CB_TLS : 0) |
-		(dir->bpf.run[KPROXY_BPF_KIND_VERDICT] ? KPROXY_CB_VERDICT : 0);
+		(dir->bpf.run[KPROXY_BPF_KIND_VERDICT] ? KPROXY_CB_VERDICT : 0) |
+		(test_bit(KPROXY_FRAMED, &kp->flags) ? KPROXY_CB_FRAMED : 0);
+	cb[3] = lower_32_bits(kp->created_ns);
 	rcu_read_lock();
 	preempt_disable();
 	*ret = bpf_prog_run(prog, view);
@@ -174,6 +182,8 @@ static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)
 
 	dir->bpf.in_msg = false;
 	kproxy_parser_of(strp)->pieces = 0;
+	if (!test_bit(KPROXY_FRAMED, &kproxy_of(dir)->flags))
+		set_bit(KPROXY_FRAMED, &kproxy_of(dir)->flags);
 	if (verdict) {
 		if (kproxy_bpf_run(dir, verdict, skb, stm->offset,
 				   stm->full_len, &ret)) {

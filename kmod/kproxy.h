@@ -86,6 +86,7 @@ enum {
 	KPROXY_SHUT_A_TO_B,	/* the direction forwarded its FIN ... */
 	KPROXY_SHUT_B_TO_A,	/* ... this one too: the proxy ends */
 	KPROXY_DENIED,		/* a verdict replied and closed: reason denied */
+	KPROXY_FRAMED,		/* a parser framed a message (KPROXY_CB_FRAMED) */
 };
 
 /*

@@ -353,6 +353,7 @@ def rules_attached(filter_prog_id: int) -> HttpRules:
 _DIR_STATE_SIZE = 72
 _HEADS_AT = 36
 STATE_SIZE = 2 * _DIR_STATE_SIZE + 16 + 32
+_STAMP_AT = 2 * _DIR_STATE_SIZE + 12  # http_state.stamp
 
 
 @dataclass(frozen=True)
@@ -364,15 +365,20 @@ class HttpCounts:
     responses: int
 
 
-def counts(parser_prog_id: int, proxy_id: int) -> HttpCounts | None:
+def counts(parser_prog_id: int, proxy_id: int, created_ns: int | None = None) -> HttpCounts | None:
     """The parser's counts for this proxy (None: the parser has not seen it,
-    or its entry was evicted from the LRU map)."""
+    or its entry was evicted from the LRU map). With the proxy's
+    created_ns, an entry an earlier proxy of the same id left (ids start
+    again at a module reload) is not taken for this one's."""
     fd = parser_state_map(parser_prog_id)
     try:
         raw = _map_lookup(fd, struct.pack("I", proxy_id), STATE_SIZE)
     finally:
         os.close(fd)
     if raw is None:
+        return None
+    if created_ns is not None and \
+            struct.unpack_from("I", raw, _STAMP_AT)[0] != created_ns & 0xFFFFFFFF:
         return None
     ab = struct.unpack_from("I", raw, _HEADS_AT)[0]
     ba = struct.unpack_from("I", raw, _DIR_STATE_SIZE + _HEADS_AT)[0]

@@ -174,9 +174,14 @@ int http_filter(struct __sk_buff *skb)
 	struct http_state *st;
 	int ret;
 
+	/*
+	 * The parser framed this message from this proxy's state: without it
+	 * (another parser, or state lost) nothing can be judged, so nothing
+	 * passes.
+	 */
 	st = bpf_map_lookup_elem(&http_state, &id);
-	if (!st)
-		return KPROXY_PASS;	/* no parser state: nothing to judge */
+	if (!st || st->stamp != skb->cb[KPROXY_CB_STAMP])
+		return KPROXY_VERDICT_REPLY(REPLY_400);
 	ds = &st->dir[skb->cb[KPROXY_CB_DIR] & 1];
 	if (ds->kind == HTTP_K_BAD)
 		return KPROXY_VERDICT_REPLY(REPLY_400);

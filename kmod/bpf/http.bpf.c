@@ -558,15 +558,25 @@ static int scan_byte(__u32 i, void *ctx)
 	return 0;
 }
 
-/* The parser's state for this proxy, made on its first message. */
-static __always_inline struct http_state *state_of(__u32 id)
+/*
+ * The parser's state for this proxy, made before its first message is
+ * framed. An entry with another stamp is an earlier proxy's with the same
+ * id: replaced. Missing once the proxy has framed a message, it was lost
+ * (the LRU map evicted it, with more than HTTP_PROXIES_MAX proxies about):
+ * NULL, and the caller refuses rather than frame from a fresh guess, which
+ * could take a body for a request or a request for a body.
+ */
+static __always_inline struct http_state *state_of(struct __sk_buff *skb)
 {
+	__u32 id = skb->cb[KPROXY_CB_PROXY], stamp = skb->cb[KPROXY_CB_STAMP];
 	struct http_state *st = bpf_map_lookup_elem(&http_state, &id);
-	struct http_state zero = {};
+	struct http_state fresh = { .stamp = stamp };
 
-	if (st)
+	if (st && st->stamp == stamp)
 		return st;
-	bpf_map_update_elem(&http_state, &id, &zero, BPF_NOEXIST);
+	if (skb->cb[KPROXY_CB_FLAGS] & KPROXY_CB_FRAMED)
+		return NULL;
+	bpf_map_update_elem(&http_state, &id, &fresh, BPF_ANY);
 	return bpf_map_lookup_elem(&http_state, &id);
 }
 
@@ -917,9 +927,9 @@ int http(struct __sk_buff *skb)
 	struct http_dir_state *ds;
 	struct http_state *st;
 
-	st = state_of(skb->cb[KPROXY_CB_PROXY]);
+	st = state_of(skb);
 	if (!st)
-		return -KPROXY_ENOMEM;
+		return flags & KPROXY_CB_FRAMED ? -KPROXY_EBADMSG : -KPROXY_ENOMEM;
 	ds = &st->dir[dir];
 	/* The other direction saw 101 or a 2xx to CONNECT. */
 	if (st->tunnel && ds->mode == HTTP_M_HEAD)

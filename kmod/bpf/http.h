@@ -117,7 +117,7 @@ struct http_state {
 	__u32 ring_head;	/* pushed by a-to-b */
 	__u32 ring_tail;	/* popped by b-to-a */
 	__u32 tunnel;		/* both directions pass bytes through */
-	__u32 pad;
+	__u32 stamp;		/* skb->cb[KPROXY_CB_STAMP] of its proxy */
 	__u8 ring[HTTP_RING];
 };
 

@@ -17,13 +17,19 @@
  * and close (below), anything else to forward it.
  *
  * Context: before every run the module sets skb->cb[0] to the proxy's id,
- * cb[1] to the direction (KPROXY_DIR_A_TO_B, KPROXY_DIR_B_TO_A) and cb[2]
+ * cb[1] to the direction (KPROXY_DIR_A_TO_B, KPROXY_DIR_B_TO_A), cb[2]
  * to flags (KPROXY_CB_TLS: this direction reads a kTLS side, the program
  * sees decrypted bytes; KPROXY_CB_VERDICT: a verdict judges this
- * direction's messages). cb[3] and cb[4] are 0, the program's scratch;
- * the module puts its own cb back afterwards. The two directions of one
- * proxy can so share state in a map keyed by the proxy id (ids are not
- * reused while the module is loaded, barring wrap-around at 2^31).
+ * direction's messages; KPROXY_CB_FRAMED: a parser of this proxy has
+ * framed a message before this run) and cb[3] to the proxy's stamp (the
+ * low 32 bits of its creation time, created_ns). cb[4] is 0, the
+ * program's scratch; the module puts its own cb back afterwards. The two
+ * directions of one proxy can so share state in a map keyed by the proxy
+ * id. Ids are not reused while the module is loaded (barring wrap-around
+ * at 2^31) but start again at a reload: an entry whose stamp is not the
+ * proxy's belongs to an earlier proxy. And an entry missing once
+ * KPROXY_CB_FRAMED is set was lost (an LRU map evicts): a program that
+ * frames from such state must refuse, not start again mid-stream.
  *
  * Reply and close: a verdict returning KPROXY_VERDICT_REPLY(i), i below
  * KPROXY_REPLIES_MAX (16), does not forward the message, and the
@@ -62,10 +68,12 @@
 /* skb->cb[] as the module sets it before each run. */
 #define KPROXY_CB_PROXY		0	/* the proxy id */
 #define KPROXY_CB_DIR		1	/* KPROXY_DIR_* */
-#define KPROXY_CB_FLAGS		2	/* KPROXY_CB_TLS | KPROXY_CB_VERDICT */
+#define KPROXY_CB_FLAGS		2	/* KPROXY_CB_TLS | _VERDICT | _FRAMED */
+#define KPROXY_CB_STAMP		3	/* the proxy's stamp */
 #define KPROXY_DIR_A_TO_B	0
 #define KPROXY_DIR_B_TO_A	1
 #define KPROXY_CB_TLS		1
 #define KPROXY_CB_VERDICT	2
+#define KPROXY_CB_FRAMED	4
 
 #endif /* KPROXY_BPF_H */

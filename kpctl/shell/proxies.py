@@ -56,7 +56,7 @@ def http_counts(p) -> dict | None:
     from kpctl import http
     from kpctl.errors import KproxyError
     try:
-        c = http.counts(p.a_to_b.parser_id, p.id)
+        c = http.counts(p.a_to_b.parser_id, p.id, p.created_ns)
     except (KproxyError, OSError):
         return None
     return {"requests": c.requests if c else 0, "responses": c.responses if c else 0,

@@ -6,10 +6,12 @@ and the `denied` counters from /proc and netlink."""
 from __future__ import annotations
 
 import dataclasses
-import selectors
 import json
+import os
+import selectors
 import shutil
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -219,8 +221,8 @@ def test_http_rules_refuses_a_verdict_that_is_not_http_filter(parser, objs):
 def test_show_counts_the_requests_responses_and_denials(parser, monkeypatch):
     p = _proxy_with(parser.id)
     p = dataclasses.replace(p, a_to_b=dataclasses.replace(p.a_to_b, denied=1))
-    monkeypatch.setattr(http, "counts", lambda pid, xid: http.HttpCounts(12, 11)
-                        if (pid, xid) == (parser.id, 3) else None)
+    monkeypatch.setattr(http, "counts", lambda pid, xid, created_ns: http.HttpCounts(12, 11)
+                        if (pid, xid, created_ns) == (parser.id, 3, p.created_ns) else None)
     h = Harness(FakeKproxy([p]))
     assert h.run("-j", "show", "3") == 0, h.err
     d = json.loads(h.out)
@@ -234,6 +236,24 @@ def test_show_counts_the_requests_responses_and_denials(parser, monkeypatch):
 @needs_bpf
 def test_counts_of_a_proxy_the_parser_never_saw_are_none(parser):
     assert http.counts(parser.id, 123456) is None
+
+
+@needs_bpf
+def test_counts_of_an_earlier_proxy_with_the_same_id_are_not_this_ones(parser):
+    """An entry's stamp is the low 32 bits of its proxy's created_ns: an
+    earlier proxy's (ids start again at a module reload) is not shown."""
+    created_ns = (7 << 32) | 0xABCDEF
+    state = bytearray(http.STATE_SIZE)
+    struct.pack_into("I", state, http._HEADS_AT, 5)  # a-to-b: 5 requests
+    struct.pack_into("I", state, http._STAMP_AT, created_ns & 0xFFFFFFFF)
+    fd = http.parser_state_map(parser.id)
+    try:
+        http._map_update(fd, struct.pack("I", 42), bytes(state))
+    finally:
+        os.close(fd)
+    assert http.counts(parser.id, 42, created_ns) == http.HttpCounts(5, 0)
+    assert http.counts(parser.id, 42, created_ns + 1) is None
+    assert http.counts(parser.id, 42) == http.HttpCounts(5, 0)
 
 
 def test_show_of_a_proxy_without_parser_has_no_http_line():

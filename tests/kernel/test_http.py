@@ -14,10 +14,12 @@ and the close that follows a denial.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -442,6 +444,79 @@ def test_urgent_data_is_an_ordinary_byte_of_the_request(front, nginx):
     c.sendall(get("/small.txt"))
     assert r.response()[:3:2] == (200, b"small file\n")
     c.close()
+
+
+def _state_map_fd(f: Front) -> int:
+    return http.parser_state_map(f.progs.parser.id)
+
+
+def test_state_lost_mid_stream_is_refused_not_guessed(kp, nginx):
+    """The parser's per-proxy state lives in an LRU map: with more than
+    HTTP_PROXIES_MAX proxies about, one proxy's can be evicted between two
+    pieces of a body (deleted here, as the LRU would). A fresh guess would
+    take the body's last piece, a request with its own Content-Length, for
+    a request, and the request after the body, which nginx reads as one,
+    for that one's body: /admin smuggled past the filter. The proxy ends
+    instead, and nginx never sees /admin."""
+    f = Front(kp, nginx.http_port, http.parse_rules_file("deny-path /admin\n"))
+    try:
+        seen = len(nginx.requests())
+        c, pid = f.connect()
+        smuggled = get("/admin/x.txt")
+        decoy = get("/small.txt", extra=f"Content-Length: {len(smuggled)}\r\n")
+        piece = 64 * 1024  # the parser's body pieces (HTTP_PIECE_MAX)
+        head = get("/upload/lost.bin", "PUT", f"Content-Length: {piece + len(decoy)}\r\n")
+        c.sendall(head + b"A" * piece)
+        wait_for(lambda: kp.get(pid).a_to_b.bytes == len(head) + piece,
+                 what="the header block and the body's first piece to be forwarded")
+        fd = _state_map_fd(f)
+        try:
+            key = ctypes.create_string_buffer(struct.pack("I", pid), 4)
+            assert bpf.libbpf().bpf_map_delete_elem(fd, key) == 0
+        finally:
+            os.close(fd)
+        c.sendall(decoy + smuggled)
+        with contextlib.suppress(ConnectionResetError):
+            Reader(c).eof()
+        c.close()
+        ended = wait_ended(kp, pid)
+        assert not [x for x in nginx.requests()[seen:] if "/admin" in x]
+        assert ended == "error"
+    finally:
+        f.close()
+
+
+def test_an_earlier_proxys_state_under_the_same_id_is_not_taken(kp, nginx):
+    """Ids start again at 1 when the module is reloaded, and the programs'
+    maps may outlive it. An entry left by an earlier proxy with this id, in
+    the middle of a body, would have this proxy's first request framed as
+    body bytes, unjudged. Its stamp (cb[3]) is not this proxy's: the
+    request is judged."""
+    f = Front(kp, nginx.http_port, http.parse_rules_file("deny-path /admin\n"))
+    try:
+        seen = len(nginx.requests())
+        a, aid = f.connect()
+        piece = 64 * 1024  # the parser's body pieces (HTTP_PIECE_MAX): one more to come
+        head = get("/upload/early.bin", "PUT", f"Content-Length: {piece + 1000}\r\n")
+        a.sendall(head + b"x" * piece)
+        wait_for(lambda: kp.get(aid).a_to_b.bytes == len(head) + piece,
+                 what="the earlier proxy's first body piece to be forwarded")
+        fd = _state_map_fd(f)
+        try:
+            earlier = http._map_lookup(fd, struct.pack("I", aid), http.STATE_SIZE)
+            assert earlier is not None
+            b, bid = f.connect()
+            http._map_update(fd, struct.pack("I", bid), earlier)
+        finally:
+            os.close(fd)
+        b.sendall(get("/admin/x.txt"))
+        assert Reader(b).eof() == REPLY[403]
+        b.close()
+        a.close()
+        assert wait_ended(kp, bid) == "denied"
+        assert not [x for x in nginx.requests()[seen:] if "/admin" in x]
+    finally:
+        f.close()
 
 
 # Refused at the header block: nginx sees nothing.
