@@ -762,7 +762,7 @@ class Kproxy:
         with self._lock:
             sock = self._request_socket()
             while True:
-                self._drain(sock)
+                self._drain()
                 if self._ends_lost:
                     self._ends_lost = False
                     raise KproxyError(errno.ENOBUFS, "ends of proxies were lost (receive buffer full)")
@@ -779,32 +779,12 @@ class Kproxy:
                 # datagram; a caller that waits owns the handle meanwhile.
                 select.select([sock], [], [], left)
 
-    def _drain(self, sock: socket.socket) -> None:
+    def _drain(self) -> None:
         """Read every datagram waiting on the request socket, keeping ends."""
-        buf = self._buf
         fid = self.family_id
-        while True:
-            # The socket has a timeout, and CPython waits for readability
-            # before any recv on such a socket, MSG_DONTWAIT or not.
-            if not select.select([sock], [], [], 0)[0]:
-                return
-            try:
-                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self._ends_lost = True
-                    continue
-                raise _os_error(e) from None
-            off = 0
-            while off + 16 <= n:
-                length, mtype, _flags, mseq, _pid = wire.NLMSGHDR.unpack_from(buf, off)
-                if length < 16 or off + length > n:
-                    break
-                if mseq == 0 and mtype == fid:
-                    self._keep_end(buf, off, length)
-                off += (length + 3) & ~3
+        for off, length, mtype, _flags, mseq in self._messages_nowait():
+            if mseq == 0 and mtype == fid:
+                self._keep_end(self._buf, off, length)
 
     def get(self, proxy_id: int) -> Proxy:
         return self._proxy_reply("proxy-get", {"id": int(proxy_id)})
