@@ -59,7 +59,12 @@ def _goal(what: str, value: float | None, limit: float | None, ok_if_ge: bool) -
     if value is None or limit is None:
         return f"  ?    {what}: no figure"
     ok = value >= limit if ok_if_ge else value <= limit
-    return f"  {'ok ' if ok else 'MISS'} {what}: {value:.2f} vs {limit:.2f}"
+    return f"  {'ok ' if ok else 'MISS'} {what}: {_figure(value)} vs {_figure(limit)}"
+
+
+def _figure(x: float) -> str:
+    """Three significant digits below 100 (0.0389 Gbit/s), whole above."""
+    return f"{x:#.3g}" if abs(x) < 100 else f"{x:,.0f}"
 
 
 # Goals of the benchmarks issue, checked on the medians of one run.
@@ -92,9 +97,44 @@ def goals(recs: list[dict]) -> list[str]:
             out.append(_goal(f"{scen}: {peer} <= 1.5x ss -tn (ms)", m(scen, peer, "time"),
                             ss * 1.5 if ss else None, False))
     out.append(_goal("idle proxy slab <= 1024 B", m("idle proxy memory", "kproxy", "slab"), 1024, False))
+    out += datapath_goals(recs)
     out += connect_goals(recs)
     out += tls_goals(recs)
     out += http_bench.goals(recs)
+    return out
+
+
+def datapath_goals(recs: list[dict]) -> list[str]:
+    """Issue 20's goals, as ratios to direct TCP in the same run: every
+    stream row >= 0.95x direct and >= every peer; request/response p50
+    <= 1.5x direct and <= sockmap, p99 <= 2x direct; at 16K and 256K CPU
+    <= 1.3x direct and context switches <= 2x direct."""
+    med = {(r["scenario"], r["peer"], r["metric"]): r["median"] for r in recs}
+    out = []
+    streams = dict.fromkeys(r["scenario"] for r in recs if r["scenario"].startswith("stream "))
+    for scen in streams:
+        k = med.get((scen, "kproxy", "throughput"))
+        d = med.get((scen, "direct", "throughput"))
+        out.append(_goal(f"{scen} kproxy >= 0.95x direct (Gbit/s)", k,
+                         d * 0.95 if d is not None else None, True))
+        peers = [v for (sc, peer, metric), v in med.items()
+                 if sc == scen and metric == "throughput" and peer not in ("kproxy", "direct")
+                 and v is not None]
+        if peers:
+            out.append(_goal(f"{scen} kproxy >= every peer (Gbit/s)", k, max(peers), True))
+        if scen.split()[1] in ("16K", "256K"):
+            for metric, factor in (("cpu", 1.3), ("ctxsw", 2.0)):
+                kv, dv = med.get((scen, "kproxy", metric)), med.get((scen, "direct", metric))
+                out.append(_goal(f"{scen} {metric} kproxy <= {factor}x direct", kv,
+                                 dv * factor if dv is not None else None, False))
+    for scen in dict.fromkeys(r["scenario"] for r in recs if r["scenario"].startswith("rr ")):
+        for metric, factor in (("p50", 1.5), ("p99", 2.0)):
+            k, d = med.get((scen, "kproxy", metric)), med.get((scen, "direct", metric))
+            out.append(_goal(f"{scen} {metric} kproxy <= {factor}x direct (us)", k,
+                             d * factor if d is not None else None, False))
+        k, s = med.get((scen, "kproxy", "p50")), med.get((scen, "sockmap", "p50"))
+        if s is not None:
+            out.append(_goal(f"{scen} p50 kproxy <= sockmap (us)", k, s, False))
     return out
 
 

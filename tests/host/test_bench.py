@@ -250,13 +250,38 @@ def test_connect_goals_per_scenario():
                             (4, "direct"): [400], (4, "haproxy"): [200], (4, "kproxy"): [150]})
     lines = run.connect_goals(stats.records(raw))
     assert lines == [
-        "  ok  connect+1K echo+close kproxy >= 1.0x haproxy (conn/s): 95.00 vs 90.00",
-        "  ok  connect+1K echo+close kproxy-listener >= 1.5x haproxy (conn/s): 140.00 vs 135.00",
-        "  ok  connect+1K echo+close kproxy-listener >= 0.8x direct (conn/s): 140.00 vs 120.00",
-        "  MISS connect+1K echo+close x4 kproxy >= 1.0x haproxy (conn/s): 150.00 vs 200.00",
+        "  ok  connect+1K echo+close kproxy >= 1.0x haproxy (conn/s): 95.0 vs 90.0",
+        "  ok  connect+1K echo+close kproxy-listener >= 1.5x haproxy (conn/s): 140 vs 135",
+        "  ok  connect+1K echo+close kproxy-listener >= 0.8x direct (conn/s): 140 vs 120",
+        "  MISS connect+1K echo+close x4 kproxy >= 1.0x haproxy (conn/s): 150 vs 200",
         "  ?    connect+1K echo+close x4 kproxy-listener >= 1.5x haproxy (conn/s): no figure",
         "  ?    connect+1K echo+close x4 kproxy-listener >= 0.8x direct (conn/s): no figure",
     ]
     # a run without the x4 scenario has no goals for it
     assert run.connect_goals(stats.records(raw[:4])) == lines[:3]
     assert all("conn/s" in g for g in run.goals(stats.records(raw)) if "echo+close" in g)
+
+
+def test_datapath_goals_are_ratios_to_direct_in_the_run():
+    run = _run_module()
+    raw = [sample("stream 16K x1", "direct", "throughput", 1.0, unit="Gbit/s"),
+           sample("stream 16K x1", "kproxy", "throughput", 0.96, unit="Gbit/s"),
+           sample("stream 16K x1", "sockmap", "throughput", 0.5, unit="Gbit/s"),
+           sample("stream 16K x1", "direct", "cpu", 10.0, unit="s/GB"),
+           sample("stream 16K x1", "kproxy", "cpu", 14.0, unit="s/GB"),
+           sample("stream 64B x4", "direct", "throughput", 0.05, unit="Gbit/s"),
+           sample("stream 64B x4", "kproxy", "throughput", 0.02, unit="Gbit/s"),
+           sample("rr 64B", "direct", "p50", 100.0, unit="us"),
+           sample("rr 64B", "kproxy", "p50", 140.0, unit="us"),
+           sample("rr 64B", "sockmap", "p50", 130.0, unit="us")]
+    lines = run.datapath_goals(stats.records(raw))
+    assert lines == [
+        "  ok  stream 16K x1 kproxy >= 0.95x direct (Gbit/s): 0.960 vs 0.950",
+        "  ok  stream 16K x1 kproxy >= every peer (Gbit/s): 0.960 vs 0.500",
+        "  MISS stream 16K x1 cpu kproxy <= 1.3x direct: 14.0 vs 13.0",
+        "  ?    stream 16K x1 ctxsw kproxy <= 2.0x direct: no figure",
+        "  MISS stream 64B x4 kproxy >= 0.95x direct (Gbit/s): 0.0200 vs 0.0475",
+        "  ok  rr 64B p50 kproxy <= 1.5x direct (us): 140 vs 150",
+        "  ?    rr 64B p99 kproxy <= 2.0x direct (us): no figure",
+        "  MISS rr 64B p50 kproxy <= sockmap (us): 140 vs 130",
+    ]
