@@ -162,6 +162,13 @@ struct kproxy_dir {
 	bool tls_src;			/* src is kTLS: read through tls.c */
 	bool tls_dst;			/* dst is kTLS: send through tls.c */
 	bool denied;			/* a verdict replied: reads no more */
+	/*
+	 * Where the work runs (kproxy_dir_wake_data()): hints, written by the
+	 * work and the wakers without a lock (as kproxy->last_dir); a stale
+	 * value only costs one wakeup on a worse CPU. They fill padding.
+	 */
+	bool running;			/* the work is running */
+	bool fed;			/* data came while it last ran */
 	u64 bytes;			/* sent on dst */
 	u64 skbs;			/* read from src */
 	u64 msgs;
@@ -199,6 +206,7 @@ struct kproxy {
 	 * the teardown (ordered by kproxy_lock).
 	 */
 	u8 tls_alert;
+	u8 last_dir;			/* whose work ran last, a hint (see fed) */
 	/*
 	 * Netlink portid, in kp->net, of the socket that sent proxy-new with
 	 * the notify flag (0: none; the kernel's portid is never a creator).
@@ -257,6 +265,8 @@ struct kproxy_net {
 extern struct mutex kproxy_lock;
 extern struct idr kproxy_idr;
 extern struct workqueue_struct *kproxy_wq;
+/* Every wakeup of a direction's work goes to this one queue. */
+extern struct workqueue_struct *kproxy_dir_wq;
 extern bool kproxy_unloading;
 /* Wakes kproxy_end_all() when a proxy has been destroyed. */
 extern wait_queue_head_t kproxy_destroyed_wq;

@@ -72,6 +72,7 @@ int kproxy_join(struct net *net, struct socket *sock_a, struct socket *sock_b,
 	INIT_LIST_HEAD(&kp->net_node);
 	INIT_WORK(&kp->end_work, kproxy_end_work);
 	kp->created_ns = ktime_get_real_ns();
+	kp->last_dir = U8_MAX;		/* none has run yet */
 	kp->sock[0] = sock_a;
 	kp->sock[1] = sock_b;
 	if (kernel_socks)
@@ -116,8 +117,8 @@ int kproxy_join(struct net *net, struct socket *sock_a, struct socket *sock_b,
 	kn->gen++;
 	set_bit(KPROXY_RUNNING, &kp->flags);
 	/* Bytes may be queued already, and a FIN with them. */
-	queue_work(kproxy_wq, &kp->dir[0].work);
-	queue_work(kproxy_wq, &kp->dir[1].work);
+	queue_work(kproxy_dir_wq, &kp->dir[0].work);
+	queue_work(kproxy_dir_wq, &kp->dir[1].work);
 	mutex_unlock(&kproxy_lock);
 	return 0;
 

@@ -353,7 +353,7 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 	reply = kproxy_bpf_take_reply(&kp->dir[!dir->idx]);
 	if (reply) {
 		kproxy_queue_skb(dir, reply, 0, reply->len);
-		queue_work(kproxy_wq, &dir->work);
+		queue_work(kproxy_dir_wq, &dir->work);
 		return;
 	}
 	/* Full: write_space runs the work again. */
@@ -435,7 +435,7 @@ static void kproxy_dir_run(struct kproxy_dir *dir)
 			if (err == -ENOMEM) {
 				/* Data stays in src: wait for memory, not spin. */
 				msleep(KPROXY_NOMEM_WAIT_MS);
-				queue_work(kproxy_wq, &dir->work);
+				queue_work(kproxy_dir_wq, &dir->work);
 				return;
 			}
 			/* -EAGAIN: a kTLS record is not complete yet. */
@@ -473,7 +473,7 @@ static void kproxy_dir_run(struct kproxy_dir *dir)
 
 	/* Out of budget with work left: yield, then go on. */
 	if (!budget)
-		queue_work(kproxy_wq, &dir->work);
+		queue_work(kproxy_dir_wq, &dir->work);
 }
 
 void kproxy_dir_work(struct work_struct *work)
@@ -486,11 +486,16 @@ void kproxy_dir_work(struct work_struct *work)
 	    test_bit(KPROXY_DEAD, &kp->flags))
 		return;
 	WRITE_ONCE(dir->runs, dir->runs + 1);
+	WRITE_ONCE(dir->fed, false);
+	WRITE_ONCE(dir->running, true);
+	WRITE_ONCE(kp->last_dir, dir->idx);
 
 	/* What the direction allocates is charged to the proxy's creator. */
 	old = set_active_memcg(kp->memcg);
 	kproxy_dir_run(dir);
 	set_active_memcg(old);
+
+	WRITE_ONCE(dir->running, false);
 }
 
 /* Drop what is queued, e.g. when the proxy is aborted. */
@@ -560,6 +565,48 @@ static struct kproxy *kproxy_from_sk(struct sock *sk, int *idx)
 	return kp;
 }
 
+/* The next online CPU after @cpu, wrapping (@cpu itself if alone). */
+static int kproxy_other_cpu(int cpu)
+{
+	int next;
+
+	next = cpumask_next(cpu, cpu_online_mask);
+	if (next >= nr_cpu_ids)
+		next = cpumask_first(cpu_online_mask);
+	return next;
+}
+
+/*
+ * Whether @dir is streaming: data came while its work last ran, or its
+ * work ran last of the two directions, so that data keeps coming with no
+ * answer in between. A request and its reply alternate the directions.
+ */
+static bool kproxy_dir_streaming(struct kproxy_dir *dir)
+{
+	return READ_ONCE(dir->fed) ||
+	       READ_ONCE(kproxy_of(dir)->last_dir) == dir->idx;
+}
+
+/*
+ * Data arrived for @dir, on this CPU (softirq, or release_sock() with
+ * bottom halves off under sk_callback_lock). An idle direction (a request,
+ * a reply) runs here, where the bytes are warm and with no cross-CPU
+ * wakeup. A streaming one runs on another CPU than the sender's softirq,
+ * so that the two do not take turns on one. The queue's non-reentrancy
+ * holds across CPUs: a work still running somewhere is queued there
+ * whatever CPU is asked.
+ */
+static void kproxy_dir_wake_data(struct kproxy_dir *dir)
+{
+	int cpu = smp_processor_id();
+
+	if (READ_ONCE(dir->running))
+		WRITE_ONCE(dir->fed, true);
+	else if (kproxy_dir_streaming(dir))
+		cpu = kproxy_other_cpu(cpu);
+	queue_work_on(cpu, kproxy_dir_wq, &dir->work);
+}
+
 void kproxy_data_ready(struct sock *sk)
 {
 	struct kproxy *kp;
@@ -568,7 +615,7 @@ void kproxy_data_ready(struct sock *sk)
 	read_lock_bh(&sk->sk_callback_lock);
 	kp = kproxy_from_sk(sk, &idx);
 	if (kp)
-		queue_work(kproxy_wq, &kp->dir[idx].work);
+		kproxy_dir_wake_data(&kp->dir[idx]);
 	read_unlock_bh(&sk->sk_callback_lock);
 }
 
@@ -582,7 +629,7 @@ void kproxy_write_space(struct sock *sk)
 	if (kp) {
 		/* Clears SOCK_NOSPACE and wakes pollers, as TCP expects. */
 		kp->saved[idx].write_space(sk);
-		queue_work(kproxy_wq, &kp->dir[!idx].work);
+		queue_work(kproxy_dir_wq, &kp->dir[!idx].work);
 	}
 	read_unlock_bh(&sk->sk_callback_lock);
 }
@@ -612,8 +659,8 @@ void kproxy_state_change(struct sock *sk)
 	read_lock_bh(&sk->sk_callback_lock);
 	kp = kproxy_from_sk(sk, &idx);
 	if (kp && kproxy_state_news(sk)) {
-		queue_work(kproxy_wq, &kp->dir[0].work);
-		queue_work(kproxy_wq, &kp->dir[1].work);
+		queue_work(kproxy_dir_wq, &kp->dir[0].work);
+		queue_work(kproxy_dir_wq, &kp->dir[1].work);
 	}
 	read_unlock_bh(&sk->sk_callback_lock);
 }
