@@ -170,7 +170,7 @@ static void kproxy_deny(struct kproxy_dir *dir, u32 idx)
 	/* The one reply of this direction: xchg() orders its bytes. */
 	kfree_skb(xchg(&parser->reply, reply));
 	set_bit(KPROXY_DENIED, &kp->flags);
-	queue_work(kproxy_dir_wq, &kp->dir[!dir->idx].work);
+	kproxy_dir_kick(&kp->dir[!dir->idx]);
 }
 
 static void kproxy_strp_rcv(struct strparser *strp, struct sk_buff *skb)

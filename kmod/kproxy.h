@@ -265,7 +265,10 @@ struct kproxy_net {
 extern struct mutex kproxy_lock;
 extern struct idr kproxy_idr;
 extern struct workqueue_struct *kproxy_wq;
-/* Every wakeup of a direction's work goes to this one queue. */
+/*
+ * Every wakeup of a direction's work goes to this one queue, through
+ * kproxy_dir_kick() or data_ready's choice of CPU (stream.c).
+ */
 extern struct workqueue_struct *kproxy_dir_wq;
 extern bool kproxy_unloading;
 /* Wakes kproxy_end_all() when a proxy has been destroyed. */
@@ -328,6 +331,7 @@ void kproxy_hand_back(struct kproxy *kp, int idx);
 /* stream.c */
 void kproxy_dir_init(struct kproxy *kp, int d);
 void kproxy_dir_work(struct work_struct *work);
+void kproxy_dir_kick(struct kproxy_dir *dir);
 void kproxy_dir_drain(struct kproxy_dir *dir);
 void kproxy_dir_purge(struct kproxy_dir *dir);
 void kproxy_data_ready(struct sock *sk);

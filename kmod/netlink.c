@@ -576,7 +576,7 @@ int kproxy_nl_bpf_attach_doit(struct sk_buff *skb, struct genl_info *info)
 			 kproxy_bpf_want_verdict(&kp->dir[d], prog, replies) :
 			 kproxy_bpf_want(&kp->dir[d], kind, prog);
 	for (d = first; d <= last; d++)
-		queue_work(kproxy_dir_wq, &kp->dir[d].work);
+		kproxy_dir_kick(&kp->dir[d]);
 	prog = NULL;
 out_unlock:
 	mutex_unlock(&kproxy_lock);
@@ -635,7 +635,7 @@ int kproxy_nl_bpf_detach_doit(struct sk_buff *skb, struct genl_info *info)
 	}
 	for (d = first; d <= last; d++) {
 		old[d] = kproxy_bpf_want(&kp->dir[d], kind, NULL);
-		queue_work(kproxy_dir_wq, &kp->dir[d].work);
+		kproxy_dir_kick(&kp->dir[d]);
 	}
 out_unlock:
 	mutex_unlock(&kproxy_lock);

@@ -117,8 +117,8 @@ int kproxy_join(struct net *net, struct socket *sock_a, struct socket *sock_b,
 	kn->gen++;
 	set_bit(KPROXY_RUNNING, &kp->flags);
 	/* Bytes may be queued already, and a FIN with them. */
-	queue_work(kproxy_dir_wq, &kp->dir[0].work);
-	queue_work(kproxy_dir_wq, &kp->dir[1].work);
+	kproxy_dir_kick(&kp->dir[0]);
+	kproxy_dir_kick(&kp->dir[1]);
 	mutex_unlock(&kproxy_lock);
 	return 0;
 

@@ -12,6 +12,7 @@
  */
 #include <linux/delay.h>
 #include <linux/memcontrol.h>
+#include <linux/sched/isolation.h>
 #include <linux/sched/mm.h>
 #include <linux/skbuff.h>
 #include <net/sock.h>
@@ -353,7 +354,7 @@ static void kproxy_forward_fin(struct kproxy_dir *dir)
 	reply = kproxy_bpf_take_reply(&kp->dir[!dir->idx]);
 	if (reply) {
 		kproxy_queue_skb(dir, reply, 0, reply->len);
-		queue_work(kproxy_dir_wq, &dir->work);
+		kproxy_dir_kick(dir);
 		return;
 	}
 	/* Full: write_space runs the work again. */
@@ -435,7 +436,7 @@ static void kproxy_dir_run(struct kproxy_dir *dir)
 			if (err == -ENOMEM) {
 				/* Data stays in src: wait for memory, not spin. */
 				msleep(KPROXY_NOMEM_WAIT_MS);
-				queue_work(kproxy_dir_wq, &dir->work);
+				kproxy_dir_kick(dir);
 				return;
 			}
 			/* -EAGAIN: a kTLS record is not complete yet. */
@@ -473,7 +474,7 @@ static void kproxy_dir_run(struct kproxy_dir *dir)
 
 	/* Out of budget with work left: yield, then go on. */
 	if (!budget)
-		queue_work(kproxy_dir_wq, &dir->work);
+		kproxy_dir_kick(dir);
 }
 
 void kproxy_dir_work(struct work_struct *work)
@@ -565,15 +566,45 @@ static struct kproxy *kproxy_from_sk(struct sock *sk, int *idx)
 	return kp;
 }
 
-/* The next online CPU after @cpu, wrapping (@cpu itself if alone). */
-static int kproxy_other_cpu(int cpu)
+/*
+ * Whether the directions' works may run on @cpu: the CPUs an unbound work
+ * may use, i.e. not isolated from kernel work by isolcpus= or nohz_full=
+ * (workqueue's own unbound mask is made the same way).
+ */
+static bool kproxy_cpu_allowed(int cpu)
+{
+	return housekeeping_test_cpu(cpu, HK_TYPE_WQ) &&
+	       housekeeping_test_cpu(cpu, HK_TYPE_DOMAIN);
+}
+
+/*
+ * The CPU for a wakeup made on @cpu: @cpu itself unless @other is asked
+ * or @cpu is isolated, else the next online CPU that is allowed (wrapping),
+ * else @cpu after all. The answer is a hint: queue_work_on() copes with a
+ * CPU that goes offline meanwhile.
+ */
+static int kproxy_pick_cpu(int cpu, bool other)
 {
 	int next;
 
-	next = cpumask_next(cpu, cpu_online_mask);
-	if (next >= nr_cpu_ids)
-		next = cpumask_first(cpu_online_mask);
-	return next;
+	if (!other && kproxy_cpu_allowed(cpu))
+		return cpu;
+	for_each_cpu_wrap(next, cpu_online_mask, cpu) {
+		if (next != cpu && kproxy_cpu_allowed(next))
+			return next;
+	}
+	return cpu;
+}
+
+/*
+ * Every queueing of a direction's work but data_ready's: here, where the
+ * news (room to write, a state change, a program, a reply) came from.
+ */
+void kproxy_dir_kick(struct kproxy_dir *dir)
+{
+	int cpu = kproxy_pick_cpu(raw_smp_processor_id(), false);
+
+	queue_work_on(cpu, kproxy_dir_wq, &dir->work);
 }
 
 /*
@@ -598,13 +629,14 @@ static bool kproxy_dir_streaming(struct kproxy_dir *dir)
  */
 static void kproxy_dir_wake_data(struct kproxy_dir *dir)
 {
-	int cpu = smp_processor_id();
+	bool other = false;
 
 	if (READ_ONCE(dir->running))
 		WRITE_ONCE(dir->fed, true);
-	else if (kproxy_dir_streaming(dir))
-		cpu = kproxy_other_cpu(cpu);
-	queue_work_on(cpu, kproxy_dir_wq, &dir->work);
+	else
+		other = kproxy_dir_streaming(dir);
+	queue_work_on(kproxy_pick_cpu(smp_processor_id(), other),
+		      kproxy_dir_wq, &dir->work);
 }
 
 void kproxy_data_ready(struct sock *sk)
@@ -629,7 +661,7 @@ void kproxy_write_space(struct sock *sk)
 	if (kp) {
 		/* Clears SOCK_NOSPACE and wakes pollers, as TCP expects. */
 		kp->saved[idx].write_space(sk);
-		queue_work(kproxy_dir_wq, &kp->dir[!idx].work);
+		kproxy_dir_kick(&kp->dir[!idx]);
 	}
 	read_unlock_bh(&sk->sk_callback_lock);
 }
@@ -659,8 +691,8 @@ void kproxy_state_change(struct sock *sk)
 	read_lock_bh(&sk->sk_callback_lock);
 	kp = kproxy_from_sk(sk, &idx);
 	if (kp && kproxy_state_news(sk)) {
-		queue_work(kproxy_dir_wq, &kp->dir[0].work);
-		queue_work(kproxy_dir_wq, &kp->dir[1].work);
+		kproxy_dir_kick(&kp->dir[0]);
+		kproxy_dir_kick(&kp->dir[1]);
 	}
 	read_unlock_bh(&sk->sk_callback_lock);
 }
