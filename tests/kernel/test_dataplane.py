@@ -14,9 +14,8 @@ import pytest
 from kpctl import KproxyError
 from util import (  # noqa: F401 - kp is a fixture
     IO_TIMEOUT,
-    Receiver,
-    Sender,
     assert_pingpong,
+    both_ways,
     join_all,
     kp,
     listed_ids,
@@ -36,12 +35,7 @@ def test_64mib_each_way_at_once(kp):
     total = 64 * MiB
     ch = make_chain(kp)
     try:
-        threads = [
-            Sender(ch.c1, total, seed=1),
-            Receiver(ch.s2, total),
-            Sender(ch.s2, total, seed=2),
-            Receiver(ch.c1, total),
-        ]
+        threads = both_ways(ch, total, seed=1)
         for t in threads:
             t.start()
         join_all(threads, timeout=900)

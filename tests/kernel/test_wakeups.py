@@ -19,8 +19,7 @@ from typing import Iterator
 import pytest
 
 from util import (  # noqa: F401 - kp is a fixture
-    Receiver,
-    Sender,
+    both_ways,
     join_all,
     kp,
     long_or,
@@ -89,12 +88,7 @@ def test_bytes_through_while_a_cpu_goes_offline_and_back(kp, dmesg, say):
     total = long_or(64, 16) * MiB
     ch = make_chain(kp)
     try:
-        threads = [
-            Sender(ch.c1, total, seed=20),
-            Receiver(ch.s2, total),
-            Sender(ch.s2, total, seed=21),
-            Receiver(ch.c1, total),
-        ]
+        threads = both_ways(ch, total, seed=20)
         with _cpu_back_online(cpu):
             for t in threads:
                 t.start()

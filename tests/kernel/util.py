@@ -230,6 +230,13 @@ class Receiver(threading.Thread):
             self.error = e
 
 
+def both_ways(ch: Chain, total: int, seed: int) -> list[Sender | Receiver]:
+    """Threads (not started) moving `total` random bytes each way through the
+    chain: forward sender and receiver, then backward sender and receiver."""
+    return [Sender(ch.c1, total, seed), Receiver(ch.s2, total),
+            Sender(ch.s2, total, seed + 1), Receiver(ch.c1, total)]
+
+
 def join_all(threads: list, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for t in threads:
