@@ -18,6 +18,15 @@
 #include <net/sock.h>
 
 /*
+ * WQ_PERCPU (6.17, in Debian's 6.12 too) names a per-CPU queue, until then
+ * the default: 7.x warns at alloc_workqueue() when neither it nor
+ * WQ_UNBOUND is given, as queues are to become unbound by default.
+ */
+#ifndef KPROXY_HAVE_WQ_PERCPU
+#define WQ_PERCPU 0
+#endif
+
+/*
  * Send @len bytes of @skb from @offset on the locked TCP socket @sk
  * without blocking; @more says that more data follows at once.
  *

@@ -9,6 +9,7 @@
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
 
+#include "compat.h"
 #include "kproxy.h"
 
 /* The rules of these objects are in kproxy.h. */
@@ -88,7 +89,7 @@ static int __init kproxy_init(void)
 	 * (make bench, 6.12 under TCG). Every queueing of a direction's work
 	 * goes here: a work is non-reentrant only within one queue.
 	 */
-	kproxy_dir_wq = alloc_workqueue("kproxy_dir", WQ_MEM_RECLAIM, 0);
+	kproxy_dir_wq = alloc_workqueue("kproxy_dir", WQ_PERCPU | WQ_MEM_RECLAIM, 0);
 	if (!kproxy_dir_wq) {
 		err = -ENOMEM;
 		goto err_wq;
