@@ -14,6 +14,17 @@ VM_OPTS ?=
 TESTS ?=
 RUN_TESTS := $(if $(TESTS),--tests $(TESTS))
 
+# The newest kernel kproxy is tested on: Debian unstable's source package,
+# built by tests/vm/build-kernel.sh (virtme-ng's minimal config plus
+# tests/vm/kproxy.config and newest.config) into NEWEST_CACHE, once, and
+# installed as /lib/modules/<release>/{build,vmlinuz}, where `make` and the
+# VM harness find every kernel. Only this package comes from unstable: the
+# pin in tests/vm/apt/ keeps everything else on bookworm. flex ... cpio
+# in DEB_PKGS below build it (and the debug kernel). Defined first: DEB_PKGS
+# is expanded where it is defined (:=).
+NEWEST_SOURCE := linux-source-7.2
+NEWEST_CACHE ?= $(HOME)/.cache/kproxy/newest-kernel
+
 # Installed without their Recommends (which brought in 309 packages, speech
 # recognition and a Ceph client among them), so what the project uses that a
 # package only recommends, or that a minimal system lacks, is named here:
@@ -32,15 +43,6 @@ DEB_PKGS := linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 \
 	iperf3 sockperf haproxy nginx libnginx-mod-stream python3-matplotlib wrk \
 	$(NEWEST_SOURCE) flex bison bc libelf-dev libssl-dev cpio
 
-# The newest kernel kproxy is tested on: Debian unstable's source package,
-# built by tests/vm/build-kernel.sh (virtme-ng's minimal config plus
-# tests/vm/kproxy.config and newest.config) into NEWEST_CACHE, once, and
-# installed as /lib/modules/<release>/{build,vmlinuz}, where `make` and the
-# VM harness find every kernel. Only this package comes from unstable: the
-# pin in tests/vm/apt/ keeps everything else on bookworm. flex ... cpio
-# above build it (and the debug kernel).
-NEWEST_SOURCE := linux-source-7.2
-NEWEST_CACHE ?= $(HOME)/.cache/kproxy/newest-kernel
 APT_SID := /etc/apt/sources.list.d/kproxy-sid.sources /etc/apt/preferences.d/kproxy-sid.pref
 
 .PHONY: all help deps sparse checkpatch gen bpf docs wheel install uninstall run test test-long test-host test-kernel test-debug bench clean
