@@ -548,6 +548,20 @@ def _storm(addr, stop: threading.Event, counts: dict) -> None:
             counts["failed"] += 1
 
 
+def hang_up_queued(lsock: socket.socket, threads: list[threading.Thread]) -> None:
+    """Accept and close the storm's connections left queued on `lsock`
+    (its owner's again, and the owner serves nobody) until every thread
+    has ended: each would otherwise wait out its 10 s read timeout."""
+    lsock.settimeout(0.1)
+    deadline = time.monotonic() + 60
+    while any(t.is_alive() for t in threads):
+        assert time.monotonic() < deadline, "storm threads still running after 60 s"
+        try:
+            lsock.accept()[0].close()
+        except TimeoutError:
+            pass
+
+
 @pytest.mark.parametrize("end_proxies", [False, True])
 def test_delete_during_a_connection_storm(kp, echo, clean, end_proxies):  # noqa: F811
     for _ in range(long_or(10, 3)):
@@ -568,8 +582,7 @@ def test_delete_during_a_connection_storm(kp, echo, clean, end_proxies):  # noqa
         if end_proxies:
             assert not [p for p in kp.list() if p.listener_id == li.id]
         stop.set()
-        for t in threads:
-            t.join(60)
+        hang_up_queued(lsock, threads)
         # The socket is its owner's again: a connection waits to be accepted.
         with connect_addr(addr) as c:
             conn = accept_from(lsock, c)

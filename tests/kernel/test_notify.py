@@ -256,10 +256,11 @@ def monitor_dels(m: Conn, pid: int, timeout: float) -> int:
     """How many proxy-del-ntf of `pid` the monitor socket reads: waits up to
     `timeout` for the first, then QUIET for any other."""
     seen, deadline = 0, time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
+    while True:
         if seen:
             deadline = min(deadline, time.monotonic() + QUIET)
-        if not select.select([m.sock], [], [], left)[0]:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([m.sock], [], [], left)[0]:
             break
         for msg in parse_datagram(m.sock.recv(1 << 20)):
             cmd = GENLHDR.unpack_from(msg.body)[0]

@@ -483,7 +483,7 @@ def test_ipv6_loopback():
                 t.start()
                 assert recv_exact(c, len(payload)) == payload
                 t.join(IO_TIMEOUT)
-                [ev] = s.kinds("proxy")
+                ev = s.wait_event(lambda e: e["event"] == "proxy", IO_TIMEOUT)
                 assert ev["upstream"].startswith("[::1]:")
                 with Kproxy() as kp:
                     p = kp.get(ev["id"])

@@ -218,8 +218,10 @@ def test_origination_plain_curl_to_a_tls_backend(pki, www, nginx, tls_backend, d
                  pki["server_cert"], "--target-sni", "localhost") as s:
         rate = download_and_upload(s, pki, www, nginx, scheme="http")
         say(f"serve --target-tls: download {rate:.1f} MiB/s")
+        # serve prints an event after the kernel took the connection: wait for it
+        wait_for(lambda: len(s.kinds("proxy")) == 2, timeout=IO_TIMEOUT, what="two proxy events")
         tls = [e["tls"] for e in s.kinds("proxy")]
-        assert len(tls) == 2 and all(t["client"] is None and t["target"]["version"] == "1.3"
+        assert all(t["client"] is None and t["target"]["version"] == "1.3"
                                      for t in tls)
         wait_idle(s)
         summary = s.stop()
@@ -364,9 +366,30 @@ def echo_works(s: Serve, pki) -> None:
         assert recv_exact(c, 4 + 13) == frame(b"still serving")
 
 
-def _proxy_of_next_connection(s: Serve, seen: int) -> dict:
-    wait_for(lambda: len(s.kinds("proxy")) > seen, timeout=IO_TIMEOUT, what="proxy event")
-    return s.kinds("proxy")[seen]
+def _proxy_of(s: Serve, client: str) -> dict:
+    """The "proxy" event of the connection from `client` ("host:port").
+    Not "the next event": serve prints an event after the kernel took the
+    connection, so the previous connection's may still be on its way."""
+    return s.wait_event(lambda e: e["event"] == "proxy" and e["client"] == client, IO_TIMEOUT)
+
+
+def _proxy_of_socket(s: Serve, c: socket.socket) -> dict:
+    host, port = c.getsockname()[:2]
+    return _proxy_of(s, f"{host}:{port}")
+
+
+def _proxy_of_process(s: Serve, pid: int) -> dict:
+    """The proxy of the connection that process `pid` (a client we did not
+    write, holding its own socket) made to serve."""
+    def client_address() -> str | None:
+        out = subprocess.run(["ss", "-Htnp", "state", "established", "dport", "=", f":{s.port}"],
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if f"pid={pid}," in line:
+                return line.split()[2]
+        return None
+    return _proxy_of(s, wait_for(client_address, timeout=IO_TIMEOUT,
+                                 what=f"process {pid}'s connection to serve"))
 
 
 def _ended_event(s: Serve, pid: int) -> dict:
@@ -377,13 +400,12 @@ def test_corrupted_record_after_the_handshake_ends_with_error(echoing, pki, dmes
     s = echoing
     echo_works(s, pki)  # serve's steady state: what its first proxy opens once is open
     fds = fd_count(s.pid)
-    seen = len(s.kinds("proxy"))
     c = s.connect()
     c.settimeout(IO_TIMEOUT)
     try:
         peer = RawPeer(c, peer_client_ctx(pki), server_side=False)
         peer.handshake()
-        proxy = _proxy_of_next_connection(s, seen)
+        proxy = _proxy_of_socket(s, c)
         peer.send(frame(b"GOOD"))
         assert peer.recv_exact(8) == frame(b"GOOD")
         bad = bytearray(peer.record(frame(b"EVIL-PAYLOAD")))
@@ -401,9 +423,8 @@ def test_corrupted_record_after_the_handshake_ends_with_error(echoing, pki, dmes
 
 def test_alert_ends_the_proxy_with_tls_alert(echoing, pki, dmesg):
     s = echoing
-    seen = len(s.kinds("proxy"))
     with ktls_client(s, pki) as c:
-        proxy = _proxy_of_next_connection(s, seen)
+        proxy = _proxy_of_socket(s, c)
         assert proxy["tls"]["client"]["version"] == "1.3"
         c.sendall(frame(b"before"))
         assert recv_exact(c, 10) == frame(b"before")
@@ -418,9 +439,8 @@ def test_key_update_ends_the_proxy_with_tls_rekey(echoing, pki, dmesg):
     """A TLS 1.3 KeyUpdate from the client: the kernel cannot follow it, the
     proxy ends with tls-rekey (never a hang), serve goes on."""
     s = echoing
-    seen = len(s.kinds("proxy"))
     with ktls_client(s, pki) as c:
-        proxy = _proxy_of_next_connection(s, seen)
+        proxy = _proxy_of_socket(s, c)
         c.sendall(frame(b"before"))
         assert recv_exact(c, 10) == frame(b"before")
         send_record(c, RECORD_HANDSHAKE, bytes([24, 0, 0, 1, 0]))  # update_not_requested
@@ -433,14 +453,13 @@ def test_openssl_s_client_key_update_ends_the_proxy_with_tls_rekey(terminating, 
     """`openssl s_client`'s `k` command sends a KeyUpdate: the proxy ends
     with tls-rekey, s_client sees its connection end, serve goes on."""
     s = terminating
-    seen = len(s.kinds("proxy"))
     client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}",
                                "-CAfile", pki["server_cert"], "-servername", "localhost",
                                "-verify_return_error", "-tls1_3"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     try:
-        proxy = _proxy_of_next_connection(s, seen)
+        proxy = _proxy_of_process(s, client.pid)
         client.stdin.write(b"k\n")
         client.stdin.flush()
         assert _ended_event(s, proxy["id"])["reason"] == "tls-rekey"
