@@ -10,8 +10,6 @@ namespace).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -36,6 +34,10 @@ def _setns(fd: int) -> None:
     if setns is not None:
         setns(fd, CLONE_NEWNET)
         return
+    # Imported here: ctypes costs every kpctl command milliseconds at start,
+    # and only --netns on Python < 3.12 comes here.
+    import ctypes
+    import ctypes.util
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
