@@ -221,8 +221,7 @@ def test_origination_plain_curl_to_a_tls_backend(pki, www, nginx, tls_backend, d
         # serve prints an event after the kernel took the connection: wait for it
         wait_for(lambda: len(s.kinds("proxy")) == 2, timeout=IO_TIMEOUT, what="two proxy events")
         tls = [e["tls"] for e in s.kinds("proxy")]
-        assert all(t["client"] is None and t["target"]["version"] == "1.3"
-                                     for t in tls)
+        assert all(t["client"] is None and t["target"]["version"] == "1.3" for t in tls)
         wait_idle(s)
         summary = s.stop()
     assert (summary["handshakes"], summary["handshakes_failed"], summary["failed"]) == (2, 0, 0)
